@@ -1,0 +1,453 @@
+"""Configuration: frozen stdlib dataclasses with strict loading and dotted overrides.
+
+A configuration is a tree of frozen dataclasses. It is built from plain data (a dict read
+from YAML or JSON) with :func:`from_dict`, which refuses unknown keys (naming the nearest
+valid one) and values of the wrong type, and it is turned back into plain data with
+:func:`to_dict`; ``from_dict(type(c), to_dict(c)) == c`` for every config.
+
+Command-line overrides are ``dotted.key=value`` strings (``model.beta=4``,
+``data.stride.posX=4``, ``gating.partitions.0.size=3``); values are parsed as YAML scalars
+or flow collections and then checked against the field's type.
+
+No third-party config framework is used on purpose (see ``../shared/STYLE.md``, habit 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "PartitionConfig",
+    "GatingConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "Config",
+    "from_dict",
+    "to_dict",
+    "apply_overrides",
+    "load_config",
+    "save_config",
+    "config_keys",
+]
+
+
+# --------------------------------------------------------------------------- generic machinery
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def config_keys(cls: type) -> list[str]:
+    """The field names of a config dataclass, in declaration order."""
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} valid keys: {', '.join(valid)}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        k, v = get_args(tp)
+        return f"mapping of {_type_name(k)} to {_type_name(v)}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (list -> tuple, int -> float)."""
+    origin = get_origin(tp)
+    bad = ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}; fix the value of '{where}'")
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(
+            f"{where}: {value!r} is not one of {', '.join(repr(a) for a in get_args(tp))}"
+        )
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise bad
+        (item,) = [a for a in get_args(tp) if a is not Ellipsis]
+        return tuple(_coerce(v, item, f"{where}.{i}") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        kt, vt = get_args(tp)
+        return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise bad
+        return from_dict(tp, value, _where=where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value)
+            except ValueError:
+                raise bad from None
+        else:
+            raise bad
+        if not math.isfinite(out):
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+        return out
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise TypeError(f"unsupported config annotation {tp!r} at {where}")  # a bug, not user input
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, *, strict: bool = True, _where: str = "") -> Any:
+    """Build the dataclass ``cls`` from plain data.
+
+    With ``strict`` (the default) an unknown key raises :class:`ConfigError` naming the nearest
+    valid key and listing all of them; without it unknown keys are ignored. Missing keys take
+    their defaults. Values are type-checked and converted (lists become tuples).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where or 'config'}: expected a mapping of keys to values, got {data!r}")
+    hints = _field_types(cls)
+    valid = config_keys(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{_where}.{key}" if _where else str(key)
+        if key not in hints or key not in valid:
+            if strict:
+                raise ConfigError(f"unknown config key '{where}'{_suggest(str(key), valid)}")
+            continue
+        kwargs[key] = _coerce(value, hints[key], where)
+    for f in dataclasses.fields(cls):
+        if (
+            f.name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        ):
+            where = f"{_where}.{f.name}" if _where else f.name
+            raise ConfigError(f"missing required config key '{where}'")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if _where and not str(exc).startswith(_where):
+            raise ConfigError(f"{_where}: {exc}") from None
+        raise
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (dicts, lists, scalars) for a config dataclass; the inverse of :func:`from_dict`."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _parse_override_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_path(data: Any, cls: Any, parts: list[str], raw: str, where: str) -> Any:
+    """Return a copy of plain ``data`` (typed by ``cls``) with ``parts`` set to ``raw``."""
+    head, rest = parts[0], parts[1:]
+    origin = get_origin(cls)
+    if dataclasses.is_dataclass(cls):
+        valid = config_keys(cls)
+        if head not in valid:
+            prefix = where.rsplit(".", 1)[0] if "." in where else ""
+            full = f"{prefix}.{head}" if prefix else head
+            raise ConfigError(f"unknown config key '{full}'{_suggest(head, valid)}")
+        sub_t = _field_types(cls)[head]
+        new = dict(data)
+        new[head] = _leaf_or_descend(data.get(head), sub_t, rest, raw, where)
+        return new
+    if origin is tuple:
+        (item,) = [a for a in get_args(cls) if a is not Ellipsis]
+        items = list(data or [])
+        try:
+            i = int(head)
+        except ValueError:
+            raise ConfigError(f"'{where}': '{head}' is not a list position (use 0, 1, ...)") from None
+        if not -len(items) <= i < len(items):
+            raise ConfigError(f"'{where}': position {i} is out of range (the list has {len(items)} items)")
+        items[i] = _leaf_or_descend(items[i], item, rest, raw, where)
+        return items
+    if origin is dict:
+        kt, vt = get_args(cls)
+        new = dict(data or {})
+        new[head] = _leaf_or_descend(new.get(head), vt, rest, raw, where)
+        return new
+    raise ConfigError(f"'{where}': cannot descend into a value of type {_type_name(cls)}")
+
+
+def _leaf_or_descend(current: Any, tp: Any, rest: list[str], raw: str, where: str) -> Any:
+    if rest:
+        return _set_path(current, tp, rest, raw, where)
+    if tp is str or (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp)):
+        parsed = raw
+    else:
+        parsed = _parse_override_value(raw)
+    return to_dict(_coerce(parsed, tp, where.split("=")[0]))
+
+
+def apply_overrides(config: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """Return ``config`` with ``key.path=value`` overrides applied, each type-checked."""
+    cls = type(config)
+    data = to_dict(config)
+    for text in overrides:
+        if "=" not in text:
+            raise ConfigError(f"override '{text}' is not of the form key=value (for example model.beta=4)")
+        key, raw = text.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{text}' has an empty key")
+        data = _set_path(data, cls, key.split("."), raw, key)
+    return from_dict(cls, data)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), cls: type | None = None) -> Any:
+    """Read a YAML or JSON config file strictly, then apply dotted overrides."""
+    cls = cls or Config
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist; pass the path of a .yaml or .json file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"config file '{p}' is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {first}") from None
+    return apply_overrides(from_dict(cls, data or {}), list(overrides))
+
+
+def save_config(config: Any, path: str | os.PathLike) -> None:
+    """Write ``config`` as YAML (``.yaml``/``.yml``) or JSON (anything else), atomically."""
+    p = Path(path)
+    data = to_dict(config)
+    if p.suffix.lower() in (".yaml", ".yml"):
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        text = json.dumps(data, indent=2) + "\n"
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------- the configs
+
+DatasetName = Literal["dsprites", "dsprites_file", "ellipses", "images"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to use and how to build it.
+
+    ``name``: ``dsprites`` (procedural, 737,280 images), ``dsprites_file`` (the official
+    ``.npz`` at ``path``), ``ellipses`` (CorrelatedEllipses of CHyVAE) or ``images`` (a
+    folder of images, or an ``.npy``/``.npz`` array, at ``path`` with a CSV of labels).
+    ``stride`` keeps every k-th value of the named factors, which keeps the factor grid
+    intact for exact pair sampling (``{posX: 4, posY: 4}`` shrinks dSprites 16-fold).
+    """
+
+    name: DatasetName = "dsprites"
+    path: str = ""
+    labels: str = ""
+    data_dir: str = ""
+    cache: bool = False
+    stride: dict[str, int] = field(default_factory=dict)
+    # CorrelatedEllipses
+    size: int = 200_000
+    correlation: float = 0.5
+    levels: int = 16
+    seed: int = 0
+    # Bring your own images
+    color: Literal["gray", "rgb"] = "gray"
+    image_size: int = 64
+    factor_columns: tuple[str, ...] = ()
+    weak_columns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for k, v in self.stride.items():
+            _require(v >= 1, f"data.stride.{k}: a stride must be at least 1, got {v}")
+        _require(self.size >= 1, f"data.size: must be at least 1, got {self.size}")
+        _require(-1.0 < self.correlation < 1.0, f"data.correlation: must lie in (-1, 1), got {self.correlation}")
+        _require(self.levels >= 2, f"data.levels: at least 2 quantisation levels, got {self.levels}")
+        _require(8 <= self.image_size <= 1024, f"data.image_size: must lie in 8..1024, got {self.image_size}")
+
+
+SamplerName = Literal["exact", "cluster", "identity"]
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """A named slice of the latent vector and the weak supervision that trains it.
+
+    ``factors`` are the dataset factors (or weak-label columns, for ``cluster``) that
+    input and target share in this partition's pairs. ``sampler``: ``exact`` (same factor
+    values), ``cluster`` (same k-means cluster of continuous weak labels, ``clusters``
+    of them) or ``identity`` (x = x', an ungated "free" partition). ``noise`` replaces that
+    fraction of pairs with random targets. ``weight`` is its share in a random schedule.
+    """
+
+    name: str
+    size: int
+    factors: tuple[str, ...] = ()
+    sampler: SamplerName = "exact"
+    clusters: int = 0
+    noise: float = 0.0
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name), "partition name must not be empty")
+        _require(self.size >= 1, f"partition '{self.name}': size must be at least 1, got {self.size}")
+        _require(0.0 <= self.noise <= 1.0, f"partition '{self.name}': noise must lie in [0, 1], got {self.noise}")
+        _require(self.weight > 0, f"partition '{self.name}': weight must be positive, got {self.weight}")
+        if self.sampler == "identity":
+            _require(not self.factors, f"partition '{self.name}': an identity partition shares no factors; remove its factors")
+        else:
+            _require(bool(self.factors), f"partition '{self.name}': name the factors its pairs share (factors: [...]) or use sampler: identity")
+        if self.sampler == "cluster":
+            _require(self.clusters >= 2, f"partition '{self.name}': a cluster sampler needs clusters >= 2, got {self.clusters}")
+
+
+@dataclass(frozen=True)
+class GatingConfig:
+    """Gated-VAE: latent partitions, the schedule that picks the active one, KL gating."""
+
+    enabled: bool = False
+    partitions: tuple[PartitionConfig, ...] = ()
+    schedule: Literal["cyclic", "random"] = "cyclic"
+    gate_kl: bool = False
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.partitions]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        _require(not dup, f"gating.partitions: duplicate partition names {dup}; give each a unique name")
+        if self.enabled:
+            _require(bool(self.partitions), "gating.enabled is true but gating.partitions is empty; declare the partitions")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which objective and network. Objective-specific hyperparameters are added by the models."""
+
+    name: str = "beta_vae"
+    net: Literal["mlp", "conv64"] = "mlp"
+    latent_dim: int = 8
+    hidden: int = 1200
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    beta: float = 4.0
+
+    def __post_init__(self) -> None:
+        _require(self.latent_dim >= 1, f"model.latent_dim: must be at least 1, got {self.latent_dim}")
+        _require(self.hidden >= 1, f"model.hidden: must be at least 1, got {self.hidden}")
+        _require(self.beta >= 0, f"model.beta: must be non-negative, got {self.beta}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation in steps (papers report steps); an epoch-equivalent is shown in logs."""
+
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 0, f"train.steps: must be non-negative, got {self.steps}")
+        _require(self.batch_size >= 1, f"train.batch_size: must be at least 1, got {self.batch_size}")
+        _require(self.lr > 0, f"train.lr: must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: data, model, gating, training."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gating: GatingConfig = field(default_factory=GatingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.gating.partitions:
+            total = sum(p.size for p in self.gating.partitions)
+            _require(
+                total == self.model.latent_dim,
+                f"gating.partitions sizes sum to {total} but model.latent_dim is {self.model.latent_dim}; "
+                "make them equal",
+            )
+
+
+# Used by tests to iterate over every config class.
+ALL_CONFIGS: tuple[type, ...] = (DataConfig, GatingConfig, ModelConfig, TrainConfig, Config)
+_ = typing  # keep the import for get_type_hints on forward references

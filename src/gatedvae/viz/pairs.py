@@ -1,0 +1,61 @@
+"""Pair grids: what a Gated-VAE partition is trained on, shown as input/target image pairs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..data.base import FactorDataset
+from ..data.pairs import PairBatch
+
+__all__ = ["pair_grid", "save_figure"]
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def pair_grid(dataset: FactorDataset, batches: Mapping[str, PairBatch], path: str | os.PathLike, n: int = 8) -> Path:
+    """One block of two rows per partition: inputs above, their targets below.
+
+    Args:
+        dataset: the images.
+        batches: partition name -> a batch of pairs from that partition's sampler.
+        path: PNG to write.
+        n: pairs shown per partition.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = 2 * len(batches)
+    fig, axes = plt.subplots(rows, n, figsize=(n * 0.9, rows * 0.95), squeeze=False)
+    for r, (name, batch) in enumerate(batches.items()):
+        shared = [f for f, s in zip(dataset.factor_space.names, batch.shared) if s]
+        for row, index, label in ((2 * r, batch.input[:n], f"{name}\ninput"), (2 * r + 1, batch.target[:n], "target")):
+            imgs = dataset.store.gather_uint8(np.asarray(index)).cpu().numpy()  # (n, C, H, W)
+            for c in range(n):
+                ax = axes[row, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c < len(imgs):
+                    img = imgs[c].transpose(1, 2, 0)  # (H, W, C)
+                    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+                else:
+                    ax.axis("off")
+            axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        axes[2 * r, n - 1].set_title(f"shared: {', '.join(shared) or 'cluster'}", fontsize=7, loc="right")
+    return save_figure(fig, path)
