@@ -111,7 +111,7 @@ def test_overrides_are_typed():
     assert c.model.beta == 4.0 and isinstance(c.model.beta, float)
     assert c.data.name == "ellipses" and c.train.lr == 1e-3 and c.train.steps == 50 and c.gating.gate_kl is True
     # Unchanged input (frozen, functional update).
-    assert Config().model.beta == 4.0
+    assert Config().model.beta is None
 
 
 def test_overrides_into_dicts_lists_and_collections():

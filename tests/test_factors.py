@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from gatedvae.data import FactorSpace, PackedBinaryStore, Uint8Store
 from gatedvae.errors import DataError
@@ -110,6 +111,8 @@ def test_stores_gather_exact_values():
     assert out.shape == (3, 1, 16, 16) and out.dtype.is_floating_point
     assert np.array_equal(out[:, 0].numpy(), binary[[3, 0, 3]].astype(np.float32))
     assert store.gather_uint8(np.array([1])).max().item() in (0, 255)
+    # The accelerator path (lookup table) unpacks identically.
+    assert torch.equal(store.unpack_lut(store.packed[[3, 0, 3]]), out)
     gray = rng.integers(0, 256, size=(5, 3, 8, 8), dtype=np.uint8)
     u = Uint8Store(gray)
     assert np.allclose(u.gather(np.array([4]))[0].numpy(), gray[4] / 255.0)

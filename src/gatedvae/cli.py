@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .config import DataConfig, apply_overrides
-from .errors import GatedVAEError
+from .errors import ConfigError, GatedVAEError
 
 __all__ = ["main", "build_parser"]
 
@@ -66,6 +66,40 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume takes the config saved in the run directory; drop the config file and overrides")
+        summary = train(None, args.resume, resume=True, quiet=args.quiet, tensorboard=not args.no_tensorboard)
+        run_dir = Path(args.resume)
+    else:
+        if not args.config:
+            raise ConfigError("give a config file (see configs/) or --resume RUN_DIR")
+        config = load_config(args.config, args.overrides)
+        run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+        summary = train(config, run_dir, quiet=args.quiet, tensorboard=not args.no_tensorboard)
+    final = summary.get("final", {})
+    terms = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("step", "epoch", "phase"))
+    print(f"finished {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['images_per_second']:.0f} images/s): {terms}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from .models import MODELS
+
+    width = max(len(n) for n in MODELS)
+    for name in sorted(MODELS):
+        entry = MODELS[name]
+        hyper = ", ".join(f"{k}={v}" for k, v in sorted(entry.defaults.items())) or "-"
+        print(f"{name:<{width}}  {hyper}")
+        print(f"{'':<{width}}  {entry.description}")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
@@ -86,6 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_quickstart)
+
+    t = sub.add_parser(
+        "train",
+        help="train a config (or resume a run)",
+        description="Train the model a config describes, in a run directory; or resume a stopped run exactly.",
+    )
+    t.add_argument("config", nargs="?", help="YAML or JSON config (see configs/)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.beta=4 train.steps=2000")
+    t.add_argument("--run-dir", help="where to write the run (default: runs/<config name>); must be new or empty")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    t.set_defaults(func=cmd_train)
+
+    ls = sub.add_parser("list", help="list registered things: models")
+    lsub = ls.add_subparsers(dest="list_command", metavar="WHAT")
+    lm = lsub.add_parser("models", help="the registered models with their default hyperparameters")
+    lm.set_defaults(func=cmd_list_models)
+    ls.set_defaults(func=lambda a: _usage(ls))
 
     d = sub.add_parser("data", help="datasets: describe, preview")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")

@@ -381,12 +381,19 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class GatingConfig:
-    """Gated-VAE: latent partitions, the schedule that picks the active one, KL gating."""
+    """Gated-VAE: latent partitions, the schedule that picks the active one, KL gating.
+
+    ``mode``: ``gate`` (the Gated-VAE: reconstruction gradient only through the active
+    partition) or ``clamp`` (DC-IGN: batches in which only the active partition's factors
+    vary; the other latents are clamped to their batch mean). ``gate_kl``: gate the
+    regulariser's gradient too (the paper computes it over the whole latent: false).
+    """
 
     enabled: bool = False
     partitions: tuple[PartitionConfig, ...] = ()
     schedule: Literal["cyclic", "random"] = "cyclic"
     gate_kl: bool = False
+    mode: Literal["gate", "clamp"] = "gate"
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.partitions]
@@ -398,35 +405,77 @@ class GatingConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which objective and network. Objective-specific hyperparameters are added by the models."""
+    """Which objective and network, and the objective's hyperparameters.
+
+    A hyperparameter left at ``null`` takes the registered model's default (``gatedvae list
+    models`` prints them); setting one the model does not use is an error.
+    """
 
     name: str = "beta_vae"
     net: Literal["mlp", "conv64"] = "mlp"
     latent_dim: int = 8
     hidden: int = 1200
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    beta: float = 4.0
+    beta: float | None = None
+    gamma: float | None = None
+    c_max: float | None = None
+    c_steps: int | None = None
+    capacity_mode: Literal["abs", "relu"] | None = None
+    mmd_lambda: float | None = None
+    info_alpha: float | None = None
+    mmd_kernel: Literal["rbf", "imq"] | None = None
+    lambda_od: float | None = None
+    lambda_d: float | None = None
+    tc_alpha: float | None = None
+    tc_estimator: Literal["mws", "mss"] | None = None
+    nu: float | None = None
+    condition: tuple[str, ...] = ()
+    condition_encoder: bool = False
 
     def __post_init__(self) -> None:
         _require(self.latent_dim >= 1, f"model.latent_dim: must be at least 1, got {self.latent_dim}")
         _require(self.hidden >= 1, f"model.hidden: must be at least 1, got {self.hidden}")
-        _require(self.beta >= 0, f"model.beta: must be non-negative, got {self.beta}")
+        for key in ("beta", "gamma", "c_max", "mmd_lambda", "lambda_od", "lambda_d", "tc_alpha"):
+            v = getattr(self, key)
+            _require(v is None or v >= 0, f"model.{key}: must be non-negative, got {v}")
+        _require(self.c_steps is None or self.c_steps >= 1, f"model.c_steps: must be at least 1, got {self.c_steps}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation in steps (papers report steps); an epoch-equivalent is shown in logs."""
+    """Optimisation in steps (papers report steps); an epoch-equivalent is shown in logs.
+
+    ``finetune_steps``: after the main phase, train the decoder alone on x = x' with the
+    encoder frozen (the Gated-VAE paper's fine-tuning phase, section III-B).
+    ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
+    """
 
     steps: int = 10_000
     batch_size: int = 128
     lr: float = 1e-4
     seed: int = 0
     device: str = "auto"
+    finetune_steps: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    image_every: int = 0
+    keep_checkpoints: int = 2
+    threads: int = 0
 
     def __post_init__(self) -> None:
         _require(self.steps >= 0, f"train.steps: must be non-negative, got {self.steps}")
-        _require(self.batch_size >= 1, f"train.batch_size: must be at least 1, got {self.batch_size}")
+        _require(self.batch_size >= 2, f"train.batch_size: must be at least 2 (batch norm), got {self.batch_size}")
         _require(self.lr > 0, f"train.lr: must be positive, got {self.lr}")
+        _require(self.finetune_steps >= 0, f"train.finetune_steps: must be non-negative, got {self.finetune_steps}")
+        _require(self.log_every >= 1, f"train.log_every: must be at least 1, got {self.log_every}")
+        _require(self.checkpoint_every >= 1, f"train.checkpoint_every: must be at least 1, got {self.checkpoint_every}")
+        _require(self.image_every >= 0, f"train.image_every: must be non-negative, got {self.image_every}")
+        _require(self.keep_checkpoints >= 1, f"train.keep_checkpoints: must be at least 1, got {self.keep_checkpoints}")
+        _require(self.threads >= 0, f"train.threads: must be non-negative (0 = torch's default), got {self.threads}")
+        _require(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps",
+            f"train.device: '{self.device}' is not a device; use auto, cpu, cuda or cuda:N",
+        )
 
 
 @dataclass(frozen=True)
