@@ -1,0 +1,141 @@
+"""BetaVAE disentanglement metric of Higgins et al. (``002_b6b404b9b5e7b646.txt``; with an SVM in
+``003_527384601d5c0438.txt``).
+
+One training point:
+
+1. choose a factor y uniformly;
+2. draw L pairs of factor vectors (v1_l, v2_l) that agree on factor y, all else random;
+3. encode both, ``z_diff_l = |z(v1_l) - z(v2_l)|``;
+4. the feature is ``mean_l z_diff_l`` (D,), the label is y.
+
+A low-capacity linear classifier is fitted on ``n_train`` such points and its accuracy reported
+on them and on ``n_eval`` fresh points. If the fixed factor lives in one latent, that latent's
+difference is ~0, which a linear rule detects. Default classifier: scikit-learn
+``LogisticRegression`` (disentanglement_lib); ``classifier="linear_svc"`` is the linear SVM
+the report in ``003_...`` used "for stability".
+
+Known limitation (Kim & Mnih, in ``002_...``): it can score 100% with only K-1 factors
+disentangled; prefer the FactorVAE score or MIG for ranking.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .sampling import RepresentationFn, check_factor_sizes, encode, sample_factors
+from .utils import check_choice, check_positive_int, check_rng, seed_from
+
+__all__ = ["beta_vae_score", "beta_vae_features", "beta_vae_score_from_features", "BETA_VAE_DEFAULTS", "BETA_VAE_FAST"]
+
+BETA_VAE_DEFAULTS = dict(batch_size=64, n_train=10000, n_eval=5000, classifier="logistic", c=1.0, max_iter=1000)
+BETA_VAE_FAST = dict(BETA_VAE_DEFAULTS, n_train=1000, n_eval=500)
+
+
+def beta_vae_features(codes1, codes2) -> np.ndarray:
+    """Features of the BetaVAE metric: ``mean_l |z1_l - z2_l|`` over each group of L pairs.
+
+    Args:
+        codes1, codes2: (V, L, D) codes of the two members of L pairs, for V training points.
+
+    Returns:
+        (V, D) feature vectors.
+    """
+    return np.mean(np.abs(np.asarray(codes1, dtype=np.float64) - np.asarray(codes2, dtype=np.float64)), axis=1)
+
+
+def beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng: np.random.Generator, *,
+                                 classifier: str = "logistic", c: float = 1.0, max_iter: int = 1000) -> dict:
+    """Fit the linear classifier on (train_x (V, D), train_y (V,)) and score it on both sets."""
+    rng = check_rng(rng)
+    check_choice(classifier, "classifier", ("logistic", "linear_svc"))
+    if not float(c) > 0:
+        raise ConfigError(f"c: expected a positive number, got {c!r}")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    if np.unique(train_y).size < 2:
+        raise DataError("too few samples: the training points cover a single factor; raise n_train")
+    if classifier == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=float(c), max_iter=max_iter, random_state=seed_from(rng))
+    else:
+        from sklearn.svm import LinearSVC
+
+        model = LinearSVC(C=float(c), max_iter=max_iter, random_state=seed_from(rng))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter on unscaled features
+        model.fit(train_x, train_y)
+    return {
+        "train_accuracy": float(np.mean(model.predict(train_x) == train_y)),
+        "eval_accuracy": float(np.mean(model.predict(eval_x) == eval_y)),
+    }
+
+
+def _points(representation_fn, sizes, rng, n_points, batch_size, chunk_size):
+    eligible = np.flatnonzero(sizes >= 2)  # size-1 factors are never the fixed one
+    labels = np.empty(n_points, dtype=np.int64)
+    feats = []
+    per_chunk = max(1, chunk_size // (2 * batch_size))
+    for start in range(0, n_points, per_chunk):
+        v = min(per_chunk, n_points - start)
+        fixed = eligible[rng.integers(0, eligible.size, size=v)]  # (v,)
+        f1 = sample_factors(rng, sizes, (v, batch_size))  # (v, L, K)
+        f2 = sample_factors(rng, sizes, (v, batch_size))  # (v, L, K)
+        rows = np.arange(v)
+        f2[rows, :, fixed] = f1[rows, :, fixed]  # pairs agree on the fixed factor
+        both = np.concatenate([f1, f2], axis=0).reshape(2 * v * batch_size, -1)  # (2 v L, K)
+        z = encode(representation_fn, both, chunk_size).reshape(2, v, batch_size, -1)  # (2, v, L, D)
+        if feats and z.shape[-1] != feats[0].shape[-1]:
+            raise DataError(f"representation_fn: code width changed from {feats[0].shape[-1]} to {z.shape[-1]}")
+        feats.append(beta_vae_features(z[0], z[1]))  # (v, D)
+        labels[start : start + v] = fixed
+    return np.concatenate(feats, axis=0), labels
+
+
+def beta_vae_score(
+    representation_fn: RepresentationFn,
+    factor_sizes,
+    rng: np.random.Generator,
+    *,
+    batch_size: int = 64,
+    n_train: int = 10000,
+    n_eval: int = 5000,
+    classifier: str = "logistic",
+    c: float = 1.0,
+    max_iter: int = 1000,
+    chunk_size: int = 16384,
+) -> dict:
+    """BetaVAE metric (Higgins et al.) through a representation function of factor classes.
+
+    Args:
+        representation_fn: ``(n, K) int factor classes -> (n, D) codes``.
+        factor_sizes: (K,) number of classes per factor.
+        rng: the only source of randomness.
+        batch_size: L, pairs averaged per training point (64 in disentanglement_lib).
+        n_train, n_eval: training and evaluation points for the classifier.
+        classifier: ``"logistic"`` (LogisticRegression, default) or ``"linear_svc"`` (LinearSVC).
+        c: inverse regularisation strength of either classifier (sklearn's default 1.0).
+        max_iter: solver iterations (sklearn's 100 often stops short on unscaled features).
+        chunk_size: at most this many rows go to ``representation_fn`` at once.
+
+    Returns:
+        dict with ``train_accuracy``, ``eval_accuracy`` and ``chance`` (1 / number of factors
+        with more than one class).
+    """
+    rng = check_rng(rng)
+    sizes = check_factor_sizes(factor_sizes)
+    check_choice(classifier, "classifier", ("logistic", "linear_svc"))
+    batch_size = check_positive_int(batch_size, "batch_size")
+    n_train = check_positive_int(n_train, "n_train", minimum=2)
+    n_eval = check_positive_int(n_eval, "n_eval")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    train_x, train_y = _points(representation_fn, sizes, rng, n_train, batch_size, chunk_size)
+    eval_x, eval_y = _points(representation_fn, sizes, rng, n_eval, batch_size, chunk_size)
+    if eval_x.shape[1] != train_x.shape[1]:
+        raise DataError(f"representation_fn: code width changed from {train_x.shape[1]} to {eval_x.shape[1]}")
+    out = beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng,
+                                       classifier=classifier, c=c, max_iter=max_iter)
+    out["chance"] = 1.0 / int((sizes >= 2).sum())
+    return out

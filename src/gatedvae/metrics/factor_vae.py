@@ -1,0 +1,150 @@
+"""FactorVAE disentanglement score of Kim & Mnih (``002_b6b404b9b5e7b646.txt``; also used by
+CHyVAE, ``004_1dabe4d22771e1b6.txt``).
+
+One *vote* (a training point of the classifier):
+
+1. choose a factor k uniformly; draw a batch of ``batch_size`` factor vectors with factor k
+   held at one random value and all others random;
+2. encode them; divide each latent's variance within the batch by its global variance
+   (estimated once from ``n_variance`` random samples) -- i.e. normalise each dimension by its
+   empirical std, so the argmin is invariant to rescaling;
+3. the vote is (argmin over non-pruned latents of that ratio, k).
+
+The classifier is the majority vote: each latent j predicts the factor that most often chose it
+on the training votes. Accuracy = fraction of votes the classifier gets right, on the training
+votes and on fresh evaluation votes. Latents whose global std is below ``prune_threshold``
+(collapsed to the prior; disentanglement_lib's setting 0.05) take no part, which also keeps a
+constant latent from producing 0/0.
+
+Differences from disentanglement_lib, on purpose: votes are recorded against the latent's real
+index (the library indexes the vote by the position among *active* latents, which relabels
+columns consistently and so leaves the accuracies unchanged), and ``num_active_dims`` is the
+number of active latents (the library reports the length of the mask).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataError
+from .sampling import RepresentationFn, check_factor_sizes, encode, sample_factors
+from .utils import check_positive_int, check_rng
+
+__all__ = ["factor_vae_score", "factor_vae_votes", "factor_vae_score_from_votes", "FACTOR_VAE_DEFAULTS", "FACTOR_VAE_FAST"]
+
+FACTOR_VAE_DEFAULTS = dict(batch_size=64, n_train=10000, n_eval=5000, n_variance=10000, prune_threshold=0.05)
+FACTOR_VAE_FAST = dict(FACTOR_VAE_DEFAULTS, n_train=1000, n_eval=500, n_variance=5000)
+
+
+def factor_vae_votes(codes, fixed_factor, global_variance, active, num_factors: int) -> np.ndarray:
+    """Votes from encoded batches: the pure core of the FactorVAE score.
+
+    Args:
+        codes: (V, B, D) codes of V batches of B samples, batch v with factor ``fixed_factor[v]``
+            held fixed.
+        fixed_factor: (V,) int index of the fixed factor of each batch.
+        global_variance: (D,) variance of each latent over random samples.
+        active: (D,) bool, the latents that may receive votes (at least one True).
+        num_factors: K.
+
+    Returns:
+        (K, D) int64 vote counts ``votes[k, j]`` = batches with factor k fixed whose
+        lowest normalised variance was latent j.
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    local = codes.var(axis=1, ddof=1)  # (V, D)
+    act = np.flatnonzero(active)  # (A,)
+    ratio = local[:, act] / global_variance[act][None, :]  # (V, A)
+    winner = act[np.argmin(ratio, axis=1)]  # (V,) real latent index
+    votes = np.zeros((num_factors, codes.shape[2]), dtype=np.int64)  # (K, D)
+    np.add.at(votes, (np.asarray(fixed_factor), winner), 1)
+    return votes
+
+
+def factor_vae_score_from_votes(train_votes, eval_votes) -> dict:
+    """Majority-vote classifier fitted on ``train_votes`` (K, D), scored on both vote tables.
+
+    Returns ``train_accuracy``, ``eval_accuracy`` and ``classifier`` (D,), the factor each
+    latent predicts (argmax of its column; a latent that never won a vote predicts factor 0 and
+    is never asked).
+    """
+    train_votes = np.asarray(train_votes)
+    eval_votes = np.asarray(eval_votes)
+    classifier = np.argmax(train_votes, axis=0)  # (D,)
+    cols = np.arange(train_votes.shape[1])
+    n_tr, n_ev = train_votes.sum(), eval_votes.sum()
+    train_acc = float(train_votes[classifier, cols].sum() / n_tr) if n_tr else 0.0
+    eval_acc = float(eval_votes[classifier, cols].sum() / n_ev) if n_ev else 0.0
+    return {"train_accuracy": train_acc, "eval_accuracy": eval_acc, "classifier": classifier}
+
+
+def _votes(representation_fn, sizes, rng, n_votes, batch_size, global_var, active, chunk_size):
+    eligible = np.flatnonzero(sizes >= 2)  # size-1 factors are never fixed
+    votes = np.zeros((sizes.size, global_var.size), dtype=np.int64)  # (K, D)
+    per_chunk = max(1, chunk_size // batch_size)
+    for start in range(0, n_votes, per_chunk):
+        v = min(per_chunk, n_votes - start)
+        fixed = eligible[rng.integers(0, eligible.size, size=v)]  # (v,)
+        f = sample_factors(rng, sizes, (v, batch_size))  # (v, B, K)
+        rows = np.arange(v)
+        f[rows, :, fixed] = f[rows, 0, fixed][:, None]  # hold factor fixed[v] at its first draw
+        z = encode(representation_fn, f.reshape(v * batch_size, -1), chunk_size)  # (v*B, D)
+        if z.shape[1] != global_var.size:
+            raise DataError(f"representation_fn: code width changed from {global_var.size} to {z.shape[1]}")
+        votes += factor_vae_votes(z.reshape(v, batch_size, -1), fixed, global_var, active, sizes.size)
+    return votes
+
+
+def factor_vae_score(
+    representation_fn: RepresentationFn,
+    factor_sizes,
+    rng: np.random.Generator,
+    *,
+    batch_size: int = 64,
+    n_train: int = 10000,
+    n_eval: int = 5000,
+    n_variance: int = 10000,
+    prune_threshold: float = 0.05,
+    chunk_size: int = 16384,
+) -> dict:
+    """FactorVAE score (Kim & Mnih) through a representation function of factor classes.
+
+    Args:
+        representation_fn: ``(n, K) int factor classes -> (n, D) codes``; see
+            :mod:`gatedvae.metrics.sampling`.
+        factor_sizes: (K,) number of classes per factor.
+        rng: the only source of randomness (factor choice and factor draws).
+        batch_size: samples per vote (64 in Kim & Mnih and disentanglement_lib).
+        n_train, n_eval: votes for fitting and for evaluating the majority-vote classifier.
+        n_variance: random samples for the global variance of each latent.
+        prune_threshold: latents with global std below this get no votes.
+        chunk_size: at most this many rows go to ``representation_fn`` at once.
+
+    Returns:
+        dict with ``train_accuracy``, ``eval_accuracy``, ``num_active_dims``, ``active`` (D,),
+        ``global_variance`` (D,), ``train_votes`` / ``eval_votes`` (K, D) and ``classifier`` (D,).
+        If no latent is active both accuracies are 0.
+    """
+    rng = check_rng(rng)
+    sizes = check_factor_sizes(factor_sizes)
+    batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
+    n_train = check_positive_int(n_train, "n_train")
+    n_eval = check_positive_int(n_eval, "n_eval")
+    n_variance = check_positive_int(n_variance, "n_variance", minimum=2)
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    z = encode(representation_fn, sample_factors(rng, sizes, (n_variance,)), chunk_size)  # (n_variance, D)
+    global_var = z.var(axis=0, ddof=1)  # (D,)
+    active = np.sqrt(global_var) >= float(prune_threshold)  # (D,)
+    active &= global_var > 0  # a zero-variance latent is never active, whatever the threshold
+    d = global_var.size
+    out = {"num_active_dims": int(active.sum()), "active": active, "global_variance": global_var}
+    if not active.any():
+        zeros = np.zeros((sizes.size, d), dtype=np.int64)
+        out.update(train_accuracy=0.0, eval_accuracy=0.0, train_votes=zeros, eval_votes=zeros.copy(),
+                   classifier=np.zeros(d, dtype=np.int64))
+        return out
+    train_votes = _votes(representation_fn, sizes, rng, n_train, batch_size, global_var, active, chunk_size)
+    eval_votes = _votes(representation_fn, sizes, rng, n_eval, batch_size, global_var, active, chunk_size)
+    out.update(factor_vae_score_from_votes(train_votes, eval_votes))
+    out.update(train_votes=train_votes, eval_votes=eval_votes)
+    return out

@@ -1,0 +1,257 @@
+"""Shared pieces of the metrics: input validation, discretisation, entropy and mutual information.
+
+Every metric in this package is a pure function over numpy arrays:
+
+* ``codes``   (N, D) float: one row per input, one column per latent dimension (encoder means);
+* ``factors`` (N, K): the ground-truth factor of each input (class indices for discrete factors);
+* ``rng``     an explicit :class:`numpy.random.Generator` (never the global ``np.random``).
+
+Bad input (a wrong shape, NaN in the codes, too few samples, a wrong option) raises
+:class:`~gatedvae.errors.DataError` or :class:`~gatedvae.errors.ConfigError` with one line that
+names the problem. The helpers here do that checking once, so every metric words it the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+
+__all__ = [
+    "check_codes",
+    "check_factors",
+    "check_rng",
+    "check_fraction",
+    "check_positive_int",
+    "check_choice",
+    "discretize",
+    "discrete_entropy",
+    "discrete_mutual_info",
+    "encode_labels",
+    "normalized_entropy",
+    "seed_from",
+    "split_indices",
+    "standardize",
+    "subsample",
+]
+
+
+# --------------------------------------------------------------------------- validation
+def check_codes(codes, name: str = "codes", min_samples: int = 2) -> np.ndarray:
+    """Return ``codes`` as a float64 (N, D) array, or raise DataError in one line.
+
+    Checks: numeric, exactly 2-D, at least one column, at least ``min_samples`` rows, all finite.
+    """
+    try:
+        arr = np.asarray(codes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{name}: expected a numeric array of shape (N, D), got {type(codes).__name__}") from None
+    if arr.ndim != 2:
+        raise DataError(f"{name}: expected shape (N, D), got shape {arr.shape}")
+    n, d = arr.shape
+    if d < 1:
+        raise DataError(f"{name}: expected at least one column, got shape {arr.shape}")
+    if n < min_samples:
+        raise DataError(f"{name}: need at least {min_samples} samples (rows), got {n}")
+    if not np.isfinite(arr).all():
+        bad = np.flatnonzero(~np.isfinite(arr).all(axis=0))
+        raise DataError(f"{name}: NaN or inf in column(s) {bad.tolist()}")
+    return arr
+
+
+def check_factors(factors, n: int, name: str = "factors", allow_constant: bool = False) -> np.ndarray:
+    """Return ``factors`` as a float64 (N, K) array matching ``n`` rows, or raise DataError.
+
+    A constant factor column (dSprites' colour, a size-1 factor) carries no information and
+    makes every per-factor normalisation 0/0, so it is refused unless ``allow_constant``:
+    drop it first (``factors[:, sizes > 1]``).
+    """
+    arr = check_codes(factors, name=name)
+    if arr.shape[0] != n:
+        raise DataError(f"{name}: has {arr.shape[0]} rows but codes have {n}; pass one factor row per code row")
+    if not allow_constant:
+        const = np.flatnonzero(np.all(arr == arr[:1], axis=0))
+        if const.size:
+            raise DataError(
+                f"{name}: column(s) {const.tolist()} are constant and cannot be scored; drop them "
+                "(e.g. dSprites' colour) before computing metrics"
+            )
+    return arr
+
+
+def check_rng(rng) -> np.random.Generator:
+    """Require an explicit ``np.random.Generator`` (STYLE.md habit 4: no global numpy RNG)."""
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigError(
+            f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}"
+        )
+    return rng
+
+
+def check_fraction(value, name: str) -> float:
+    """A number strictly between 0 and 1, else ConfigError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a number in (0, 1), got {value!r}") from None
+    if not 0.0 < v < 1.0:
+        raise ConfigError(f"{name}: expected a number in (0, 1), got {value!r}")
+    return v
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """An integer >= ``minimum``, else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_choice(value, name: str, choices: Sequence[str]) -> str:
+    """One of ``choices``, else ConfigError naming the valid ones."""
+    if value not in choices:
+        raise ConfigError(f"{name}: unknown value {value!r}; choose one of {', '.join(map(repr, choices))}")
+    return value
+
+
+# --------------------------------------------------------------------------- sampling helpers
+def seed_from(rng: np.random.Generator) -> int:
+    """An int seed drawn from ``rng``, for scikit-learn's ``random_state`` arguments."""
+    return int(rng.integers(0, 2**31 - 1))
+
+
+def subsample(rng: np.random.Generator, n: int, max_samples: int | None) -> np.ndarray | None:
+    """Indices of a random subset of size ``max_samples`` (sorted), or None when no cut is needed."""
+    if max_samples is None or n <= max_samples:
+        return None
+    check_positive_int(max_samples, "max_samples", minimum=2)
+    return np.sort(rng.choice(n, size=max_samples, replace=False))
+
+
+def split_indices(rng: np.random.Generator, n: int, train_frac: float, min_test: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/test split of ``range(n)``; DataError if either side would be too small."""
+    train_frac = check_fraction(train_frac, "train_frac")
+    n_train = int(round(train_frac * n))
+    if n_train < 2 or n - n_train < min_test:
+        raise DataError(
+            f"too few samples: {n} rows give {n_train} train / {n - n_train} test at train_frac={train_frac}"
+        )
+    perm = rng.permutation(n)  # (N,)
+    return perm[:n_train], perm[n_train:]
+
+
+def standardize(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Z-score columns with the mean and std of ``train``; a zero-variance column is only centred.
+
+    Returns the transformed ``train`` followed by each of ``others`` (same statistics).
+    """
+    mean = train.mean(axis=0)  # (D,)
+    std = train.std(axis=0)  # (D,)
+    std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)  # guard constant columns
+    return tuple((a - mean) / std for a in (train, *others))
+
+
+def encode_labels(column: np.ndarray) -> tuple[np.ndarray, int]:
+    """Map arbitrary label values of one column to 0..C-1; returns (labels (N,) int64, C)."""
+    uniq, inv = np.unique(column, return_inverse=True)
+    return inv.reshape(-1).astype(np.int64), int(uniq.size)
+
+
+# --------------------------------------------------------------------------- discretisation
+def discretize(codes, bins: int = 20) -> np.ndarray:
+    """Histogram-discretise each column into ``bins`` equal-width bins over its own range.
+
+    Bin ``b`` (0-based) holds values in ``[lo + b*w, lo + (b+1)*w)``; the maximum falls in the last
+    bin. A constant column lands entirely in one bin. This is the equal-width ("histogram")
+    discretiser used for MIG by Chen et al. (``002_b6b404b9b5e7b646.txt``) and by
+    disentanglement_lib, which returns 1-based bin ids; ours are 0-based (the MI is identical).
+
+    Args:
+        codes: (N, D) array.
+        bins: number of bins per column (>= 2).
+
+    Returns:
+        (N, D) int64 array of bin indices in ``0..bins-1``.
+    """
+    codes = check_codes(codes, min_samples=1)
+    bins = check_positive_int(bins, "bins", minimum=2)
+    lo = codes.min(axis=0)  # (D,)
+    hi = codes.max(axis=0)  # (D,)
+    width = np.where(hi > lo, (hi - lo) / bins, 1.0)  # (D,) constant columns: any width
+    idx = np.floor((codes - lo) / width).astype(np.int64)  # (N, D)
+    return np.clip(idx, 0, bins - 1)
+
+
+# --------------------------------------------------------------------------- information
+def discrete_entropy(labels) -> np.ndarray:
+    """Plug-in entropy (nats) of each column of a (N, K) array of discrete labels; returns (K,)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    out = np.empty(labels.shape[1])
+    for k in range(labels.shape[1]):
+        _, counts = np.unique(labels[:, k], return_counts=True)
+        p = counts / counts.sum()
+        out[k] = -np.sum(p * np.log(p))
+    return out
+
+
+def discrete_mutual_info(a, b) -> np.ndarray:
+    """Plug-in mutual information (nats) between every column of ``a`` and every column of ``b``.
+
+    ``I(a_i; b_k) = sum_{x,y} p(x, y) log(p(x, y) / (p(x) p(y)))`` from the contingency table of
+    the two label columns (equal to ``sklearn.metrics.mutual_info_score``). One pair at a time,
+    rows are latents and columns are factors: no transposes to get wrong.
+
+    Args:
+        a: (N, D) discrete labels (e.g. ``discretize(codes)``).
+        b: (N, K) discrete labels (e.g. factor classes).
+
+    Returns:
+        (D, K) float array, ``out[i, k] = I(a_i; b_k) >= 0``.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim == 1:
+        a = a[:, None]
+    if b.ndim == 1:
+        b = b[:, None]
+    n = a.shape[0]
+    a_codes = [encode_labels(a[:, i]) for i in range(a.shape[1])]
+    b_codes = [encode_labels(b[:, k]) for k in range(b.shape[1])]
+    out = np.zeros((a.shape[1], b.shape[1]))
+    for i, (ai, ca) in enumerate(a_codes):
+        pa = np.bincount(ai, minlength=ca) / n  # (Ca,)
+        for k, (bk, cb) in enumerate(b_codes):
+            pb = np.bincount(bk, minlength=cb) / n  # (Cb,)
+            joint = np.bincount(ai * cb + bk, minlength=ca * cb).reshape(ca, cb) / n  # (Ca, Cb)
+            nz = joint > 0
+            ratio = joint[nz] / np.outer(pa, pb)[nz]
+            out[i, k] = max(float(np.sum(joint[nz] * np.log(ratio))), 0.0)
+    return out
+
+
+def normalized_entropy(p: np.ndarray, axis: int) -> np.ndarray:
+    """Entropy of non-negative weights along ``axis`` after normalising them, in base = their count.
+
+    ``H_n(P) = -sum_j P_j log_n P_j`` with ``P = w / sum(w)`` and ``0 log 0 = 0``; the result lies in
+    [0, 1]. A slice whose weights are all zero gets entropy 1 (no structure: callers give it weight
+    0 anyway), and a length-1 axis gets entropy 0 (one outcome, nothing to spread over).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    n = p.shape[axis]
+    total = p.sum(axis=axis, keepdims=True)
+    safe = np.where(total > 0, total, 1.0)
+    q = p / safe
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(q > 0, q * np.log(q), 0.0)
+    h = -terms.sum(axis=axis)
+    if n <= 1:
+        h = np.zeros_like(h)
+    else:
+        h = h / np.log(n)
+    zero = np.squeeze(total, axis=axis) <= 0
+    return np.where(zero, 1.0, np.clip(h, 0.0, 1.0))

@@ -1,0 +1,69 @@
+"""Command line: help, user errors as one line with exit status 2, data commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gatedvae.cli import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "gatedvae.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_lists_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("quickstart", "data"):
+        assert cmd in r.stdout
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert "gatedvae" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["data", "describe", "ellipses", "sise=10"], "did you mean 'size'"),
+        (["data", "describe", "ellipses", "size=ten"], "size: expected int"),
+        (["data", "describe", "mnist"], "not one of"),
+        (["data", "describe", "dsprites_file"], "data.path is empty"),
+        (["data", "describe", "dsprites_file", "path=/nonexistent/d.npz"], "/nonexistent/d.npz"),
+        (["data", "describe", "ellipses", "stride.x=2"], "full-grid"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, match, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert match in err
+    assert "Traceback" not in err
+
+
+def test_user_error_in_subprocess_has_no_traceback():
+    r = run_cli("data", "describe", "ellipses", "corelation=0.3")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: unknown config key") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_data_describe_and_preview(tmp_path, capsys):
+    assert main(["data", "describe", "ellipses", "size=500", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "500 images" in out and "factor x" in out
+    png = tmp_path / "p.png"
+    assert main(["data", "preview", "ellipses", "size=500", "--out", str(png), "--quiet"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_command_prints_usage():
+    r = run_cli()
+    assert r.returncode == 2 and "usage" in r.stderr.lower()

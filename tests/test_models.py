@@ -1,0 +1,224 @@
+"""Every registered model, gated and not: shapes, finite gradients, learning, save/load, gating."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gatedvae.config import ModelConfig
+from gatedvae.errors import ConfigError
+from gatedvae.gating import clamp_to_mean, gate
+from gatedvae.models import MODELS, build_model, resolve_hyper
+from gatedvae.train.checkpoint import load_checkpoint, save_checkpoint
+
+IMAGE = (1, 8, 8)
+LATENT = 6
+MASK = torch.tensor([False, False, True, True, False, False])
+
+
+def make(name: str, net: str = "mlp", seed: int = 0, **kw):
+    cond = ("f1",) if MODELS[name].cls.__dict__.get("conditional") or getattr(MODELS[name].cls, "conditional", False) else ()
+    cfg = ModelConfig(name=name, net=net, latent_dim=LATENT, hidden=16, condition=cond, **kw)
+    return build_model(cfg, IMAGE, dataset_size=500, cond_dim=3 if cond else 0, seed=seed)
+
+
+def batch(model, b=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand((b, *model.image_shape), generator=g) > 0.5).float()
+    cond = torch.eye(3)[torch.randint(0, 3, (b,), generator=g)] if model.cond_dim else None
+    return x, cond
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["ungated", "gated"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_forward_backward_every_parameter_finite_gradient(name, gated):
+    model = make(name)
+    x, cond = batch(model)
+    out = model.loss(x, x.flip(0), step=5, generator=torch.Generator().manual_seed(1), cond=cond,
+                     gate_mask=MASK if gated else None)
+    assert out.total.ndim == 0 and torch.isfinite(out.total)
+    assert set(out.terms) >= {"recon"} and all(v.ndim == 0 for v in out.terms.values())
+    out.total.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+    assert out.z.shape == (12, LATENT)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_short_training_reduces_the_loss(name):
+    torch.manual_seed(0)
+    model = make(name)
+    _, cond = batch(model, b=32)
+    g0 = torch.Generator().manual_seed(0)
+    prototypes = (torch.rand((4, *IMAGE), generator=g0) > 0.7).float()  # sparse, like sprites
+    x = prototypes[torch.arange(32) % 4]  # (32, 1, 8, 8)
+    opts = {"main": torch.optim.Adam(model.main_parameters(), lr=3e-3)}
+    for aux, module in model.auxiliary_modules().items():
+        opts[aux] = torch.optim.Adam(module.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+
+    def loss_eval():
+        # The whole objective at a fixed step and noise, in eval mode (batch-norm statistics).
+        model.eval()
+        with torch.no_grad():
+            r = model.loss(x, x, 0, torch.Generator().manual_seed(5), cond=cond).total.item()
+        model.train()
+        return r
+
+    before = loss_eval()
+    for step in range(60):
+        out = model.loss(x, x, step, g, cond=cond)
+        opts["main"].zero_grad()
+        out.total.backward()
+        opts["main"].step()
+        model.auxiliary_step(out, opts, g)
+    after = loss_eval()
+    assert after < before - 0.05 * abs(before), (before, after)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_save_load_gives_equal_tensors(name, tmp_path):
+    model = make(name, seed=1)
+    x, cond = batch(model)
+    out = model.loss(x, x, 0, torch.Generator().manual_seed(0), cond=cond)
+    out.total.backward()  # populate batch-norm statistics via a step
+    opt = torch.optim.Adam(model.main_parameters(), lr=1e-3)
+    opt.step()
+    gen = torch.Generator().manual_seed(3)
+    path = save_checkpoint(tmp_path / "c.safetensors", model, {"main": opt}, gen, {"step": 1})
+    other = make(name, seed=2)
+    opt2 = torch.optim.Adam(other.main_parameters(), lr=1e-3)
+    gen2 = torch.Generator().manual_seed(99)
+    header = load_checkpoint(path, other, {"main": opt2}, gen2)
+    assert header["step"] == 1
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert torch.equal(gen.get_state(), gen2.get_state())
+    sa, sb = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for pid in sa:
+        for key in sa[pid]:
+            assert torch.equal(torch.as_tensor(sa[pid][key]), torch.as_tensor(sb[pid][key]))
+
+
+@pytest.mark.parametrize("name", ["beta_vae", "info_vae", "dip_vae_ii", "factor_vae", "beta_tcvae", "chyvae", "annealed_vae"])
+def test_gate_blocks_reconstruction_gradient_outside_the_active_partition(name):
+    model = make(name)
+    x, cond = batch(model)
+    post = model.encode(x, cond)
+    post.mu.retain_grad()
+    post.logvar.retain_grad()
+    z = post.rsample(torch.Generator().manual_seed(0))
+    z.retain_grad()
+    recon = model.reconstruction(model.decode(gate(z, MASK), cond), x.flip(0)).mean()
+    recon.backward()
+    assert torch.all(z.grad[:, ~MASK] == 0), "gradient leaked outside the active partition"
+    assert torch.all(post.mu.grad[:, ~MASK] == 0)
+    assert z.grad[:, MASK].abs().sum() > 0
+    # Ungated, the same reconstruction reaches every dim.
+    post = model.encode(x, cond)
+    z = post.rsample(torch.Generator().manual_seed(0))
+    z.retain_grad()
+    model.reconstruction(model.decode(z, cond), x.flip(0)).mean().backward()
+    assert torch.all(z.grad.abs().sum(0) > 0)
+
+
+def _encoder_head_grad(model, **loss_kw):
+    x, cond = batch(model)
+    model.zero_grad()
+    out = model.loss(x, x.flip(0), 3, torch.Generator().manual_seed(0), cond=cond, **loss_kw)
+    out.total.backward()
+    w = model.encoder.head.linear.weight.grad  # rows: mu (M) then logvar (M)
+    return w[:LATENT].abs().sum(1), w[LATENT:].abs().sum(1)
+
+
+@pytest.mark.parametrize("name", ["beta_vae", "info_vae", "dip_vae_ii", "beta_tcvae", "factor_vae"])
+def test_gated_step_with_gated_regulariser_leaves_other_partitions_untouched(name):
+    model = make(name)
+    mu_g, logvar_g = _encoder_head_grad(model, gate_mask=MASK, gate_regulariser=True)
+    assert torch.all(mu_g[~MASK] == 0) and torch.all(logvar_g[~MASK] == 0)
+    assert torch.all(mu_g[MASK] > 0)
+    mu_u, logvar_u = _encoder_head_grad(model)
+    assert torch.all(mu_u > 0) and torch.all(logvar_u > 0)
+    # Default (the paper): regulariser over the whole latent, so every partition gets its KL gradient.
+    mu_k, _ = _encoder_head_grad(model, gate_mask=MASK)
+    assert torch.all(mu_k > 0)
+
+
+def test_gate_forward_value_is_unchanged():
+    z = torch.randn(5, LATENT, requires_grad=True)
+    assert torch.equal(gate(z, MASK), z)
+
+
+def test_dcign_clamp_forward_mean_backward_deviation():
+    z = torch.randn(7, LATENT, requires_grad=True)
+    clamp = ~MASK
+    out = clamp_to_mean(z, clamp)
+    assert torch.allclose(out[:, clamp], z.detach().mean(0, keepdim=True)[:, clamp].expand(7, -1))
+    assert torch.equal(out[:, ~clamp], z.detach()[:, ~clamp])
+    out.sum().backward()
+    dev = (z - z.mean(0, keepdim=True)).detach()
+    assert torch.allclose(z.grad[:, clamp], dev[:, clamp])
+    assert torch.equal(z.grad[:, ~clamp], torch.ones(7, int((~clamp).sum())))
+
+
+def test_conv64_models_run_on_64x64():
+    cfg = ModelConfig(name="beta_vae", net="conv64", latent_dim=4, hidden=32)
+    model = build_model(cfg, (3, 64, 64), 100)
+    x = torch.rand(4, 3, 64, 64)
+    out = model.loss(x, x, 0, torch.Generator().manual_seed(0))
+    out.total.backward()
+    assert model.decode(out.z).shape == (4, 3, 64, 64)
+
+
+def test_gaussian_likelihood():
+    cfg = ModelConfig(name="vae", likelihood="gaussian", latent_dim=4, hidden=16)
+    model = build_model(cfg, IMAGE, 100)
+    x = torch.rand(6, *IMAGE)
+    assert torch.isfinite(model.loss(x, x, 0, None).total)
+
+
+def test_seeded_construction_is_reproducible_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b, c = make("factor_vae", seed=4), make("factor_vae", seed=4), make("factor_vae", seed=5)
+    assert torch.equal(torch.get_rng_state(), before)
+    for (k, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(pa, pb), k
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+def test_hyperparameter_rules():
+    assert resolve_hyper(ModelConfig(name="beta_vae")) == {"beta": 4.0}
+    assert resolve_hyper(ModelConfig(name="beta_vae", beta=8))["beta"] == 8.0
+    with pytest.raises(ConfigError, match="model.gamma is not a hyperparameter of beta_vae"):
+        resolve_hyper(ModelConfig(name="beta_vae", gamma=3))
+    with pytest.raises(ConfigError, match="did you mean 'beta_vae'"):
+        resolve_hyper(ModelConfig(name="beta_vea"))
+    with pytest.raises(ConfigError, match="must exceed latent_dim"):
+        build_model(ModelConfig(name="chyvae", latent_dim=8, nu=5), IMAGE, 100)
+    with pytest.raises(ConfigError, match="not conditional"):
+        build_model(ModelConfig(name="vae", condition=("f1",)), IMAGE, 100)
+
+
+def test_registry_variants_fix_hyperparameters():
+    assert MODELS["beta_vae"].cls is MODELS["vae"].cls
+    assert MODELS["annealed_vae_relu"].defaults["capacity_mode"] == "relu"
+    assert MODELS["beta_tcvae_mss"].defaults["tc_estimator"] == "mss"
+    assert MODELS["dip_vae_ii"].defaults == {"lambda_od": 250.0, "lambda_d": 250.0}
+    assert MODELS["info_vae"].defaults["mmd_lambda"] == 500.0
+
+
+def test_factor_vae_discriminator_step_does_not_touch_the_encoder():
+    model = make("factor_vae")
+    x, _ = batch(model)
+    out = model.loss(x, x, 0, torch.Generator().manual_seed(0))
+    model.zero_grad()
+    opts = {"discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=1e-4)}
+    before = [p.detach().clone() for p in model.encoder.parameters()]
+    terms = model.auxiliary_step(out, opts, torch.Generator().manual_seed(0))
+    assert "disc" in terms and np.isfinite(terms["disc"].item())
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))

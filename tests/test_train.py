@@ -1,0 +1,203 @@
+"""Trainer: run directory, exact resume after SIGKILL, NaN handling, fine-tuning, modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig, save_config
+from gatedvae.errors import GatedVAEError
+from gatedvae.models.base import GenerativeModel
+from gatedvae.train import TrainingDiverged, latest_checkpoint, train
+
+PARTS = (
+    PartitionConfig(name="position", size=2, factors=("x", "y")),
+    PartitionConfig(name="scale", size=1, factors=("scale",)),
+    PartitionConfig(name="orientation", size=1, factors=("orientation",)),
+)
+
+
+def small_config(steps=40, gated=True, **train_kw) -> Config:
+    return Config(
+        data=DataConfig(name="ellipses", size=400, levels=8),
+        model=ModelConfig(name="beta_vae", latent_dim=4, hidden=24),
+        gating=GatingConfig(enabled=gated, partitions=PARTS if gated else ()),
+        train=TrainConfig(steps=steps, batch_size=16, lr=1e-3, log_every=5, checkpoint_every=10, **train_kw),
+    )
+
+
+def final_tensors(run: Path) -> dict[str, torch.Tensor]:
+    step, path = latest_checkpoint(run / "checkpoints")
+    return load_file(str(path))
+
+
+def test_run_directory_contents(tmp_path):
+    run = tmp_path / "run"
+    summary = train(small_config(image_every=20), run, quiet=True)
+    assert summary["status"] == "finished" and summary["steps"] == 40 and summary["gated"]
+    assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
+    status = json.loads((run / "status.json").read_text())
+    assert status == {"status": "finished", "step": 40, "total_steps": 40}
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert {"recon", "kl", "total", "epoch"} <= set(lines[0])
+    assert any((run / "tensorboard").iterdir())
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step-000000030.safetensors", "step-000000040.safetensors"]  # keep_checkpoints=2
+
+
+def test_same_seed_same_parameters_and_different_seed_differs(tmp_path):
+    a = final_tensors(_trained(tmp_path / "a", small_config(steps=20)))
+    b = final_tensors(_trained(tmp_path / "b", small_config(steps=20)))
+    c = final_tensors(_trained(tmp_path / "c", small_config(steps=20, seed=1)))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("model/"))
+
+
+def _trained(run: Path, cfg: Config) -> Path:
+    train(cfg, run, quiet=True, tensorboard=False)
+    return run
+
+
+def test_resume_in_process_is_bitwise(tmp_path):
+    cfg = small_config(steps=40)
+    full = final_tensors(_trained(tmp_path / "full", cfg))
+    run = tmp_path / "stopped"
+    assert train(cfg, run, quiet=True, tensorboard=False, stop_after=17)["status"] == "stopped"
+    train(None, run, resume=True, quiet=True, tensorboard=False)
+    resumed = final_tensors(run)
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "gatedvae", *args]
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tmp_path, trial):
+    cfg = small_config(steps=300)
+    cfg_path = tmp_path / "cfg.yaml"
+    save_config(cfg, cfg_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = tmp_path / "ref"
+    subprocess.run(_cli("train", str(cfg_path), "--run-dir", str(ref), "--quiet", "--no-tensorboard"), check=True, env=env, timeout=300)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("train", str(cfg_path), "--run-dir", str(run), "--quiet", "--no-tensorboard"), env=env)
+    rnd = random.Random(trial)
+    # Wait until training is under way (first checkpoint or, for trial 0, just the config), then kill.
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints").is_dir():
+        time.sleep(0.01)
+    time.sleep(rnd.uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
+    if status.get("status") == "finished":
+        pytest.skip("the run finished before the kill; nothing to resume")
+    assert status.get("step", 0) < 300
+    r = subprocess.run(_cli("train", "--resume", str(run), "--quiet", "--no-tensorboard"), env=env, timeout=300, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a, b = final_tensors(ref), final_tensors(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_stops_naming_step_and_term_and_keeps_checkpoint(tmp_path, monkeypatch):
+    original = GenerativeModel.regulariser
+
+    def poisoned(self, post, z, step, generator):
+        terms = original(self, post, z, step, generator)
+        if step == 23:
+            terms["kl"] = terms["kl"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(GenerativeModel, "regulariser", poisoned)
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match=r"loss term 'kl' is nan at step 23; the last good checkpoint \(step 20\)") as exc:
+        train(small_config(steps=40), run, quiet=True, tensorboard=False)
+    assert "\n" not in str(exc.value)
+    assert latest_checkpoint(run / "checkpoints")[0] == 20
+    tensors = final_tensors(run)
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+def test_run_directory_rules(tmp_path):
+    run = tmp_path / "r"
+    train(small_config(steps=10), run, quiet=True, tensorboard=False)
+    with pytest.raises(GatedVAEError, match="already exists and is not empty"):
+        train(small_config(steps=10), run, quiet=True)
+    with pytest.raises(GatedVAEError, match="already finished at step 10"):
+        train(None, run, resume=True, quiet=True)
+    with pytest.raises(GatedVAEError, match="does not exist"):
+        train(None, tmp_path / "missing", resume=True)
+    (tmp_path / "foreign").mkdir()
+    with pytest.raises(GatedVAEError, match="not a gatedvae run directory"):
+        train(None, tmp_path / "foreign", resume=True)
+
+
+def test_decoder_finetuning_freezes_the_encoder(tmp_path):
+    run = tmp_path / "ft"
+    cfg = small_config(steps=20, finetune_steps=10, keep_checkpoints=5)
+    train(cfg, run, quiet=True, tensorboard=False)
+    at20 = load_file(str(run / "checkpoints" / "step-000000020.safetensors"))
+    at30 = load_file(str(run / "checkpoints" / "step-000000030.safetensors"))
+    enc = [k for k in at20 if k.startswith("model/encoder.")]
+    dec = [k for k in at20 if k.startswith("model/decoder.") and "running" not in k and "num_batches" not in k]
+    assert enc and dec
+    assert all(torch.equal(at20[k], at30[k]) for k in enc)  # parameters and batch-norm statistics
+    assert any(not torch.equal(at20[k], at30[k]) for k in dec)
+    phases = [json.loads(l)["phase"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert phases[-1] == "finetune" and phases[0] == "train"
+
+
+@pytest.mark.parametrize(
+    "gating",
+    [
+        GatingConfig(enabled=True, partitions=PARTS, schedule="random"),
+        GatingConfig(enabled=True, partitions=PARTS, mode="clamp"),
+        GatingConfig(enabled=True, partitions=PARTS, gate_kl=True),
+        GatingConfig(
+            enabled=True,
+            partitions=(
+                PartitionConfig(name="pos", size=2, factors=("x", "y"), sampler="cluster", clusters=20, noise=0.1),
+                PartitionConfig(name="free", size=2, sampler="identity"),
+            ),
+        ),
+    ],
+    ids=["random", "dcign-clamp", "gate-kl", "cluster+free"],
+)
+def test_gating_modes_train(tmp_path, gating):
+    cfg = small_config(steps=12)
+    cfg = Config(data=cfg.data, model=cfg.model, gating=gating, train=cfg.train)
+    summary = train(cfg, tmp_path / "m", quiet=True, tensorboard=False)
+    assert summary["status"] == "finished" and np.isfinite(summary["final"]["total"])
+
+
+def test_conditional_vae_trains_on_factor_labels(tmp_path):
+    cfg = small_config(steps=10, gated=False)
+    cfg = Config(data=cfg.data, model=ModelConfig(name="cvae", latent_dim=4, hidden=24, condition=("scale",)), train=cfg.train)
+    assert train(cfg, tmp_path / "c", quiet=True, tensorboard=False)["status"] == "finished"
+
+
+def test_partition_naming_missing_factor_is_a_clear_error(tmp_path):
+    cfg = small_config(steps=5)
+    bad = GatingConfig(enabled=True, partitions=(PartitionConfig(name="shape", size=4, factors=("shape",)),))
+    with pytest.raises(GatedVAEError, match="lacks; its factors are: x, y, scale, orientation"):
+        train(Config(data=cfg.data, model=cfg.model, gating=bad, train=cfg.train), tmp_path / "p", quiet=True)
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p" / "checkpoints").glob("*"))
