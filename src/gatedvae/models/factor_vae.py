@@ -43,7 +43,13 @@ class FactorVAE(GenerativeModel):
 
     def regulariser(self, post: Posterior, z: torch.Tensor, step: int, generator) -> dict[str, torch.Tensor]:
         kl = kl_diag_normal(post.mu, post.logvar).mean()  # scalar
-        tc = factor_vae_tc(self.discriminator(z))  # scalar
+        # The VAE's TC term needs d/dz only: the discriminator's own weights take no gradient
+        # here (they are trained in auxiliary_step), which saves their weight-gradient matmuls.
+        self.discriminator.requires_grad_(False)
+        try:
+            tc = factor_vae_tc(self.discriminator(z))  # scalar
+        finally:
+            self.discriminator.requires_grad_(True)
         return {"kl": kl, "tc": float(self.hyper["gamma"]) * tc}
 
     def auxiliary_step(self, out: LossOutput, optimizers, generator) -> dict[str, torch.Tensor]:

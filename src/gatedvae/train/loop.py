@@ -170,16 +170,22 @@ class _Batcher:
         return x, target, cond, gate_mask, clamp_mask, active
 
 
-def _optimizers(model: GenerativeModel, lr: float) -> dict[str, torch.optim.Optimizer]:
-    opts: dict[str, torch.optim.Optimizer] = {"main": torch.optim.Adam(model.main_parameters(), lr=lr)}
+def _adam(params, device: torch.device, **kw) -> torch.optim.Optimizer:
+    # The fused kernel is measured 20% faster per mlp-1200 step on this CPU
+    # (benchmarks/bench_train.py); it exists for CPU and CUDA tensors.
+    return torch.optim.Adam(params, fused=device.type in ("cpu", "cuda"), **kw)
+
+
+def _optimizers(model: GenerativeModel, lr: float, device: torch.device) -> dict[str, torch.optim.Optimizer]:
+    opts: dict[str, torch.optim.Optimizer] = {"main": _adam(model.main_parameters(), device, lr=lr)}
     settings = model.auxiliary_optimizer_settings()
     for name, module in model.auxiliary_modules().items():
-        opts[name] = torch.optim.Adam(module.parameters(), **settings.get(name, {"lr": lr}))
+        opts[name] = _adam(module.parameters(), device, **settings.get(name, {"lr": lr}))
     return opts
 
 
-def _finetune_optimizer(model: GenerativeModel, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.decoder.parameters(), lr=lr)
+def _finetune_optimizer(model: GenerativeModel, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    return _adam(model.decoder.parameters(), device, lr=lr)
 
 
 def _set_finetune(model: GenerativeModel, on: bool) -> None:
@@ -282,8 +288,8 @@ def train(
     ckpt_dir = run_dir / "checkpoints"
     rng = np.random.default_rng([cfg.seed, 2])
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    optimizers = _optimizers(model, cfg.lr)
-    finetune_opt = _finetune_optimizer(model, cfg.lr) if cfg.finetune_steps else None
+    optimizers = _optimizers(model, cfg.lr, device)
+    finetune_opt = _finetune_optimizer(model, cfg.lr, device) if cfg.finetune_steps else None
     all_opts = dict(optimizers, **({"finetune": finetune_opt} if finetune_opt else {}))
 
     start = 0
