@@ -90,7 +90,8 @@ def _cli(*args):
 
 @pytest.mark.parametrize("trial", range(2))
 def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tmp_path, trial):
-    cfg = small_config(steps=300)
+    total = 1500
+    cfg = small_config(steps=total)
     cfg_path = tmp_path / "cfg.yaml"
     save_config(cfg, cfg_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -99,17 +100,22 @@ def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tmp_path, trial):
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cli("train", str(cfg_path), "--run-dir", str(run), "--quiet", "--no-tensorboard"), env=env)
     rnd = random.Random(trial)
-    # Wait until training is under way (first checkpoint or, for trial 0, just the config), then kill.
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / "checkpoints").is_dir():
-        time.sleep(0.01)
-    time.sleep(rnd.uniform(0.0, 1.5))
+    target = rnd.randrange(10, total - 300)  # kill once the run has passed this step
+    deadline = time.time() + 240
+    step = -1
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            step = json.loads((run / "status.json").read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            step = -1
+        if step >= target:
+            break
+        time.sleep(0.005)
+    time.sleep(rnd.uniform(0.0, 0.05))  # anywhere inside a step or a checkpoint write
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
-    if status.get("status") == "finished":
-        pytest.skip("the run finished before the kill; nothing to resume")
-    assert status.get("step", 0) < 300
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "running" and status["step"] < total, status
     r = subprocess.run(_cli("train", "--resume", str(run), "--quiet", "--no-tensorboard"), env=env, timeout=300, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     a, b = final_tensors(ref), final_tensors(run)

@@ -88,6 +88,18 @@ __all__ = [
     "discretize",
     "discrete_entropy",
     "discrete_mutual_info",
+    # the adapter: a model and its dataset -> the metrics (imported last; it uses the registry)
+    "evaluate_model",
+    "encode",
+    "encode_posterior",
+    "representation_fn",
+    "resolve_metrics",
+    "headline",
+    "CodeCache",
+    "EVAL_METRICS",
+    "SAMPLE_SIZES",
+    "laplacian_sharpness",
+    "assigned_importance_fraction",
 ]
 
 _DCI_VARIANT_DEFAULTS = {k: v for k, v in DCI_DEFAULTS.items() if k != "regressor"}
@@ -156,3 +168,18 @@ def compute(name: str, *args, preset: str = "default", **overrides) -> dict:
     kwargs = preset_kwargs(name, preset)
     kwargs.update(overrides)
     return METRICS[name](*args, **kwargs)
+
+
+from .adapter import (  # noqa: E402  (after METRICS, KINDS and preset_kwargs, which it imports)
+    EVAL_METRICS,
+    SAMPLE_SIZES,
+    CodeCache,
+    assigned_importance_fraction,
+    encode,
+    encode_posterior,
+    evaluate_model,
+    headline,
+    laplacian_sharpness,
+    representation_fn,
+    resolve_metrics,
+)

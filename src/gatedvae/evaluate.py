@@ -1,0 +1,320 @@
+"""Evaluate a trained run: every metric into ``RUN/metrics.json``, the figures into ``RUN/figures/``.
+
+One call, :func:`evaluate_run`, does what ``gatedvae evaluate RUN_DIR`` does:
+
+1. read the run's resolved config and its latest checkpoint (a one-line error if the directory
+   is missing, is not a run, or has no checkpoint yet);
+2. rebuild its dataset and model exactly as training did (:func:`gatedvae.train.prepare`, same
+   config and seed) and load the weights;
+3. run the metrics through the sampling layer (:func:`gatedvae.metrics.adapter.evaluate_model`)
+   with a preset's sample sizes and one seed;
+4. write ``RUN/metrics.json`` atomically: every score with its parameters, sample sizes and the
+   time it took, the seed, the preset and the checkpoint step; plain JSON (numpy arrays become
+   lists, NaN becomes ``null``, infinities the strings ``"inf"`` / ``"-inf"``);
+5. write the figures into ``RUN/figures/``: Hinton diagrams of the DCI importance (latents x
+   factors with the partitions outlined, and partitions x factors), latent traversals (rows
+   grouped by partition, sorted by KL), reconstructions, KL per latent, training curves and, for
+   gated runs, one latent swap grid per partition.
+
+:func:`udr_runs` scores several runs of one configuration (different seeds) against each other
+with UDR (Duan et al., lecture ``002_b6b404b9b5e7b646.txt``), the one metric that needs more than
+one model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config
+from .errors import ConfigError, DataError, GatedVAEError
+from .metrics import adapter
+
+__all__ = ["evaluate_run", "udr_runs", "to_jsonable", "format_headline", "write_figures", "load_trained", "FORMAT"]
+
+FORMAT = "gatedvae-metrics-1"
+
+
+# --------------------------------------------------------------------------- JSON
+def _float(x: float) -> float | str | None:
+    if math.isnan(x):
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON data from metric results: numpy -> lists and scalars, tuple keys -> ``"i,j"``,
+    NaN -> None, +-inf -> ``"inf"`` / ``"-inf"``, paths -> strings."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            key = ",".join(str(p) for p in k) if isinstance(k, tuple) else str(k)
+            out[key] = to_jsonable(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _float(float(obj))
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    return str(obj)
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- loading
+def load_trained(run_dir: str | os.PathLike, progress: bool = False):
+    """``(prep, step, checkpoint_path)`` of a run: its data and model with the latest weights.
+
+    Raises GatedVAEError (one line) for a missing directory, a directory that is not a run, or a
+    run without a checkpoint.
+    """
+    from .train import latest_checkpoint, load_checkpoint, load_run_config, prepare
+
+    run = Path(run_dir)
+    config = load_run_config(run)  # one-line errors for a missing or foreign directory
+    found = latest_checkpoint(run / "checkpoints")
+    if found is None:
+        raise GatedVAEError(f"run {run} has no checkpoint yet; train it first")
+    step, path = found
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    prep = prepare(config, progress=progress)
+    load_checkpoint(path, prep.model)
+    prep.model.eval()
+    return prep, step, path
+
+
+def _heldout(config: Config, progress: bool):
+    """Fresh images for the reconstruction scores, where the dataset can make them.
+
+    CorrelatedEllipses is drawn from a seed, so a different seed gives images the model did not
+    train on (as far as its quantised factors allow). Other datasets: None (the trainer keeps no
+    held-out split; the scores then use training images and say so).
+    """
+    if config.data.name != "ellipses":
+        return None
+    from .data import build_dataset
+
+    cfg = replace(config.data, seed=config.data.seed + 7919, size=min(config.data.size, 5000))
+    return build_dataset(cfg, progress=progress)
+
+
+# --------------------------------------------------------------------------- figures
+def _dci_sources(result: dict) -> list[str]:
+    return [m for m in ("dci_lasso", "dci_random_forest", "dci_classifier") if m in result["results"]]
+
+
+def write_figures(prep, result: dict, run_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
+    """Write the evaluation figures of ``result`` (from :func:`adapter.evaluate_model`) into ``RUN/figures/``."""
+    from .viz import diagnostics as dg
+    from .viz.figures import reconstruction_figure, traversal_images
+    from .viz.hinton import hinton_figure
+    from .viz.pairs import save_figure
+
+    out_dir = Path(run_dir) / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 4])
+    written: list[Path] = []
+    parts = prep.partitions
+    m = prep.model.latent_dim
+    units = parts.units() if parts is not None else None
+    groups = dg.latent_groups(m, units)
+    part_names = list(parts.names) if parts is not None else []
+    factor_names = result["factor_names"]
+    latent_labels = [f"z{d}" + (f" {part_names[groups[d]]}" if groups[d] >= 0 else "") for d in range(m)]
+    spans = [(p.start, p.stop, name) for name, p in zip(part_names, (parts.slice(i) for i in range(len(part_names))))]
+    claimed = [[factor_names.index(f) for f in p.factors if f in factor_names] for p in prep.config.gating.partitions] if parts else []
+
+    for name in _dci_sources(result):
+        scores = result["results"][name]["scores"]
+        highlight = [(s, e, c) for (s, e, _), cols in zip(spans, claimed) for c in cols]
+        written.append(hinton_figure(
+            scores["importance"], out_dir / f"hinton_{name}.png", factor_names=factor_names, row_labels=latent_labels,
+            partitions=units, partition_names=part_names or None, highlight=highlight or None,
+            title=f"{name}: importance (D={scores['disentanglement']:.2f}, C={scores['completeness']:.2f})",
+        ))
+        if "partition" in scores:
+            pscores = scores["partition"]
+            written.append(hinton_figure(
+                pscores["importance"], out_dir / f"hinton_{name}_partitions.png", factor_names=factor_names,
+                row_labels=part_names, highlight=[(p, p + 1, c) for p, cols in enumerate(claimed) for c in cols] or None,
+                title=f"{name} by partition (D={pscores['disentanglement']:.2f}, C={pscores['completeness']:.2f})",
+            ))
+
+    kl = np.asarray(result["posterior"]["kl_per_dim"])
+    order = dg.traversal_order(kl, units)
+    base = int(rng.integers(0, len(prep.dataset)))
+    steps, span = 9, 2.5
+    imgs = traversal_images(prep, base_index=base, steps=steps, span=span)[torch.as_tensor(order)]  # (M, S, C, H, W)
+    labels = [f"{latent_labels[d]} ({kl[d]:.2f})" for d in order]
+    cols = [f"{v:+.1f}" for v in np.linspace(-span, span, steps)]
+    written.append(save_figure(dg.plot_image_rows(imgs, labels, title=f"traversals of image {base} (KL in nats)", col_labels=cols),
+                               out_dir / "traversals.png"))
+    written.append(reconstruction_figure(prep, out_dir / "reconstructions.png", title="images (top) and reconstructions"))
+    written.append(save_figure(dg.plot_kl_bars(kl, groups, part_names), out_dir / "kl_per_dim.png"))
+    curves = dg.training_curves(dg.read_training_log(Path(run_dir) / "metrics.jsonl"))
+    written.append(save_figure(dg.plot_training_curves(curves, title="training"), out_dir / "training_curves.png"))
+    if parts is not None:
+        n = min(6, len(prep.dataset))
+        for p, pname in enumerate(part_names):
+            ip = rng.choice(len(prep.dataset), size=n, replace=False)
+            ir = rng.choice(len(prep.dataset), size=n, replace=False)
+            a, b, grid = dg.swap_grid_images(prep, p, ip, ir)
+            written.append(save_figure(dg.plot_swap_grid(a, b, grid, title=f"partition '{pname}' from the left column, the rest from the top row"),
+                                       out_dir / f"swap_{pname}.png"))
+    return written
+
+
+# --------------------------------------------------------------------------- the command
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    metrics: str | Iterable[str] | None = None,
+    preset: str = "default",
+    seed: int = 0,
+    progress: bool = True,
+    figures: bool = True,
+) -> dict:
+    """Evaluate the latest checkpoint of a run; write ``RUN/metrics.json`` and ``RUN/figures/``.
+
+    Args:
+        run_dir: a run directory written by :func:`gatedvae.train.train`.
+        metrics: metric names or aliases (``"dci,mig"``, a list; see
+            :func:`gatedvae.metrics.adapter.resolve_metrics`); None = every per-run metric.
+        preset: ``"default"`` (the reference papers' sample sizes) or ``"fast"``.
+        seed: seeds every random choice of the evaluation (samples, splits, classifiers, figures).
+        progress: tqdm bars (dataset building and the metrics).
+        figures: also write the figures.
+
+    Returns:
+        the JSON-safe content written to ``metrics.json``.
+    """
+    t_start = time.perf_counter()
+    names = adapter.resolve_metrics(metrics)  # refuse a bad name before any expensive work
+    if preset not in adapter.SAMPLE_SIZES:
+        raise ConfigError(f"unknown preset '{preset}'; use default or fast")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
+    run = Path(run_dir)
+    prep, step, ckpt = load_trained(run, progress=progress)
+    heldout = _heldout(prep.config, progress) if "reconstruction" in names else None
+    t_eval = time.perf_counter()
+    result = adapter.evaluate_model(prep, names, preset, rng=np.random.default_rng(int(seed)), progress=progress, heldout=heldout)
+    t_metrics = time.perf_counter() - t_eval
+
+    parts = prep.partitions
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "run": str(run),
+        "checkpoint": ckpt.name,
+        "checkpoint_step": int(step),
+        "seed": int(seed),
+        "preset": preset,
+        "metrics": result["metrics"],
+        **({"skipped": result["skipped"]} if "skipped" in result else {}),
+        "model": prep.model.describe(),
+        "latent_dim": prep.model.latent_dim,
+        "gated": parts is not None,
+        "partitions": [
+            {"name": p.name, "dims": [parts.slice(i).start, parts.slice(i).stop], "factors": list(p.factors), "sampler": p.sampler}
+            for i, p in enumerate(prep.config.gating.partitions)
+        ] if parts is not None else [],
+        "dataset": result["dataset"],
+        "samples": result["samples"],
+        "headline": adapter.headline(result),
+        "posterior": result["posterior"],
+        "results": result["results"],
+        "timing": {
+            "metrics_seconds": t_metrics,
+            "encode_seconds": result["encode_seconds"],
+            "encoded_images": result["encoded_images"],
+            "per_metric_seconds": {k: v["seconds"] for k, v in result["results"].items()},
+        },
+        "rng_base": result["rng_base"],
+        "figures": [],
+    }
+    if figures:
+        t_fig = time.perf_counter()
+        paths = write_figures(prep, result, run, seed)
+        doc["figures"] = [str(p.relative_to(run)) for p in paths]
+        doc["timing"]["figures_seconds"] = time.perf_counter() - t_fig
+    doc["timing"]["elapsed_seconds"] = time.perf_counter() - t_start
+    doc = to_jsonable(doc)
+    _atomic_json(run / "metrics.json", doc)
+    return doc
+
+
+def format_headline(doc: dict) -> str:
+    """A short table of the headline scores of an evaluation (``metrics.json`` content)."""
+    lines = [f"{doc['run']}  step {doc['checkpoint_step']}  preset {doc['preset']}  seed {doc['seed']}  ({doc['model']})"]
+    rows = []
+    for key, value in doc["headline"].items():
+        metric, _, score = key.partition(".")
+        secs = doc["timing"]["per_metric_seconds"].get(metric)
+        shown = "-" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+        rows.append((metric, score, shown, f"{secs:.1f} s" if secs is not None else ""))
+    if rows:
+        w = [max(len(r[i]) for r in rows) for i in range(3)]
+        last = None
+        for metric, score, shown, secs in rows:
+            lines.append(f"  {metric if metric != last else '':<{w[0]}}  {score:<{w[1]}}  {shown:>{w[2]}}  {secs if metric != last else ''}")
+            last = metric
+    lines.append(f"  total {doc['timing']['elapsed_seconds']:.1f} s; {len(doc['figures'])} figures in {Path(doc['run']) / 'figures'}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- UDR over runs
+def udr_runs(run_dirs: Sequence[str | os.PathLike], preset: str = "default", seed: int = 0, **overrides) -> dict:
+    """UDR scores of several runs of one configuration (Duan et al.), JSON-safe.
+
+    Every run is encoded on the same images (drawn from the first run's dataset with ``seed``;
+    the runs must share their data config); a latent is active when its mean KL exceeds the
+    preset's ``kl_threshold``. Returns ``{"runs": [...], "model_scores": [...], "pairwise":
+    [[...]], ...}`` (the :func:`gatedvae.metrics.udr` output plus the run names and sizes).
+    """
+    from .metrics import preset_kwargs, udr
+
+    if len(run_dirs) < 2:
+        raise ConfigError("udr_runs needs at least two runs of the same configuration (different seeds)")
+    rng = np.random.default_rng([int(seed), 5])
+    n = adapter.SAMPLE_SIZES.get(preset, adapter.SAMPLE_SIZES["default"])["codes"]
+    codes, kls, data_cfg, idx = [], [], None, None
+    for run in run_dirs:
+        prep, _, _ = load_trained(run)
+        if data_cfg is None:
+            data_cfg = prep.config.data
+            idx = np.sort(rng.choice(len(prep.dataset), size=min(n, len(prep.dataset)), replace=False))
+        elif prep.config.data != data_cfg:
+            raise DataError(f"run {run} was trained on other data than {run_dirs[0]}; UDR compares runs on the same images")
+        mu, logvar = adapter.encode_posterior(prep, idx)
+        codes.append(mu.astype(np.float64))
+        kls.append(np.asarray(adapter.kl_per_dim(mu, logvar)))
+    kwargs = dict(preset_kwargs("udr", preset), **overrides)
+    out = udr(codes, rng, kl=kls, **kwargs)
+    out.pop("similarity", None)  # (D_i, D_j) matrices per pair: large and rarely read
+    return to_jsonable({"runs": [str(r) for r in run_dirs], "params": kwargs, "samples": int(idx.size), **out})
