@@ -25,12 +25,21 @@ want="$(cat pyproject.toml | cksum)"
 if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
+log=.venv/setup.log
+pip_install() {
+  # pip's chatter goes to .venv/setup.log; it is shown only when an install fails.
+  if ! "$vpy" -m pip install "$@" >>"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "setup: pip install $* failed (full log: $log)" >&2
+    exit 1
+  fi
+}
 if ! "$vpy" -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing torch==2.13.0 (CPU build)"
-  "$vpy" -m pip install -q ${GATEDVAE_TORCH_INDEX:+--index-url "$GATEDVAE_TORCH_INDEX"} "torch==2.13.0"
+  pip_install ${GATEDVAE_TORCH_INDEX:+--index-url "$GATEDVAE_TORCH_INDEX"} "torch==2.13.0"
 fi
 target="."
 [[ -n $extras ]] && target=".[$extras]"
 echo "setup: installing gatedvae${extras:+ with [$extras]}"
-"$vpy" -m pip install -q -e "$target"
+pip_install -e "$target"
 echo "$want" > "$stamp"

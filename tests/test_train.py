@@ -207,3 +207,11 @@ def test_partition_naming_missing_factor_is_a_clear_error(tmp_path):
     with pytest.raises(GatedVAEError, match="lacks; its factors are: x, y, scale, orientation"):
         train(Config(data=cfg.data, model=cfg.model, gating=bad, train=cfg.train), tmp_path / "p", quiet=True)
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p" / "checkpoints").glob("*"))
+
+
+def test_evaluation_as_the_last_step_of_training(tmp_path):
+    run = tmp_path / "e"
+    summary = train(small_config(steps=10, evaluate="fast"), run, quiet=True, tensorboard=False)
+    doc = json.loads((run / "metrics.json").read_text())
+    assert doc["preset"] == "fast" and doc["checkpoint_step"] == 10
+    assert summary["evaluation"] == doc["headline"] and summary["evaluation"]

@@ -84,6 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     final = summary.get("final", {})
     terms = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("step", "epoch", "phase"))
     print(f"finished {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['images_per_second']:.0f} images/s): {terms}")
+    if "evaluation" in summary:
+        print("evaluation (metrics.json): " + ", ".join(f"{k} {v:.3g}" for k, v in summary["evaluation"].items()))
     print(f"run directory: {run_dir}")
     return 0
 

@@ -448,6 +448,8 @@ class TrainConfig:
     ``finetune_steps``: after the main phase, train the decoder alone on x = x' with the
     encoder frozen (the Gated-VAE paper's fine-tuning phase, section III-B).
     ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
+    ``threads``: torch's intra-op threads (0 = its default; 1 is best when other jobs share
+    the cores). ``evaluate``: run ``gatedvae evaluate`` with that preset when training ends.
     """
 
     steps: int = 10_000
@@ -461,6 +463,7 @@ class TrainConfig:
     image_every: int = 0
     keep_checkpoints: int = 2
     threads: int = 0
+    evaluate: Literal["none", "fast", "default"] = "none"
 
     def __post_init__(self) -> None:
         _require(self.steps >= 0, f"train.steps: must be non-negative, got {self.steps}")

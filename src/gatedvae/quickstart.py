@@ -6,7 +6,8 @@ On procedural dSprites (the Gated-VAE paper's dataset, ``000_fc03c6fb001bc541.tx
    (shape, scale, orientation, position x+y), checking that every pair shares exactly its
    partition's factors;
 2. trains an un-gated and a gated beta-VAE (beta = 4, M = 8 in 4 partitions of 2) on the
-   same short budget with the same seed (the paper's MLP, narrower: hidden 256);
+   same short budget with the same seed (the paper's MLP, narrower: hidden 256; the gated
+   run gates the KL too, see :func:`quickstart_config`);
 3. evaluates both with the paper's DCI (Lasso and random forest) and MIG, prints them side
    by side with how much of each factor's importance falls in the partition that owns it,
    and writes traversals, Hinton diagrams, swap grids and reconstructions for both
@@ -42,11 +43,19 @@ DSPRITES_PARTITIONS: tuple[PartitionConfig, ...] = (
 
 
 def quickstart_config(gated: bool, steps: int = 3000, seed: int = 0) -> Config:
-    """The quickstart's run: beta-VAE on dSprites, the paper's MLP at hidden 256, lr 1e-3."""
+    """The quickstart's run: beta-VAE on dSprites, the paper's MLP at hidden 256, lr 1e-3.
+
+    The gated run gates the KL too (``gating.gate_kl``). The paper computes the KL over the
+    whole latent, which over its 288,000 steps is fine; over a few thousand steps the KL,
+    pulling on every partition at every step while each partition gets reconstruction
+    gradient only one step in four, collapses the scale partition to the prior. Measured
+    here at 3,000 steps (seed 0): scale partition's share of scale's importance 0.38 with the
+    paper's setting, 0.82 with the KL gated; DCI-RF disentanglement 0.39 vs 0.49.
+    """
     return Config(
         data=DataConfig(name="dsprites"),
         model=ModelConfig(name="beta_vae", net="mlp", latent_dim=8, hidden=256, beta=4.0),
-        gating=GatingConfig(enabled=gated, partitions=DSPRITES_PARTITIONS if gated else ()),
+        gating=GatingConfig(enabled=gated, partitions=DSPRITES_PARTITIONS if gated else (), gate_kl=gated),
         train=TrainConfig(steps=steps, batch_size=128, lr=1e-3, seed=seed, log_every=100, checkpoint_every=max(steps // 4, 1)),
     )
 
@@ -148,6 +157,9 @@ def quickstart(out: Path, seed: int = 0, quiet: bool = False, steps: int = 3000)
     if own:
         print("\nGated model: share of each factor's importance (RF) held by the partition that owns it")
         print("  " + "  ".join(f"{k} {v:.2f}" for k, v in own.items()))
+        print("  (1.00 = the factor lives only in its partition; chance is 0.25. At this budget position and scale")
+        print("  are owned; shape and orientation need the paper's longer training: configs/dsprites_beta_vae_gated.yaml.")
+        print("  The gated run also gates the KL, gating.gate_kl=true, which keeps short runs from collapsing partitions.)")
     report["runs"] = runs
     report["seconds"] = round(time.perf_counter() - t_all, 1)
     (out / "quickstart.json").write_text(json.dumps(report, indent=2, default=float) + "\n")

@@ -406,6 +406,12 @@ def train(
         writer.close()
     _atomic_json(run_dir / "summary.json", summary)
     _write_status(run_dir, "finished", step, total_steps)
+    if cfg.evaluate != "none":
+        from ..evaluate import evaluate_run
+
+        doc = evaluate_run(run_dir, preset=cfg.evaluate, seed=cfg.seed, progress=not quiet)
+        summary["evaluation"] = doc["headline"]
+        _atomic_json(run_dir / "summary.json", summary)
     return summary
 
 
