@@ -7,7 +7,8 @@ On procedural dSprites (the Gated-VAE paper's dataset, ``000_fc03c6fb001bc541.tx
    partition's factors;
 2. trains an un-gated and a gated beta-VAE (beta = 4, M = 8 in 4 partitions of 2) on the
    same short budget with the same seed (the paper's MLP, narrower: hidden 256; the gated
-   run gates the KL too, see :func:`quickstart_config`);
+   run gates the KL too and ends with the paper's decoder fine-tuning, see
+   :func:`quickstart_config`);
 3. evaluates both with the paper's DCI (Lasso and random forest) and MIG, prints them side
    by side with how much of each factor's importance falls in the partition that owns it,
    and writes traversals, Hinton diagrams, swap grids and reconstructions for both
@@ -51,12 +52,24 @@ def quickstart_config(gated: bool, steps: int = 3000, seed: int = 0) -> Config:
     gradient only one step in four, collapses the scale partition to the prior. Measured
     here at 3,000 steps (seed 0): scale partition's share of scale's importance 0.38 with the
     paper's setting, 0.82 with the KL gated; DCI-RF disentanglement 0.39 vs 0.49.
+
+    After gated training the decoder is fine-tuned on x = x' with the encoder frozen for a
+    third of the budget, as the paper does (section III-B), so reconstructions and traversals
+    are sharp again; the encoder, and so every disentanglement score, is unchanged by it.
     """
     return Config(
         data=DataConfig(name="dsprites"),
         model=ModelConfig(name="beta_vae", net="mlp", latent_dim=8, hidden=256, beta=4.0),
         gating=GatingConfig(enabled=gated, partitions=DSPRITES_PARTITIONS if gated else (), gate_kl=gated),
-        train=TrainConfig(steps=steps, batch_size=128, lr=1e-3, seed=seed, log_every=100, checkpoint_every=max(steps // 4, 1)),
+        train=TrainConfig(
+            steps=steps,
+            finetune_steps=steps // 3 if gated else 0,
+            batch_size=128,
+            lr=1e-3,
+            seed=seed,
+            log_every=100,
+            checkpoint_every=max(steps // 4, 1),
+        ),
     )
 
 
@@ -151,7 +164,7 @@ def quickstart(out: Path, seed: int = 0, quiet: bool = False, steps: int = 3000)
         a, b = runs["un-gated"]["scores"][key], runs["gated"]["scores"][key]
         print(f"  {key:<28}{a:>10.3f}{b:>10.3f}")
     print(f"  {'reconstruction (BCE, train)':<28}{runs['un-gated']['summary']['final']['recon']:>10.1f}"
-          f"{runs['gated']['summary']['final']['recon']:>10.1f}   (gated: against the paired target)")
+          f"{runs['gated']['summary']['final']['recon']:>10.1f}   (gated: after {steps // 3} steps of decoder fine-tuning)")
     print("  (un)informativeness is NRMSE: lower is better. Paper, Table I, beta-VAE RF: D 0.172 -> 0.631 with gating.")
     own = runs["gated"]["ownership"]
     if own:
