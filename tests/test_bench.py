@@ -1,40 +1,37 @@
-"""Smoke test of ``benchmarks/bench_train.py``: its functions run in ``--quick`` mode and
-return positive numbers with the expected keys. No timing assertions: speed is reported as
-ratios by the benchmark itself, not checked in tests (DESIGN.md, "Fast")."""
+"""``gatedvae bench`` (``gatedvae.bench``): FLOP counting, the DataLoader baseline's pairs, the
+sparse first layer, and a smoke run of every section at tiny sizes. No timing assertions:
+speed is reported as ratios by the benchmark itself, not checked in tests (DESIGN.md, "Fast")."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from gatedvae import bench
+from gatedvae.cli import main
 from gatedvae.config import DataConfig
 from gatedvae.data import build_dataset
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_train", None)
+from gatedvae.nets.mlp import BinaryInputLinear
 
 
 @pytest.fixture(scope="module")
 def dsprites():
-    return build_dataset(DataConfig(name="dsprites"))
+    return build_dataset(DataConfig(name="dsprites", stride={"posX": 4, "posY": 4}))
 
 
-def test_mlp_flops_closed_form(bench):
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One quick run of the default sections (the subprocess ones included)."""
+    threads = torch.get_num_threads()
+    res = bench.run_bench(bench.BenchOptions.quick_mode(), log=lambda _: None)
+    assert torch.get_num_threads() == threads  # the quick mode's one thread is undone
+    return res
+
+
+def test_mlp_flops_closed_form():
     # batch 128, 4096 pixels, hidden 1200, M = 8 (head 16): forward 2 B sum(in out); the step
     # is 3x that minus the first layer's input gradient.
     fwd = 2 * 128 * (4096 * 1200 + 1200 * 1200 + 1200 * 16 + 8 * 1200 + 1200 * 1200 + 1200 * 4096)
@@ -43,48 +40,147 @@ def test_mlp_flops_closed_form(bench):
 
 
 @pytest.mark.parametrize("net", ["mlp", "conv64"])
-def test_analytic_flops_equal_flop_counter(bench, dsprites, net):
-    spec = bench.Spec(f"{net}-test", "beta_vae", net, 32, gated=True)
-    runner, gemms = bench.build_runner(spec, 4, dsprites)
+def test_analytic_flops_equal_flop_counter(dsprites, net):
+    runner, gemms = bench.build_runner(bench.Spec(f"{net}-test", "beta_vae", net, 32, gated=True), 4, dsprites)
     assert bench.counted_flops(runner) == bench.step_flops(gemms) > 0
+    if net == "mlp":
+        assert runner.first_layer().sparse_binary  # counted_flops restores the sparse path
+
+
+def test_per_item_pairs_share_the_partition_factors(dsprites):
+    ds = bench.PerItemPairs(dsprites, ("scale",), np.random.default_rng(0))
+    k = dsprites.factor_space.position("scale")
+    idx = np.random.default_rng(1).integers(0, len(dsprites), 40)
+    packed = dsprites.store.packed.numpy()  # (N, 512)
+    for i in idx:
+        x, target = ds[int(i)]
+        assert torch.equal(x, dsprites.images([int(i)])[0])
+        # the target is an image of the dataset (up to duplicates) whose scale equals the input's
+        matches = np.flatnonzero((packed == np.packbits(target.numpy().astype(np.uint8).reshape(-1))).all(1))
+        assert matches.size and (dsprites.factors_of(matches)[:, k] == dsprites.factors_of([int(i)])[0, k]).all()
+    plain = bench.PerItemPairs(dsprites, None, np.random.default_rng(0))
+    assert torch.equal(plain[5], dsprites.images([5])[0])
 
 
 @pytest.mark.parametrize("gated", [False, True])
-def test_draw_timed_reproduces_batcher(bench, dsprites, gated):
-    runner, _ = bench.build_runner(bench.Spec("mlp-test", "beta_vae", "mlp", 16, gated), 8, dsprites)
-    times = dict.fromkeys(bench.PHASES, 0.0)
-    for step in range(5):
-        a = runner.batcher.draw(step, np.random.default_rng(step), False)
-        b = bench.draw_timed(runner.batcher, step, np.random.default_rng(step), times)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-        assert (a[3] is None) == (b[3] is None) and (a[3] is None or torch.equal(a[3], b[3]))
-        assert a[5] == b[5]
-    assert times["sample"] > 0 and times["gather"] > 0
+def test_loader_runner_steps(dsprites, gated):
+    runner, _ = bench.build_runner(bench.Spec("mlp-test", "beta_vae", "mlp", 16, gated, loader=0), 8, dsprites)
+    for _ in range(3):
+        runner()
+    assert runner.step_no == 3 and runner.sums["total"].isfinite()
 
 
-def test_quick_run(bench, tmp_path):
-    threads = torch.get_num_threads()
-    out = tmp_path / "bench.json"
-    res = bench.run(["--quick", "--models", "factor_vae", "--json", str(out)], log=lambda _: None)
-    assert torch.get_num_threads() == threads  # the quick mode's one thread is undone
-    assert set(res) >= {"machine", "settings", "peak", "shapes", "rows", "variants", "split", "top_ops"}
-    assert len(res["machine"]["loadavg_start"]) == 3 and res["machine"]["threads"] >= 1
-    assert res["peak"]["gflops"] > 0 and res["shapes"]
-    assert all(s["gflops"] > 0 for s in res["shapes"])
+def test_binary_input_linear_matches_linear():
+    torch.manual_seed(3)
+    ref = torch.nn.Linear(64, 12)
+    torch.manual_seed(3)
+    layer = BinaryInputLinear(64, 12)
+    assert torch.equal(layer.weight, ref.weight) and torch.equal(layer.bias, ref.bias)  # same initialisation
+    assert layer.weight.t().is_contiguous()
+    x = (torch.rand(10, 64, generator=torch.Generator().manual_seed(0)) < 0.1).float()
+    x[4] = 0  # an empty image: an empty bag
+    g = torch.randn(10, 12, generator=torch.Generator().manual_seed(1))
+    for sparse in (True, False):
+        layer.sparse_binary = sparse
+        layer.zero_grad()
+        ref.zero_grad()
+        y, y_ref = layer(x), ref(x)
+        y.backward(g)
+        y_ref.backward(g)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.bias.grad, ref.bias.grad)
+        assert layer.weight.grad.stride() == layer.weight.stride()  # no layout copy before Adam
+    layer.sparse_binary = True
+    gray = x * 0.5  # not binary: the dense path, exactly nn.Linear's product
+    torch.testing.assert_close(layer(gray), ref(gray))
+    dense = torch.ones(3, 64)  # binary but dense: the dense path
+    torch.testing.assert_close(layer(dense), ref(dense))
+    state = {k: v.contiguous() for k, v in layer.state_dict().items()}
+    other = BinaryInputLinear(64, 12)
+    other.load_state_dict(state)
+    assert torch.equal(other.weight, layer.weight) and other.weight.stride() == layer.weight.stride()
+
+
+def test_quick_run_sections(quick, tmp_path):
+    res = quick
+    assert set(res) >= {"machine", "options", "train", "data", "pairs", "metrics", "memory", "targets"}
+    tr = res["train"]
+    assert tr["peak"]["gflops"] > 0 and tr["shapes"] and all(s["gflops"] > 0 for s in tr["shapes"])
     keys = {"images_per_s", "steps_per_s", "gflops", "flops_per_step", "flops_counted", "roofline_gflops",
-            "fraction_of_shape_roofline", "fraction_of_peak"}
-    assert {(r["net"], r["model"], r["gated"]) for r in res["rows"]} >= {
-        ("mlp", "beta_vae", False), ("mlp", "beta_vae", True), ("conv64", "beta_vae", False),
-        ("conv64", "beta_vae", True), ("mlp", "factor_vae", True),
-    }
-    for row in res["rows"]:
+            "fraction_of_roofline", "fraction_of_peak", "linalg_ms"}
+    assert {(r["net"], r["gated"]) for r in tr["rows"]} == {("mlp", False), ("mlp", True), ("conv64", False), ("conv64", True)}
+    for row in tr["rows"]:
         assert keys <= set(row) and all(row[k] > 0 for k in keys), row
-    fv = next(r for r in res["rows"] if r["model"] == "factor_vae")
-    assert fv["flops_counted"] > fv["flops_per_step"]  # the discriminator's matmuls
-    assert {v["variant"] for v in res["variants"][1:]} >= {"adam fused=False, adam foreach=False", "adam fused=False, adam foreach=True"}
-    assert all(v["steps_per_s"] > 0 for v in res["variants"])
-    split = res["split"]
-    assert set(split["median_seconds"]) == set(bench.PHASES) and split["calls"] >= 1
-    assert sum(split["share"].values()) == pytest.approx(1.0)
-    assert res["top_ops"]["step_ms"] > 0 and all(o["self_ms_per_step"] >= 0 for o in res["top_ops"]["ops"])
-    assert json.loads(out.read_text())["rows"][0]["images_per_s"] == pytest.approx(res["rows"][0]["images_per_s"])
+        assert row["non_matmul_fraction"] < 1
+    assert {r["ours_key"] for r in tr["loaders"]} >= {tr["paper_key"], tr["small_key"]}
+    assert all(r["speedup_of_ours"] > 0 for r in tr["loaders"])
+    variants = {r["variant"] for r in tr["variants"]}
+    assert {"adam fused=False, adam foreach=True", "dense first layer", "channels-last"} <= variants
+    assert all(r["relative_step_time"] > 0 for r in tr["variants"])
+    for sp in tr["split"]:
+        assert set(sp["median_ms"]) == set(bench.PHASES) and sum(sp["share"].values()) == pytest.approx(1.0)
+    for pr in tr["profiles"]:
+        assert pr["step_ms"] > 0 and pr["categories_ms"]["matmul"] > 0
+    assert not tr["errors"]
+    da = res["data"]
+    assert da["images"] == 46_080 and da["store_bytes"] == 46_080 * 512 and da["peak_rss_mb"] >= da["baseline_rss_mb"] > 0
+    assert {r["sampler"] for r in res["pairs"]["rows"]} >= {"identity", "exact (posX, posY)"}
+    assert all(r["image_pairs_per_s"] > 0 for r in res["pairs"]["rows"])
+    me = res["metrics"]
+    assert set(me["presets"]) == {"default", "fast"}
+    assert all(set(p["metrics"]) == {"mig", "dci_lasso"} and p["total_seconds"] > 0 for p in me["presets"].values())
+    assert res["memory"]["peak_rss_mb"] > 0 and res["memory"]["steps"] == 4
+    names = [t["target"] for t in res["targets"]]
+    assert any("DataLoader" in n for n in names) and any("metric suite, fast" in n for n in names)
+    assert all(isinstance(t["met"], bool) for t in res["targets"])
+    # the text and Markdown reports render every section
+    text, md = bench.format_report(res), bench.format_markdown(res)
+    for needle in ("roofline", "DataLoader", "pairs", "metrics", "memory"):
+        assert needle in text
+    assert md.count("| target | measured |") == 1 and "| mlp-64 | beta_vae | yes |" in md
+
+
+def test_cli_renders_saved_json(quick, tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(quick, default=float))
+    assert main(["bench", "--from", str(path), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("> gatedvae bench") and "| net | model | gated |" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--only", "trian"], "unknown bench section(s) trian"),
+        (["bench", "--from", "/nonexistent/bench.json"], "no such file"),
+        (["bench", "--quick", "--only", "pairs", "--out", "/nonexistent/dir/b.json"], "does not exist"),
+        (["bench", "--seconds", "0"], "--seconds must be positive"),
+    ],
+)
+def test_cli_user_errors(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_rejects_a_foreign_json(tmp_path, capsys):
+    path = tmp_path / "other.json"
+    path.write_text("[1, 2]")
+    assert main(["bench", "--from", str(path)]) == 2
+    assert "not a gatedvae bench result" in capsys.readouterr().err
+
+
+def test_cli_quick_pairs_writes_json(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--quick", "--only", "pairs", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc) >= {"machine", "pairs", "targets"} and "train" not in doc
+    assert "pairs (" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quickstart_section():
+    res = bench.run_bench(bench.BenchOptions.quick_mode(sections=("quickstart",)), log=lambda _: None)
+    assert res["quickstart"]["seconds"] > 0 and res["quickstart"]["peak_rss_mb"] > 0
+    assert any("quickstart" in t["target"] for t in res["targets"])

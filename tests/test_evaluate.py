@@ -387,3 +387,53 @@ def test_diagnostics_arrays(tmp_path):
     np.testing.assert_array_equal(out, [[[1.0, -2.0, 3.0]], [[4.0, -2.0, 6.0]]])
     t = swap_codes(torch.as_tensor(z_part), torch.as_tensor(z_rest), [1])
     assert torch.equal(t, torch.tensor([[[-1.0, 2.0, -3.0]], [[-1.0, 5.0, -3.0]]], dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- held-out images (data.holdout)
+def test_heldout_indices_fixed_by_the_data_config_not_the_training_seed():
+    from gatedvae.train.loop import heldout_indices
+
+    data = DataConfig(name="ellipses", size=400, holdout=0.05)
+    a = heldout_indices(data, 400)
+    assert a.size == 20 and np.all(np.diff(a) > 0) and a.max() < 400
+    np.testing.assert_array_equal(a, heldout_indices(data, 400))
+    assert not np.array_equal(a, heldout_indices(replace(data, seed=1), 400))
+    assert heldout_indices(DataConfig(), 737_280).size == 0  # the default trains on every image
+    with pytest.raises(ConfigError, match="data.holdout"):
+        DataConfig(holdout=0.7)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_trainer_never_draws_heldout_images(gated):
+    from gatedvae.train.loop import _Batcher, heldout_indices
+
+    cfg = small_config(gated=gated)
+    cfg = replace(cfg, data=replace(cfg.data, holdout=0.2))
+    prep = prepare(cfg)
+    held = heldout_indices(cfg.data, len(prep.dataset))
+    batcher = _Batcher(prep)
+    seen = []
+    original = prep.dataset.images
+
+    def spy(index):
+        seen.append(np.asarray(index).copy())
+        return original(index)
+
+    prep.dataset.images = spy
+    rng = np.random.default_rng(0)
+    for step in range(60):
+        batcher.draw(step, rng, finetune=step >= 50)  # gated steps, then decoder fine-tuning pairs
+    drawn = np.unique(np.concatenate(seen))
+    assert np.intersect1d(drawn, held).size == 0
+    assert drawn.size > 200  # most of the 320 training images were drawn
+
+
+def test_reconstruction_measured_on_heldout_images(tmp_path):
+    cfg = small_config(steps=10)
+    cfg = replace(cfg, data=replace(cfg.data, holdout=0.1))
+    path = tmp_path / "run"
+    train(cfg, path, quiet=True, tensorboard=False)
+    doc = evaluate_run(path, metrics="reconstruction", preset="fast", progress=False, figures=False)
+    rec = doc["results"]["reconstruction"]
+    assert rec["params"]["source"] == "heldout" and rec["samples"]["images"] == 40
+    assert rec["scores"]["source"].startswith("held-out images (40 of 400")

@@ -68,7 +68,7 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import train
+    from .train import distributed, train
 
     if args.resume:
         if args.config or args.overrides:
@@ -81,6 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
         summary = train(config, run_dir, quiet=args.quiet, tensorboard=not args.no_tensorboard)
+    if summary.get("world_size", 1) > 1 and not distributed.is_main_process():
+        return 0  # launched by torchrun: rank 0 reports
     final = summary.get("final", {})
     terms = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("step", "epoch", "phase"))
     print(f"finished {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['images_per_second']:.0f} images/s): {terms}")
@@ -99,6 +101,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from .baselines import BASELINES, evaluate_baseline, format_baseline
+
+    if args.name not in BASELINES:  # refuse before building the dataset
+        import difflib
+
+        close = difflib.get_close_matches(args.name, list(BASELINES), n=1)
+        raise ConfigError(f"unknown baseline '{args.name}'" + (f"; did you mean '{close[0]}'?" if close else "")
+                          + f" baselines: {', '.join(BASELINES)}")
+    for flag, value in (("--latent-dim", args.latent_dim), ("--fit-size", args.fit_size), ("--hidden", args.hidden)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    doc = evaluate_baseline(
+        args.name, _data_config(args.dataset, args.overrides), metrics=args.metrics, preset=args.preset, seed=args.seed,
+        latent_dim=args.latent_dim, fit_size=args.fit_size, model=args.model, net=args.net, hidden=args.hidden,
+        bn_stats=not args.no_bn_stats, out_dir=args.out, progress=not args.quiet,
+    )
+    print(format_baseline(doc))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'baseline.json'}")
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .scan import format_scan, run_scan
+
+    attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
+    doc = run_scan(
+        args.run_dir, args.out, attributes=attributes, steps=args.steps, operator_steps=args.operator_steps,
+        classifier_steps=args.classifier_steps, beta=args.beta, lam=args.lam, holdout=args.holdout, seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(format_scan(doc))
+    print(f"wrote {Path(args.out or Path(args.run_dir) / 'scan') / 'scan.json'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_command
+
+    bench_command(args)
+    return 0
+
+
 def cmd_list_models(args: argparse.Namespace) -> int:
     from .models import MODELS
 
@@ -108,6 +154,32 @@ def cmd_list_models(args: argparse.Namespace) -> int:
         hyper = ", ".join(f"{k}={v}" for k, v in sorted(entry.defaults.items())) or "-"
         print(f"{name:<{width}}  {hyper}")
         print(f"{'':<{width}}  {entry.description}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .encode import encode_to_file
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    info = encode_to_file(args.run_dir, args.images, args.out, partition=args.partition, batch_size=args.batch_size, device=args.device)
+    start, stop = info["dims"]
+    print(f"wrote {info['out']}: {info['shape'][0]} x {info['shape'][1]} codes (partition {info['partition']}, latent dims {start}..{stop - 1}, step {info['step']})")
+    return 0
+
+
+def cmd_face_study(args: argparse.Namespace) -> int:
+    from .face_study import format_table, score_run, summarise
+
+    for run in args.run_dirs:
+        if args.force or not (Path(run) / "face_scores.json").is_file():
+            doc = score_run(run, preset=args.preset, seed=args.seed, figures=not args.no_figures)
+            if not args.quiet:
+                print(f"scored {run} ({doc['seconds']:.0f} s)", file=sys.stderr)
+    table = format_table(summarise(args.run_dirs))
+    print(table)
+    if args.table:
+        Path(args.table).write_text(table + "\n", encoding="utf-8")
     return 0
 
 
@@ -143,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train a config (or resume a run)",
-        description="Train the model a config describes, in a run directory; or resume a stopped run exactly.",
+        description="Train the model a config describes, in a run directory; or resume a stopped run exactly. "
+        "Launched by torchrun (torchrun --nproc_per_node N -m gatedvae train ...) it trains data-parallel, "
+        "train.batch_size being the global batch (docs/training.md).",
     )
     t.add_argument("config", nargs="?", help="YAML or JSON config (see configs/)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.beta=4 train.steps=2000")
@@ -167,6 +241,95 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
 
+    bl = sub.add_parser(
+        "baseline",
+        help="score a baseline representation (raw pixels, PCA, ICA, untrained VAE, ground truth)",
+        description="Fit a baseline of the lecture's BetaVAE-metric table on a dataset with a seed and score it "
+        "with the metrics of gatedvae evaluate (see docs/baselines.md). Baselines: raw_pixels, pca, ica, "
+        "untrained_vae, ground_truth.",
+    )
+    bl.add_argument("name", help="raw_pixels, pca, ica, untrained_vae or ground_truth")
+    bl.add_argument("dataset", help="dsprites, dsprites_file, ellipses or images")
+    bl.add_argument("overrides", nargs="*", metavar="key=value", help="data settings, e.g. stride.posX=2 size=20000")
+    bl.add_argument("--latent-dim", type=int, default=10, help="PCA/ICA components, untrained model's latent size (default 10)")
+    bl.add_argument("--fit-size", type=int, default=10000, help="images PCA/ICA are fitted on (default 10000)")
+    bl.add_argument("--model", default="vae", help="untrained_vae: the registered model (default vae)")
+    bl.add_argument("--net", default="mlp", choices=("mlp", "conv64"), help="untrained_vae: the network (default mlp)")
+    bl.add_argument("--hidden", type=int, default=256, help="untrained_vae: the hidden width (default 256)")
+    bl.add_argument("--no-bn-stats", action="store_true",
+                    help="untrained_vae: keep batch norm at its initial statistics (identity) instead of the fitting sample's")
+    bl.add_argument("--metrics", help="comma-separated metrics or aliases (default: all; for raw_pixels pick, e.g. beta_vae,factor_vae)")
+    bl.add_argument("--preset", default="default", choices=("default", "fast"), help="sample sizes (default: default)")
+    bl.add_argument("--seed", type=int, default=0, help="seeds the fit and the evaluation (default 0)")
+    bl.add_argument("--out", help="directory for metrics.json and baseline.json (default: print only)")
+    bl.add_argument("--quiet", action="store_true", help="no progress bars")
+    bl.set_defaults(func=cmd_baseline)
+
+    sc = sub.add_parser(
+        "scan",
+        help="SCAN on a trained VAE run: symbols grounded in its latent, sym2img, img2sym, operators",
+        description="Train SCAN (Higgins et al. 2018) on top of a trained VAE run over k-hot symbols of the "
+        "dataset's factor values, train its AND / IN COMMON / IGNORE operators, and score accuracy and diversity "
+        "as in the lecture's table (docs/models.md). Writes scan.json, scan.safetensors and figures.",
+    )
+    sc.add_argument("run_dir", metavar="RUN_DIR", help="a trained run of a VAE-family model on a full-grid dataset (dsprites)")
+    sc.add_argument("--out", help="output directory (default: RUN_DIR/scan)")
+    sc.add_argument("--attributes", help="factor or factor:bins, comma-separated (default for dSprites: shape,scale:3,posX:3,posY:3)")
+    sc.add_argument("--steps", type=int, default=5000, help="SCAN training steps (default 5000)")
+    sc.add_argument("--operator-steps", type=int, default=3000, help="recombination operator training steps (default 3000)")
+    sc.add_argument("--classifier-steps", type=int, default=1500, help="attribute reader training steps (default 1500)")
+    sc.add_argument("--beta", type=float, default=1.0, help="SCAN's KL-to-prior weight (default 1)")
+    sc.add_argument("--lambda", dest="lam", type=float, default=10.0, help="grounding KL weight (default 10)")
+    sc.add_argument("--holdout", type=float, default=0.2, help="share of multi-word concepts held out (default 0.2)")
+    sc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sc.add_argument("--quiet", action="store_true", help="no progress bars")
+    sc.set_defaults(func=cmd_scan)
+
+    b = sub.add_parser(
+        "bench",
+        help="measure training speed against the matmul roofline, data, metrics and memory",
+        description="Measure, in one run so that ratios hold: the fp32 matmul roofline, training images/s and "
+        "GFLOP/s per network and model family, a per-item DataLoader baseline, dSprites generation, pair "
+        "assembly, time per metric, and peak memory of a training run; print a table, write JSON (see "
+        "docs/performance.md).",
+    )
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(b)
+    b.set_defaults(func=cmd_bench)
+
+    en = sub.add_parser(
+        "encode",
+        help="write a partition's codes (encoder means) of images to .npy or .csv",
+        description="Encode images with a trained run and write the chosen partition's codes (posterior means): "
+        "the embedding for downstream use. IMAGES is a folder of image files (sorted by name), an .npy/.npz array "
+        "or one image file; images are converted to the run's colour mode and resized to its image size.",
+    )
+    en.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by gatedvae train")
+    en.add_argument("images", metavar="IMAGES", help="folder of images, .npy/.npz array, or an image file")
+    en.add_argument("--partition", default="all", help="partition name, e.g. expression (default: all = the whole latent)")
+    en.add_argument("--out", default="codes.npy", help="output file: .npy (float32 N x dims) or .csv (one row per image; default codes.npy)")
+    en.add_argument("--batch-size", type=int, default=256, help="images per encoder call (default 256)")
+    en.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    en.set_defaults(func=cmd_encode)
+
+    fs = sub.add_parser(
+        "face-study",
+        help="score runs on the procedural faces: pose vs expression per partition, figures, a table",
+        description="For each run trained on data.name=faces: encode a sample, measure how much of pose and expression "
+        "each partition holds (DCI importance shares with partitions as units, and R^2 of each factor predicted from "
+        "one partition alone), write RUN/face_scores.json and RUN/figures/face_*.png; then print mean +- std over "
+        "seeds per configuration (docs/reproductions.md, Face study). Runs already scored are not scored again.",
+    )
+    fs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories trained on data.name=faces")
+    fs.add_argument("--preset", default="default", choices=("default", "fast"), help="12,500 (default) or 5,000 (fast) images")
+    fs.add_argument("--seed", type=int, default=0, help="random seed of the scoring (default 0)")
+    fs.add_argument("--force", action="store_true", help="score again runs that have face_scores.json")
+    fs.add_argument("--no-figures", action="store_true", help="skip the traversal and swap figures")
+    fs.add_argument("--table", help="also write the Markdown table to this file")
+    fs.add_argument("--quiet", action="store_true", help="no progress messages")
+    fs.set_defaults(func=cmd_face_study)
+
     ls = sub.add_parser("list", help="list registered things: models")
     lsub = ls.add_subparsers(dest="list_command", metavar="WHAT")
     lm = lsub.add_parser("models", help="the registered models with their default hyperparameters")
@@ -175,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="datasets: describe, preview")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
-    names = "dsprites, dsprites_file, ellipses, images"
+    names = "dsprites, dsprites_file, ellipses, images, faces"
     for action, func, helptext in (
         ("describe", cmd_data_describe, "print a dataset's size, memory and factors"),
         ("preview", cmd_data_preview, "write a PNG grid of samples and one traversal row per factor"),
@@ -194,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.set_defaults(func=func)
     d.set_defaults(func=lambda a: _usage(d))
+
+    from .sweep.cli import add_commands as add_sweep_commands
+
+    add_sweep_commands(sub)  # sweep plan|run|status|report, report
     return parser
 
 
@@ -218,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         # A file we were asked to read or write: name it and stop, no traceback.
         target = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
-        print(f"error: {exc.strerror or exc}{target}", file=sys.stderr)
+        why = " ".join(str(exc.strerror or exc).split())  # one line
+        print(f"error: {why}{target}; check the path, its permissions and the free disk space, then run again", file=sys.stderr)
         return 2
 
 

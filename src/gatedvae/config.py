@@ -59,7 +59,7 @@ def config_keys(cls: type) -> list[str]:
 
 def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = f"; did you mean '{close[0]}'?" if close else ";"
     return f"{hint} valid keys: {', '.join(valid)}"
 
 
@@ -280,7 +280,12 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
             data = yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"config file '{p}' is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {first}") from None
+        mark = getattr(exc, "problem_mark", None)  # YAML: where the parser gave up
+        if mark is not None:
+            first = f"{getattr(exc, 'problem', None) or first} at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(
+            f"config file '{p}' is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {first}; fix the syntax there"
+        ) from None
     return apply_overrides(from_dict(cls, data or {}), list(overrides))
 
 
@@ -304,7 +309,7 @@ def _require(cond: bool, message: str) -> None:
 
 # --------------------------------------------------------------------------- the configs
 
-DatasetName = Literal["dsprites", "dsprites_file", "ellipses", "images"]
+DatasetName = Literal["dsprites", "dsprites_file", "ellipses", "images", "faces"]
 
 
 @dataclass(frozen=True)
@@ -312,10 +317,17 @@ class DataConfig:
     """Which dataset to use and how to build it.
 
     ``name``: ``dsprites`` (procedural, 737,280 images), ``dsprites_file`` (the official
-    ``.npz`` at ``path``), ``ellipses`` (CorrelatedEllipses of CHyVAE) or ``images`` (a
-    folder of images, or an ``.npy``/``.npz`` array, at ``path`` with a CSV of labels).
+    ``.npz`` at ``path``), ``ellipses`` (CorrelatedEllipses of CHyVAE), ``images`` (a
+    folder of images, or an ``.npy``/``.npz`` array, at ``path`` with a CSV of labels) or
+    ``faces`` (procedural faces with tracker-like weak labels: ``pose_noise`` in degrees and
+    ``au_noise`` in action-unit intensity, drawn with ``seed``; ``color``, ``image_size`` and
+    ``stride`` apply).
     ``stride`` keeps every k-th value of the named factors, which keeps the factor grid
     intact for exact pair sampling (``{posX: 4, posY: 4}`` shrinks dSprites 16-fold).
+    ``holdout`` is the fraction of images held out of training (drawn with ``seed``, the same
+    images for every training seed): the trainer never draws them, evaluation measures
+    reconstruction on them (docs/metrics.md). 0 (the default, the papers' protocol) trains on
+    every image.
     """
 
     name: DatasetName = "dsprites"
@@ -334,8 +346,16 @@ class DataConfig:
     image_size: int = 64
     factor_columns: tuple[str, ...] = ()
     weak_columns: tuple[str, ...] = ()
+    # Procedural faces: the tracker labels' noise
+    pose_noise: float = 3.0
+    au_noise: float = 0.75
+    # Images held out of training (reconstruction is measured on them)
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
+        _require(0.0 <= self.holdout < 0.5, f"data.holdout: a fraction in [0, 0.5), got {self.holdout}")
+        _require(self.pose_noise >= 0, f"data.pose_noise: must be non-negative (degrees), got {self.pose_noise}")
+        _require(self.au_noise >= 0, f"data.au_noise: must be non-negative, got {self.au_noise}")
         for k, v in self.stride.items():
             _require(v >= 1, f"data.stride.{k}: a stride must be at least 1, got {v}")
         _require(self.size >= 1, f"data.size: must be at least 1, got {self.size}")
@@ -368,6 +388,12 @@ class PartitionConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "partition name must not be empty")
+        # The name becomes part of file names in the run directory (figures/swap_<name>.png).
+        _require(
+            not any(c in "/\\:" or ord(c) < 32 for c in self.name) and not self.name.startswith(".") and len(self.name) <= 100,
+            f"partition name {self.name!r} must be a plain name (no '/', '\\', ':', control characters or leading '.'; "
+            "at most 100 characters); rename it",
+        )
         _require(self.size >= 1, f"partition '{self.name}': size must be at least 1, got {self.size}")
         _require(0.0 <= self.noise <= 1.0, f"partition '{self.name}': noise must lie in [0, 1], got {self.noise}")
         _require(self.weight > 0, f"partition '{self.name}': weight must be positive, got {self.weight}")
@@ -429,16 +455,25 @@ class ModelConfig:
     tc_alpha: float | None = None
     tc_estimator: Literal["mws", "mss"] | None = None
     nu: float | None = None
+    info_lambda: float | None = None
+    noise_dim: int | None = None
+    categorical: tuple[int, ...] | None = None
+    gp_weight: float | None = None
     condition: tuple[str, ...] = ()
     condition_encoder: bool = False
 
     def __post_init__(self) -> None:
         _require(self.latent_dim >= 1, f"model.latent_dim: must be at least 1, got {self.latent_dim}")
         _require(self.hidden >= 1, f"model.hidden: must be at least 1, got {self.hidden}")
-        for key in ("beta", "gamma", "c_max", "mmd_lambda", "lambda_od", "lambda_d", "tc_alpha"):
+        for key in ("beta", "gamma", "c_max", "mmd_lambda", "lambda_od", "lambda_d", "tc_alpha", "info_lambda", "gp_weight"):
             v = getattr(self, key)
             _require(v is None or v >= 0, f"model.{key}: must be non-negative, got {v}")
         _require(self.c_steps is None or self.c_steps >= 1, f"model.c_steps: must be at least 1, got {self.c_steps}")
+        _require(self.noise_dim is None or self.noise_dim >= 0, f"model.noise_dim: must be non-negative, got {self.noise_dim}")
+        _require(
+            self.categorical is None or all(k >= 2 for k in self.categorical),
+            f"model.categorical: every categorical code needs at least 2 categories, got {self.categorical}",
+        )
 
 
 @dataclass(frozen=True)

@@ -110,13 +110,20 @@ def load_trained(run_dir: str | os.PathLike, progress: bool = False):
     return prep, step, path
 
 
-def _heldout(config: Config, progress: bool):
-    """Fresh images for the reconstruction scores, where the dataset can make them.
+def _heldout(config: Config, progress: bool, n_images: int):
+    """Images for the reconstruction scores that the model did not train on, where there are any.
 
-    CorrelatedEllipses is drawn from a seed, so a different seed gives images the model did not
-    train on (as far as its quantised factors allow). Other datasets: None (the trainer keeps no
-    held-out split; the scores then use training images and say so).
+    ``data.holdout > 0``: the indices the trainer never drew (:func:`gatedvae.train.loop.heldout_indices`,
+    same data config, same images). Otherwise CorrelatedEllipses, which is drawn from a seed: a
+    fresh set with another seed (up to 5,000 images; new images as far as its quantised factors
+    allow). Otherwise None: every image was a training image, the scores use training images and
+    ``metrics.json`` says so in ``source``.
     """
+    from .train.loop import heldout_indices
+
+    held = heldout_indices(config.data, n_images)
+    if held.size:
+        return held
     if config.data.name != "ellipses":
         return None
     from .data import build_dataset
@@ -188,6 +195,7 @@ def write_figures(prep, result: dict, run_dir: str | os.PathLike, seed: int = 0)
             a, b, grid = dg.swap_grid_images(prep, p, ip, ir)
             written.append(save_figure(dg.plot_swap_grid(a, b, grid, title=f"partition '{pname}' from the left column, the rest from the top row"),
                                        out_dir / f"swap_{pname}.png"))
+    written.extend(prep.model.extra_figures(prep, out_dir, rng))  # model-specific (InfoGAN: samples, code traversals)
     return written
 
 
@@ -222,7 +230,7 @@ def evaluate_run(
         raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
     run = Path(run_dir)
     prep, step, ckpt = load_trained(run, progress=progress)
-    heldout = _heldout(prep.config, progress) if "reconstruction" in names else None
+    heldout = _heldout(prep.config, progress, len(prep.dataset)) if "reconstruction" in names else None
     t_eval = time.perf_counter()
     result = adapter.evaluate_model(prep, names, preset, rng=np.random.default_rng(int(seed)), progress=progress, heldout=heldout)
     t_metrics = time.perf_counter() - t_eval

@@ -38,7 +38,7 @@ __all__ = [
     "DATASETS",
 ]
 
-DATASETS = ("dsprites", "dsprites_file", "ellipses", "images")
+DATASETS = ("dsprites", "dsprites_file", "ellipses", "images", "faces")
 
 
 def data_dir(configured: str = "") -> Path:
@@ -68,6 +68,19 @@ def build_dataset(cfg: DataConfig, progress: bool = False) -> FactorDataset:
         from .ellipses import make_ellipses
 
         ds = make_ellipses(size=cfg.size, correlation=cfg.correlation, levels=cfg.levels, seed=cfg.seed)
+    elif cfg.name == "faces":
+        from .faces import make_faces
+
+        # rendered strided (only the kept classes are drawn), so no subset_grid afterwards
+        return make_faces(
+            stride=dict(cfg.stride),
+            color=cfg.color,
+            image_size=cfg.image_size,
+            pose_noise=cfg.pose_noise,
+            au_noise=cfg.au_noise,
+            seed=cfg.seed,
+            progress=progress,
+        )
     elif cfg.name == "images":
         from .images import load_images
 

@@ -15,14 +15,28 @@ import torch
 from ..errors import DataError
 from .factors import FactorSpace
 
-__all__ = ["ImageStore", "PackedBinaryStore", "Uint8Store", "FactorDataset", "as_index_tensor"]
+__all__ = ["ImageStore", "PackedBinaryStore", "Uint8Store", "FactorDataset", "as_index_tensor", "host_to_device"]
+
+
+def host_to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    """``t`` on ``device``; from host memory to a CUDA device without the host waiting.
+
+    A plain ``.to("cuda")`` of pageable memory makes the host wait for the copy (and so for
+    all queued GPU work) every training step. Here the bytes go to pinned memory and are sent
+    with ``non_blocking=True``; PyTorch's pinned-memory cache keeps the block until the copy has
+    run, so ``t`` may be reused at once (docs/training.md, "CUDA").
+    """
+    dev = torch.device(device) if device is not None else t.device
+    if dev.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
 
 
 def as_index_tensor(index: np.ndarray | torch.Tensor | Sequence[int], device: torch.device | None = None) -> torch.Tensor:
-    """Indices as an int64 tensor on ``device`` (no copy when already there)."""
+    """Indices as an int64 tensor on ``device`` (no copy when already there; see :func:`host_to_device`)."""
     if isinstance(index, torch.Tensor):
-        return index.to(device=device, dtype=torch.int64)
-    return torch.as_tensor(np.asarray(index, dtype=np.int64), device=device)
+        return host_to_device(index.to(torch.int64), device)
+    return host_to_device(torch.as_tensor(np.asarray(index, dtype=np.int64)), device)
 
 
 class ImageStore:

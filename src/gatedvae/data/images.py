@@ -87,6 +87,11 @@ def _load_array(path: Path) -> np.ndarray:
         raise
     except (OSError, ValueError, EOFError) as exc:
         why = _why(exc)
+        if "Python objects" in why or "allow_pickle" in why:  # a ragged list of images, saved pickled
+            raise DataError(
+                f"image array {path} holds Python objects (images of different sizes?) and pickled data is never loaded; "
+                "stack images of one size into one uint8 array, or put the image files in a folder"
+            ) from None
         raise DataError(f"image array {path} is unreadable ({why}); the file is truncated, corrupt or pickled, save it with numpy.save") from None
     except (zipfile.BadZipFile, zlib.error) as exc:  # a damaged .npz
         raise DataError(f"image array {path} is unreadable ({type(exc).__name__}: {_why(exc)}); the file is truncated or corrupt") from None

@@ -93,9 +93,14 @@ def gaussian_nll(
     """
     _check_pair(mean, target, ("mean", "target"))
     if log_scale is None:
-        s = torch.as_tensor(sigma, dtype=mean.dtype, device=mean.device)  # () or broadcastable
-        if bool((s <= 0).any()):
+        # Checked on the host: a Python float costs nothing; a tensor sigma is checked where it
+        # lives already (a device tensor would synchronise here, so pass a float on CUDA).
+        if isinstance(sigma, torch.Tensor):
+            if bool((sigma <= 0).any()):
+                raise ValueError(f"gaussian_nll: sigma must be positive, got {sigma}")
+        elif not sigma > 0:
             raise ValueError(f"gaussian_nll: sigma must be positive, got {sigma}")
+        s = torch.as_tensor(sigma, dtype=mean.dtype, device=mean.device)  # () or broadcastable
         log_s = torch.log(s)  # () or broadcastable
     else:
         log_s = log_scale.to(mean.dtype)  # broadcastable to (B, ...)

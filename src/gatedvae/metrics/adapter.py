@@ -61,8 +61,9 @@ import torch
 
 from ..errors import ConfigError, DataError
 from . import METRICS, KINDS, preset_kwargs
-from .beta_vae import beta_vae_features, beta_vae_score_from_features
-from .factor_vae import factor_vae_score_from_votes, factor_vae_votes
+from .beta_vae import beta_vae_from_sampler
+from .factor_vae import factor_vae_from_sampler
+from .sampling import FactorSampler
 from .unsupervised import active_units, kl_per_dim
 from .utils import check_choice, check_positive_int, check_rng
 
@@ -76,7 +77,9 @@ __all__ = [
     "SAMPLE_SIZES",
     "HEADLINE",
     "CodeCache",
+    "CACHE_MAX_BYTES",
     "ObservedFactors",
+    "ObservedSampler",
     "encode",
     "encode_posterior",
     "representation_fn",
@@ -199,45 +202,65 @@ def encode(prep: "Prepared", index, chunk_size: int = _DEFAULT_CHUNK) -> np.ndar
     return encode_posterior(prep, index, chunk_size)[0].astype(np.float64)
 
 
+#: The largest cache (means and log-variances, float32, for every image) :class:`CodeCache` keeps.
+#: Wider representations -- raw pixels: 4,096 dims x 737,280 dSprites images = 24 GB -- are encoded
+#: again on every request instead (cheap for a baseline whose "encoder" is a gather or a matmul).
+CACHE_MAX_BYTES = 2 * 2**30
+
+
 class CodeCache:
     """Posterior means and log-variances of a dataset's images, encoded on first use and kept.
 
     Holds two float32 (N, M) arrays for the whole dataset (59 MB for dSprites at M = 10) and a
     mask of the rows already encoded; ``n_encoded`` counts the images that went through the
-    encoder.
+    encoder. When the two arrays would exceed ``max_bytes`` (default :data:`CACHE_MAX_BYTES`)
+    nothing is kept (``keeps`` is False) and every request is encoded afresh.
     """
 
-    def __init__(self, prep: "Prepared", chunk_size: int = _DEFAULT_CHUNK) -> None:
+    def __init__(self, prep: "Prepared", chunk_size: int = _DEFAULT_CHUNK, max_bytes: int | None = None) -> None:
         self.prep = prep
         self.chunk_size = check_positive_int(chunk_size, "chunk_size")
         n, m = len(prep.dataset), prep.model.latent_dim
-        self.mu = np.zeros((n, m), dtype=np.float32)  # (N, M)
-        self.logvar = np.zeros((n, m), dtype=np.float32)  # (N, M)
-        self.done = np.zeros(n, dtype=bool)  # (N,)
+        self.keeps = 2 * 4 * n * m <= (CACHE_MAX_BYTES if max_bytes is None else max_bytes)
+        rows = n if self.keeps else 0
+        self.mu = np.zeros((rows, m), dtype=np.float32)  # (N, M)
+        self.logvar = np.zeros((rows, m), dtype=np.float32)  # (N, M)
+        self.done = np.zeros(rows, dtype=bool)  # (N,)
         self.n_encoded = 0
         self.seconds = 0.0
 
+    def _encode(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        mu, logvar = encode_posterior(self.prep, index, self.chunk_size)
+        self.n_encoded += int(index.size)
+        self.seconds += time.perf_counter() - t0
+        return mu, logvar
+
     def fill(self, index) -> None:
-        """Encode the images at ``index`` that are not cached yet."""
+        """Encode the images at ``index`` that are not cached yet (nothing when not keeping)."""
+        if not self.keeps:
+            return
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         todo = np.unique(index[~self.done[index]])  # (t,) sorted: contiguous gathers
         if todo.size:
-            t0 = time.perf_counter()
-            mu, logvar = encode_posterior(self.prep, todo, self.chunk_size)
-            self.mu[todo], self.logvar[todo] = mu, logvar
+            self.mu[todo], self.logvar[todo] = self._encode(todo)
             self.done[todo] = True
-            self.n_encoded += int(todo.size)
-            self.seconds += time.perf_counter() - t0
 
     def codes(self, index) -> np.ndarray:
         """float64 codes of the images at ``index``: shape ``index.shape + (M,)``."""
         index = np.asarray(index, dtype=np.int64)
+        if not self.keeps:
+            return self.posterior(index)[0]
         self.fill(index)
         return self.mu[index].astype(np.float64)
 
     def posterior(self, index) -> tuple[np.ndarray, np.ndarray]:
-        """float64 (mu, logvar) of the images at ``index``."""
+        """float64 (mu, logvar) of the images at ``index``: each of shape ``index.shape + (M,)``."""
         index = np.asarray(index, dtype=np.int64)
+        if not self.keeps:
+            mu, logvar = self._encode(index.reshape(-1))  # (n, M) each
+            shape = index.shape + (mu.shape[1],)
+            return mu.astype(np.float64).reshape(shape), logvar.astype(np.float64).reshape(shape)
         self.fill(index)
         return self.mu[index].astype(np.float64), self.logvar[index].astype(np.float64)
 
@@ -338,107 +361,45 @@ class ObservedFactors:
         return out
 
 
-def factor_vae_observed(
-    cache: CodeCache,
-    observed: ObservedFactors,
-    rng: np.random.Generator,
-    *,
-    batch_size: int = 64,
-    n_train: int = 10000,
-    n_eval: int = 5000,
-    n_variance: int = 10000,
-    prune_threshold: float = 0.05,
-    chunk_size: int = 16384,
-) -> dict:
-    """The FactorVAE score (:func:`gatedvae.metrics.factor_vae_score`) on observed combinations.
+class ObservedSampler(FactorSampler):
+    """The FactorVAE / BetaVAE draws on observed combinations of a labelled dataset, as codes.
 
-    Same votes, classifier and keys as the grid version; only the groups differ: a vote holds
-    factor k (uniform over ``observed.eligible``) at the class of a random image and draws its
-    ``batch_size`` members uniformly from the images with that class. The global variance uses
-    ``n_variance`` uniformly drawn images.
+    A group holds factor k at the class of a random image and draws its members uniformly from
+    the images with that class; a pair is a random image and a random image sharing its class of
+    factor k; random codes are those of uniformly drawn images (see the module docstring).
     """
-    rng = check_rng(rng)
-    n_train = check_positive_int(n_train, "n_train")
-    n_eval = check_positive_int(n_eval, "n_eval")
-    batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
-    n = len(observed)
-    k_fac = observed.sizes.size
-    if observed.eligible.size == 0:
-        raise DataError("every factor has a single observed class; nothing to score")
-    z = cache.codes(rng.integers(0, n, size=check_positive_int(n_variance, "n_variance", minimum=2)))  # (n_var, M)
-    global_var = z.var(axis=0, ddof=1)  # (M,)
-    active = (np.sqrt(global_var) >= float(prune_threshold)) & (global_var > 0)  # (M,)
-    d = global_var.size
-    out: dict[str, Any] = {"num_active_dims": int(active.sum()), "active": active, "global_variance": global_var}
-    if not active.any():
-        zeros = np.zeros((k_fac, d), dtype=np.int64)
-        out.update(train_accuracy=0.0, eval_accuracy=0.0, train_votes=zeros, eval_votes=zeros.copy(),
-                   classifier=np.zeros(d, dtype=np.int64))
-        return out
-    per_chunk = max(1, chunk_size // batch_size)
 
-    def votes(n_votes: int) -> np.ndarray:
-        table = np.zeros((k_fac, d), dtype=np.int64)  # (K, M)
-        for start in range(0, n_votes, per_chunk):
-            v = min(per_chunk, n_votes - start)
-            fixed = observed.eligible[rng.integers(0, observed.eligible.size, size=v)]  # (v,)
-            anchor = rng.integers(0, n, size=v)  # (v,)
-            members = observed.same_class(fixed, anchor, batch_size, rng)  # (v, B)
-            table += factor_vae_votes(cache.codes(members), fixed, global_var, active, k_fac)  # codes (v, B, M)
-        return table
+    def __init__(self, cache: CodeCache, observed: ObservedFactors) -> None:
+        self.cache = cache
+        self.observed = observed
+        self.num_factors = int(observed.sizes.size)
+        self.eligible = observed.eligible
 
-    train_votes = votes(n_train)
-    eval_votes = votes(n_eval)
-    out.update(factor_vae_score_from_votes(train_votes, eval_votes))
-    out.update(train_votes=train_votes, eval_votes=eval_votes)
-    return out
+    def random_codes(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.cache.codes(rng.integers(0, len(self.observed), size=n))  # (n, M)
+
+    def group_codes(self, fixed: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        anchor = rng.integers(0, len(self.observed), size=fixed.size)  # (v,)
+        return self.cache.codes(self.observed.same_class(fixed, anchor, size, rng))  # (v, B, M)
+
+    def pair_codes(self, fixed: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        v = fixed.size
+        first = rng.integers(0, len(self.observed), size=(v, size))  # (v, L)
+        second = self.observed.same_class(np.repeat(fixed, size), first.reshape(-1), 1, rng)  # (v L, 1)
+        return self.cache.codes(first), self.cache.codes(second.reshape(v, size))  # (v, L, M) each
 
 
-def beta_vae_observed(
-    cache: CodeCache,
-    observed: ObservedFactors,
-    rng: np.random.Generator,
-    *,
-    batch_size: int = 64,
-    n_train: int = 10000,
-    n_eval: int = 5000,
-    classifier: str = "logistic",
-    c: float = 1.0,
-    max_iter: int = 1000,
-    chunk_size: int = 16384,
-) -> dict:
-    """The BetaVAE score (:func:`gatedvae.metrics.beta_vae_score`) on observed combinations.
+def factor_vae_observed(cache: CodeCache, observed: ObservedFactors, rng: np.random.Generator, **kwargs) -> dict:
+    """The FactorVAE score (:func:`gatedvae.metrics.factor_vae_score`) on observed combinations:
+    :func:`~gatedvae.metrics.factor_vae.factor_vae_from_sampler` over an :class:`ObservedSampler`
+    (same keyword arguments, votes, classifier and keys as the grid version)."""
+    return factor_vae_from_sampler(ObservedSampler(cache, observed), rng, **kwargs)
 
-    A training point holds factor y (uniform over ``observed.eligible``); each of its L pairs is
-    a uniformly drawn image and a random image sharing its class of y. Features and classifier
-    as in the grid version.
-    """
-    rng = check_rng(rng)
-    check_choice(classifier, "classifier", ("logistic", "linear_svc"))
-    batch_size = check_positive_int(batch_size, "batch_size")
-    n = len(observed)
-    if observed.eligible.size == 0:
-        raise DataError("every factor has a single observed class; nothing to score")
-    per_chunk = max(1, chunk_size // (2 * batch_size))
 
-    def points(n_points: int) -> tuple[np.ndarray, np.ndarray]:
-        feats, labels = [], []
-        for start in range(0, n_points, per_chunk):
-            v = min(per_chunk, n_points - start)
-            fixed = observed.eligible[rng.integers(0, observed.eligible.size, size=v)]  # (v,)
-            first = rng.integers(0, n, size=(v, batch_size))  # (v, L)
-            second = observed.same_class(np.repeat(fixed, batch_size), first.reshape(-1), 1, rng)  # (v L, 1)
-            z1 = cache.codes(first)  # (v, L, M)
-            z2 = cache.codes(second.reshape(v, batch_size))  # (v, L, M)
-            feats.append(beta_vae_features(z1, z2))  # (v, M)
-            labels.append(fixed)
-        return np.concatenate(feats), np.concatenate(labels)
-
-    train_x, train_y = points(check_positive_int(n_train, "n_train", minimum=2))
-    eval_x, eval_y = points(check_positive_int(n_eval, "n_eval"))
-    out = beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng, classifier=classifier, c=c, max_iter=max_iter)
-    out["chance"] = 1.0 / int(observed.eligible.size)
-    return out
+def beta_vae_observed(cache: CodeCache, observed: ObservedFactors, rng: np.random.Generator, **kwargs) -> dict:
+    """The BetaVAE score (:func:`gatedvae.metrics.beta_vae_score`) on observed combinations:
+    :func:`~gatedvae.metrics.beta_vae.beta_vae_from_sampler` over an :class:`ObservedSampler`."""
+    return beta_vae_from_sampler(ObservedSampler(cache, observed), rng, **kwargs)
 
 
 # --------------------------------------------------------------------------- pure scores
@@ -622,7 +583,7 @@ def evaluate_model(
     *,
     rng: np.random.Generator,
     progress: bool = False,
-    heldout: "FactorDataset | None" = None,
+    heldout: "FactorDataset | np.ndarray | None" = None,
     chunk_size: int = _DEFAULT_CHUNK,
 ) -> dict:
     """Run the requested metrics on a prepared (trained) model and its dataset.
@@ -635,8 +596,10 @@ def evaluate_model(
             generator derived from that number and its own name, so a metric's result does not
             depend on which other metrics ran.
         progress: a tqdm bar over the metrics.
-        heldout: optional images for the reconstruction scores (same image shape and factors);
-            default: a sample of ``prep.dataset`` (the trainer keeps no held-out split).
+        heldout: where the reconstruction scores are measured: an index array into
+            ``prep.dataset`` (the images ``data.holdout`` kept out of training,
+            :func:`gatedvae.train.loop.heldout_indices`), or a separate dataset (same image shape
+            and factors); default None: a sample of ``prep.dataset``, i.e. training images.
         chunk_size: images per encoder call.
 
     Returns:
@@ -708,14 +671,21 @@ def evaluate_model(
         entry: dict[str, Any] = {}
         if name == "reconstruction":
             params = {"n_images": sizes["reconstruction"], "code": "posterior mean"}
-            if heldout is not None:
-                rprep = replace(prep, dataset=heldout.to(prep.device))
-                source = f"held-out images ({heldout.name}, {len(heldout)} images)"
-            else:
+            if isinstance(heldout, np.ndarray):  # indices of prep.dataset the trainer never drew
                 rprep = prep
-                source = "training images (the trainer keeps no held-out split)"
-            m = len(rprep.dataset)
-            ridx = np.sort(mrng.choice(m, size=min(sizes["reconstruction"], m), replace=False))
+                pool = np.asarray(heldout, dtype=np.int64)
+                source = f"held-out images ({pool.size} of {len(ds)} held out of training: data.holdout)"
+                ridx = np.sort(mrng.choice(pool, size=min(sizes["reconstruction"], pool.size), replace=False))
+            else:
+                if heldout is not None:
+                    rprep = replace(prep, dataset=heldout.to(prep.device))
+                    source = f"held-out images ({heldout.name}, {len(heldout)} images)"
+                else:
+                    rprep = prep
+                    source = "training images (data.holdout = 0: every image was a training image)"
+                m = len(rprep.dataset)
+                ridx = np.sort(mrng.choice(m, size=min(sizes["reconstruction"], m), replace=False))
+            params = dict(params, source="heldout" if heldout is not None else "training")
             scores = reconstruction_scores(rprep, ridx)
             scores["source"] = source
             entry.update(scores=scores, params=params, samples={"images": int(ridx.size)})

@@ -25,10 +25,10 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .sampling import RepresentationFn, check_factor_sizes, encode, sample_factors
+from .sampling import FactorSampler, GridSampler, RepresentationFn
 from .utils import check_choice, check_positive_int, check_rng, seed_from
 
-__all__ = ["beta_vae_score", "beta_vae_features", "beta_vae_score_from_features", "BETA_VAE_DEFAULTS", "BETA_VAE_FAST"]
+__all__ = ["beta_vae_score", "beta_vae_from_sampler", "beta_vae_features", "beta_vae_score_from_features", "BETA_VAE_DEFAULTS", "BETA_VAE_FAST"]
 
 BETA_VAE_DEFAULTS = dict(batch_size=64, n_train=10000, n_eval=5000, classifier="logistic", c=1.0, max_iter=1000)
 BETA_VAE_FAST = dict(BETA_VAE_DEFAULTS, n_train=1000, n_eval=500)
@@ -73,25 +73,54 @@ def beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng: np.rando
     }
 
 
-def _points(representation_fn, sizes, rng, n_points, batch_size, chunk_size):
-    eligible = np.flatnonzero(sizes >= 2)  # size-1 factors are never the fixed one
-    labels = np.empty(n_points, dtype=np.int64)
-    feats = []
+def beta_vae_from_sampler(
+    sampler: FactorSampler,
+    rng: np.random.Generator,
+    *,
+    batch_size: int = 64,
+    n_train: int = 10000,
+    n_eval: int = 5000,
+    classifier: str = "logistic",
+    c: float = 1.0,
+    max_iter: int = 1000,
+    chunk_size: int = 16384,
+) -> dict:
+    """The BetaVAE score over any :class:`~.sampling.FactorSampler` (grid or observed draws).
+
+    Draw order: the training points, then the evaluation points, then the classifier's seed;
+    each point picks its fixed factor uniformly among ``sampler.eligible``. Arguments and
+    result as :func:`beta_vae_score`.
+    """
+    rng = check_rng(rng)
+    check_choice(classifier, "classifier", ("logistic", "linear_svc"))
+    batch_size = check_positive_int(batch_size, "batch_size")
+    n_train = check_positive_int(n_train, "n_train", minimum=2)
+    n_eval = check_positive_int(n_eval, "n_eval")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    if sampler.eligible.size == 0:
+        raise DataError("every factor has a single class; nothing to score")
     per_chunk = max(1, chunk_size // (2 * batch_size))
-    for start in range(0, n_points, per_chunk):
-        v = min(per_chunk, n_points - start)
-        fixed = eligible[rng.integers(0, eligible.size, size=v)]  # (v,)
-        f1 = sample_factors(rng, sizes, (v, batch_size))  # (v, L, K)
-        f2 = sample_factors(rng, sizes, (v, batch_size))  # (v, L, K)
-        rows = np.arange(v)
-        f2[rows, :, fixed] = f1[rows, :, fixed]  # pairs agree on the fixed factor
-        both = np.concatenate([f1, f2], axis=0).reshape(2 * v * batch_size, -1)  # (2 v L, K)
-        z = encode(representation_fn, both, chunk_size).reshape(2, v, batch_size, -1)  # (2, v, L, D)
-        if feats and z.shape[-1] != feats[0].shape[-1]:
-            raise DataError(f"representation_fn: code width changed from {feats[0].shape[-1]} to {z.shape[-1]}")
-        feats.append(beta_vae_features(z[0], z[1]))  # (v, D)
-        labels[start : start + v] = fixed
-    return np.concatenate(feats, axis=0), labels
+
+    def points(n_points: int) -> tuple[np.ndarray, np.ndarray]:
+        feats, labels = [], []
+        for start in range(0, n_points, per_chunk):
+            v = min(per_chunk, n_points - start)
+            fixed = sampler.eligible[rng.integers(0, sampler.eligible.size, size=v)]  # (v,)
+            z1, z2 = sampler.pair_codes(fixed, batch_size, rng)  # (v, L, D) each
+            if feats and z1.shape[-1] != feats[0].shape[-1]:
+                raise DataError(f"representation_fn: code width changed from {feats[0].shape[-1]} to {z1.shape[-1]}")
+            feats.append(beta_vae_features(z1, z2))  # (v, D)
+            labels.append(fixed)
+        return np.concatenate(feats, axis=0), np.concatenate(labels)
+
+    train_x, train_y = points(n_train)
+    eval_x, eval_y = points(n_eval)
+    if eval_x.shape[1] != train_x.shape[1]:
+        raise DataError(f"representation_fn: code width changed from {train_x.shape[1]} to {eval_x.shape[1]}")
+    out = beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng,
+                                       classifier=classifier, c=c, max_iter=max_iter)
+    out["chance"] = 1.0 / int(sampler.eligible.size)
+    return out
 
 
 def beta_vae_score(
@@ -124,18 +153,6 @@ def beta_vae_score(
         dict with ``train_accuracy``, ``eval_accuracy`` and ``chance`` (1 / number of factors
         with more than one class).
     """
-    rng = check_rng(rng)
-    sizes = check_factor_sizes(factor_sizes)
-    check_choice(classifier, "classifier", ("logistic", "linear_svc"))
-    batch_size = check_positive_int(batch_size, "batch_size")
-    n_train = check_positive_int(n_train, "n_train", minimum=2)
-    n_eval = check_positive_int(n_eval, "n_eval")
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    train_x, train_y = _points(representation_fn, sizes, rng, n_train, batch_size, chunk_size)
-    eval_x, eval_y = _points(representation_fn, sizes, rng, n_eval, batch_size, chunk_size)
-    if eval_x.shape[1] != train_x.shape[1]:
-        raise DataError(f"representation_fn: code width changed from {train_x.shape[1]} to {eval_x.shape[1]}")
-    out = beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng,
-                                       classifier=classifier, c=c, max_iter=max_iter)
-    out["chance"] = 1.0 / int((sizes >= 2).sum())
-    return out
+    sampler = GridSampler(representation_fn, factor_sizes, check_positive_int(chunk_size, "chunk_size"))
+    return beta_vae_from_sampler(sampler, rng, batch_size=batch_size, n_train=n_train, n_eval=n_eval,
+                                 classifier=classifier, c=c, max_iter=max_iter, chunk_size=chunk_size)

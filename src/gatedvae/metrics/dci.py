@@ -47,6 +47,7 @@ from .utils import (
     split_indices,
     standardize,
     subsample,
+    within_float32,
 )
 
 __all__ = ["dci", "dci_lasso", "dci_random_forest", "dci_classifier", "dci_from_importance", "group_importance", "DCI_DEFAULTS", "DCI_FAST",
@@ -57,13 +58,13 @@ DCI_DEFAULTS = dict(regressor="lasso", alpha=0.02, n_estimators=10, max_depth=12
 #: Same estimators on at most 5,000 samples.
 DCI_FAST = dict(DCI_DEFAULTS, max_samples=5000)
 #: disentanglement_lib's settings exactly: GradientBoostingClassifier() defaults, every training row
-#: (10,000 of the adapter's 12,500 at train_frac=0.8). About 4 minutes on dSprites on 2 cores.
+#: (10,000 of the adapter's 12,500 at train_frac=0.8). ``n_jobs=None``: as many threads as torch.
 DCI_CLASSIFIER_REFERENCE = dict(n_estimators=100, max_depth=3, learning_rate=0.1, train_frac=0.8, max_samples=None,
-                                max_train=None, n_jobs=1)
-#: The ``default`` preset is the reference exactly. ``max_train`` (a cap on the training rows)
-#: is available for budgets; DCI_CLASSIFIER_MAX_TRAIN rows measured 50 s on dSprites on 2 cores
-#: but moved the scores far from the reference (docs/metrics.md, "Speed"), so no preset uses it.
+                                max_train=None, n_jobs=None)
+#: A cap on the training rows some users want for budgets (``max_train``); no preset uses it: it
+#: moves the scores away from the reference (docs/metrics.md, "Deliberate deviations").
 DCI_CLASSIFIER_MAX_TRAIN = 2000
+#: The ``default`` preset is the reference exactly (fitted by :mod:`.gbt`, about 10 s on dSprites).
 DCI_CLASSIFIER_DEFAULTS = dict(DCI_CLASSIFIER_REFERENCE)
 #: Fewer boosting stages on at most 3,000 samples.
 DCI_CLASSIFIER_FAST = dict(DCI_CLASSIFIER_REFERENCE, n_estimators=20, max_samples=3000)
@@ -265,17 +266,26 @@ def dci_classifier(
     units: Sequence[Sequence[int]] | None = None,
     max_samples: int | None = None,
     max_train: int | None = None,
-    n_jobs: int = 1,
+    n_jobs: int | None = None,
+    backend: str = "gbt",
 ) -> dict:
     """DCI with gradient-boosted classifiers, the disentanglement_lib form.
 
-    Each factor column is treated as discrete labels; one sklearn ``GradientBoostingClassifier``
-    per factor predicts it from the raw codes (trees need no scaling). ``R[:, k]`` is the
-    classifier's ``feature_importances_``. Informativeness is classification accuracy on the
-    training and held-out rows (higher is better -- the opposite direction to :func:`dci`'s
-    NRMSE, hence the different key names). Disentanglement is weighted by latent importance and
-    ``completeness`` by factor importance, as disentanglement_lib does (``completeness_mean`` is
-    the plain mean, for comparison with :func:`dci`).
+    Each factor column is treated as discrete labels; one gradient-boosted classifier per factor
+    (scikit-learn's ``GradientBoostingClassifier`` with its defaults, as disentanglement_lib)
+    predicts it from the raw codes (trees need no scaling). ``R[:, k]`` is the classifier's
+    ``feature_importances_``. Informativeness is classification accuracy on the training and
+    held-out rows (higher is better -- the opposite direction to :func:`dci`'s NRMSE, hence the
+    different key names). Disentanglement is weighted by latent importance and ``completeness``
+    by factor importance, as disentanglement_lib does (``completeness_mean`` is the plain mean,
+    for comparison with :func:`dci`).
+
+    The classifier is :func:`gatedvae.metrics.gbt.fit_gbt` (``backend="gbt"``): scikit-learn's
+    algorithm reproduced operation by operation with presorted features and the trees of a
+    stage grown in parallel -- the same trees, predictions and importances as
+    ``GradientBoostingClassifier(random_state=seed)`` (bit for bit in ``tests/test_metric_gbt.py``),
+    about 20 times faster. ``backend="sklearn"`` fits scikit-learn's own estimator (slow; for
+    cross-checks).
 
     disentanglement_lib draws separate train and test sets from the dataset; here the given rows
     are split by ``train_frac``, which is the same in distribution.
@@ -291,15 +301,16 @@ def dci_classifier(
         max_samples: optional cap on the number of rows used.
         max_train: optional cap on the *training* rows: after the split, a random subset of at
             most this many training rows fits the classifiers; the whole held-out split still
-            measures ``informativeness_test``. None (the function default) = every training
-            row, disentanglement_lib's setting; the ``default`` preset uses 2,000 for speed.
-        n_jobs: number of worker processes fitting the K classifiers (joblib, largest factors
-            first). Every classifier's ``random_state`` is drawn from ``rng`` in factor order
-            before any fit, so the result is identical for every ``n_jobs``. Measured on 2
-            loaded cores, 2 processes were no faster than 1 (docs/metrics.md, "Speed").
+            measures ``informativeness_test``. None (the default, and every preset) = every
+            training row, disentanglement_lib's setting.
+        n_jobs: threads growing the trees of a stage (``backend="gbt"``) or worker processes
+            fitting the factors (``backend="sklearn"``); None = ``torch.get_num_threads()`` (the
+            run's ``train.threads`` under ``gatedvae evaluate``). Every classifier's
+            ``random_state`` is drawn from ``rng`` in factor order before any fit, so the result
+            is identical for every ``n_jobs``.
+        backend: ``"gbt"`` (default) or ``"sklearn"``; identical results.
 
-    Codes are passed to scikit-learn as float32, the dtype its trees use internally anyway
-    (identical fits, no per-fit conversion).
+    Codes are passed as float32, the dtype scikit-learn's trees use internally anyway.
 
     Returns:
         dict with ``disentanglement``, ``completeness`` (factor-importance weighted),
@@ -307,11 +318,16 @@ def dci_classifier(
         accuracies), per-latent/per-factor arrays, ``importance`` (D, K) and optionally
         ``partition``.
     """
+    check_choice(backend, "backend", ("gbt", "sklearn"))
     codes, factors, rng = _prepare(codes, factors, rng, max_samples)
     if units is not None:
         _check_units(units, codes.shape[1])
     n_estimators = check_positive_int(n_estimators, "n_estimators")
     max_depth = check_positive_int(max_depth, "max_depth")
+    if n_jobs is None:
+        import torch
+
+        n_jobs = torch.get_num_threads()
     n_jobs = check_positive_int(n_jobs, "n_jobs")
     tr, te = split_indices(rng, codes.shape[0], train_frac)
     if max_train is not None:
@@ -319,7 +335,7 @@ def dci_classifier(
         if tr.size > max_train:
             tr = np.sort(rng.choice(tr, size=max_train, replace=False))  # (max_train,)
     d, k_fac = codes.shape[1], factors.shape[1]
-    x = np.ascontiguousarray(codes, dtype=np.float32)  # (N, D) sklearn's tree dtype
+    x = np.ascontiguousarray(within_float32(codes), dtype=np.float32)  # (N, D) sklearn's tree dtype
     labels = []
     for k in range(k_fac):
         lab, _ = encode_labels(factors[:, k])  # (N,)
@@ -329,7 +345,9 @@ def dci_classifier(
     seeds = [seed_from(rng) for _ in range(k_fac)]  # drawn in factor order: same for every n_jobs
     settings = dict(n_estimators=n_estimators, max_depth=max_depth, learning_rate=float(learning_rate))
     jobs = [(x[tr], labels[k][tr], x[te], labels[k][te], seeds[k], settings) for k in range(k_fac)]
-    if n_jobs == 1 or k_fac == 1:
+    if backend == "gbt":
+        fits = [_fit_gbt(*job, n_threads=n_jobs) for job in jobs]
+    elif n_jobs == 1 or k_fac == 1:
         fits = [_fit_classifier(*job) for job in jobs]
     else:
         from joblib import Parallel, delayed
@@ -363,8 +381,16 @@ def dci_classifier(
     return out
 
 
+def _fit_gbt(x_tr, y_tr, x_te, y_te, seed: int, settings: dict, n_threads: int = 1) -> tuple[np.ndarray, float, float]:
+    """One factor's classifier with :func:`.gbt.fit_gbt`: (importances (D,), train acc., test acc.)."""
+    from .gbt import fit_gbt
+
+    model, pred_tr, pred_te = fit_gbt(x_tr, y_tr, random_state=seed, eval_x=x_te, n_threads=n_threads, **settings)
+    return model.feature_importances.astype(np.float64), float(np.mean(pred_tr == y_tr)), float(np.mean(pred_te == y_te))
+
+
 def _fit_classifier(x_tr, y_tr, x_te, y_te, seed: int, settings: dict) -> tuple[np.ndarray, float, float]:
-    """One factor's GradientBoostingClassifier: (importances (D,), train accuracy, test accuracy)."""
+    """One factor's scikit-learn GradientBoostingClassifier: (importances (D,), train acc., test acc.)."""
     from sklearn.ensemble import GradientBoostingClassifier
 
     model = GradientBoostingClassifier(random_state=seed, **settings)

@@ -27,10 +27,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from .sampling import RepresentationFn, check_factor_sizes, encode, sample_factors
+from .sampling import FactorSampler, GridSampler, RepresentationFn
 from .utils import check_positive_int, check_rng
 
-__all__ = ["factor_vae_score", "factor_vae_votes", "factor_vae_score_from_votes", "FACTOR_VAE_DEFAULTS", "FACTOR_VAE_FAST"]
+__all__ = ["factor_vae_score", "factor_vae_from_sampler", "factor_vae_votes", "factor_vae_score_from_votes", "FACTOR_VAE_DEFAULTS", "FACTOR_VAE_FAST"]
 
 FACTOR_VAE_DEFAULTS = dict(batch_size=64, n_train=10000, n_eval=5000, n_variance=10000, prune_threshold=0.05)
 FACTOR_VAE_FAST = dict(FACTOR_VAE_DEFAULTS, n_train=1000, n_eval=500, n_variance=5000)
@@ -78,21 +78,61 @@ def factor_vae_score_from_votes(train_votes, eval_votes) -> dict:
     return {"train_accuracy": train_acc, "eval_accuracy": eval_acc, "classifier": classifier}
 
 
-def _votes(representation_fn, sizes, rng, n_votes, batch_size, global_var, active, chunk_size):
-    eligible = np.flatnonzero(sizes >= 2)  # size-1 factors are never fixed
-    votes = np.zeros((sizes.size, global_var.size), dtype=np.int64)  # (K, D)
+def factor_vae_from_sampler(
+    sampler: FactorSampler,
+    rng: np.random.Generator,
+    *,
+    batch_size: int = 64,
+    n_train: int = 10000,
+    n_eval: int = 5000,
+    n_variance: int = 10000,
+    prune_threshold: float = 0.05,
+    chunk_size: int = 16384,
+) -> dict:
+    """The FactorVAE score over any :class:`~.sampling.FactorSampler` (grid or observed draws).
+
+    Draw order: ``n_variance`` random codes for the global variance, then the training votes,
+    then the evaluation votes; each vote picks its fixed factor uniformly among
+    ``sampler.eligible``. Arguments and result as :func:`factor_vae_score`.
+    """
+    rng = check_rng(rng)
+    batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
+    n_train = check_positive_int(n_train, "n_train")
+    n_eval = check_positive_int(n_eval, "n_eval")
+    n_variance = check_positive_int(n_variance, "n_variance", minimum=2)
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    if sampler.eligible.size == 0:
+        raise DataError("every factor has a single class; nothing to score")
+    k_fac = sampler.num_factors
+    z = sampler.random_codes(n_variance, rng)  # (n_variance, D)
+    global_var = z.var(axis=0, ddof=1)  # (D,)
+    active = np.sqrt(global_var) >= float(prune_threshold)  # (D,)
+    active &= global_var > 0  # a zero-variance latent is never active, whatever the threshold
+    d = global_var.size
+    out = {"num_active_dims": int(active.sum()), "active": active, "global_variance": global_var}
+    if not active.any():
+        zeros = np.zeros((k_fac, d), dtype=np.int64)
+        out.update(train_accuracy=0.0, eval_accuracy=0.0, train_votes=zeros, eval_votes=zeros.copy(),
+                   classifier=np.zeros(d, dtype=np.int64))
+        return out
     per_chunk = max(1, chunk_size // batch_size)
-    for start in range(0, n_votes, per_chunk):
-        v = min(per_chunk, n_votes - start)
-        fixed = eligible[rng.integers(0, eligible.size, size=v)]  # (v,)
-        f = sample_factors(rng, sizes, (v, batch_size))  # (v, B, K)
-        rows = np.arange(v)
-        f[rows, :, fixed] = f[rows, 0, fixed][:, None]  # hold factor fixed[v] at its first draw
-        z = encode(representation_fn, f.reshape(v * batch_size, -1), chunk_size)  # (v*B, D)
-        if z.shape[1] != global_var.size:
-            raise DataError(f"representation_fn: code width changed from {global_var.size} to {z.shape[1]}")
-        votes += factor_vae_votes(z.reshape(v, batch_size, -1), fixed, global_var, active, sizes.size)
-    return votes
+
+    def votes(n_votes: int) -> np.ndarray:
+        table = np.zeros((k_fac, d), dtype=np.int64)  # (K, D)
+        for start in range(0, n_votes, per_chunk):
+            v = min(per_chunk, n_votes - start)
+            fixed = sampler.eligible[rng.integers(0, sampler.eligible.size, size=v)]  # (v,)
+            codes = sampler.group_codes(fixed, batch_size, rng)  # (v, B, D)
+            if codes.shape[2] != d:
+                raise DataError(f"representation_fn: code width changed from {d} to {codes.shape[2]}")
+            table += factor_vae_votes(codes, fixed, global_var, active, k_fac)
+        return table
+
+    train_votes = votes(n_train)
+    eval_votes = votes(n_eval)
+    out.update(factor_vae_score_from_votes(train_votes, eval_votes))
+    out.update(train_votes=train_votes, eval_votes=eval_votes)
+    return out
 
 
 def factor_vae_score(
@@ -125,26 +165,6 @@ def factor_vae_score(
         ``global_variance`` (D,), ``train_votes`` / ``eval_votes`` (K, D) and ``classifier`` (D,).
         If no latent is active both accuracies are 0.
     """
-    rng = check_rng(rng)
-    sizes = check_factor_sizes(factor_sizes)
-    batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
-    n_train = check_positive_int(n_train, "n_train")
-    n_eval = check_positive_int(n_eval, "n_eval")
-    n_variance = check_positive_int(n_variance, "n_variance", minimum=2)
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    z = encode(representation_fn, sample_factors(rng, sizes, (n_variance,)), chunk_size)  # (n_variance, D)
-    global_var = z.var(axis=0, ddof=1)  # (D,)
-    active = np.sqrt(global_var) >= float(prune_threshold)  # (D,)
-    active &= global_var > 0  # a zero-variance latent is never active, whatever the threshold
-    d = global_var.size
-    out = {"num_active_dims": int(active.sum()), "active": active, "global_variance": global_var}
-    if not active.any():
-        zeros = np.zeros((sizes.size, d), dtype=np.int64)
-        out.update(train_accuracy=0.0, eval_accuracy=0.0, train_votes=zeros, eval_votes=zeros.copy(),
-                   classifier=np.zeros(d, dtype=np.int64))
-        return out
-    train_votes = _votes(representation_fn, sizes, rng, n_train, batch_size, global_var, active, chunk_size)
-    eval_votes = _votes(representation_fn, sizes, rng, n_eval, batch_size, global_var, active, chunk_size)
-    out.update(factor_vae_score_from_votes(train_votes, eval_votes))
-    out.update(train_votes=train_votes, eval_votes=eval_votes)
-    return out
+    sampler = GridSampler(representation_fn, factor_sizes, check_positive_int(chunk_size, "chunk_size"))
+    return factor_vae_from_sampler(sampler, rng, batch_size=batch_size, n_train=n_train, n_eval=n_eval,
+                                   n_variance=n_variance, prune_threshold=prune_threshold, chunk_size=chunk_size)

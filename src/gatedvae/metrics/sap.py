@@ -34,6 +34,7 @@ from .utils import (
     seed_from,
     split_indices,
     subsample,
+    within_float32,
 )
 from ..errors import ConfigError, DataError
 
@@ -86,6 +87,7 @@ def sap(
     keep = subsample(rng, codes.shape[0], max_samples)
     if keep is not None:
         codes, factors = codes[keep], check_factors(factors[keep], keep.size)
+    codes = within_float32(codes)  # the trees work in float32
     d, k_fac = codes.shape[1], factors.shape[1]
     scores = np.zeros((d, k_fac))  # (D, K)
     if continuous_factors:

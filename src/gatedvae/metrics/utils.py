@@ -143,11 +143,34 @@ def split_indices(rng: np.random.Generator, n: int, train_frac: float, min_test:
     return perm[:n_train], perm[n_train:]
 
 
+def within_float32(codes: np.ndarray) -> np.ndarray:
+    """``codes`` (N, D) with each column scaled into float32's range when it leaves that range.
+
+    Tree learners (scikit-learn's, :mod:`.gbt`) work in float32, where codes beyond ~3.4e38 become
+    inf and codes below ~1e-38 become 0. Dividing a column by a positive constant changes none of a
+    tree's splits, so every score stays what it is; such columns are divided by their largest
+    magnitude. Codes within range (every real encoder's) are returned untouched.
+    """
+    peak = np.abs(codes).max(axis=0) if codes.size else np.ones(codes.shape[1:])  # (D,)
+    odd = (peak > 1e30) | ((peak < 1e-30) & (peak > 0))
+    if not odd.any():
+        return codes
+    return codes / np.where(odd, peak, 1.0)  # (N, D)
+
+
 def standardize(train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
     """Z-score columns with the mean and std of ``train``; a zero-variance column is only centred.
 
     Returns the transformed ``train`` followed by each of ``others`` (same statistics).
     """
+    # Columns so large that their squares overflow are first divided by their largest magnitude:
+    # the z-scores are the same and the variance stays finite. (Tiny columns are left alone: a std
+    # below 1e-12 counts as constant.)
+    peak = np.abs(train).max(axis=0) if train.size else np.ones(train.shape[1:])  # (D,)
+    odd = peak > 1e100
+    if odd.any():
+        unit = np.where(odd, peak, 1.0)  # (D,)
+        train, others = train / unit, tuple(a / unit for a in others)
     mean = train.mean(axis=0)  # (D,)
     std = train.std(axis=0)  # (D,)
     std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)  # guard constant columns

@@ -33,12 +33,12 @@ from ..gating import clamp_to_mean, gate
 from ..losses import bernoulli_nll, gaussian_nll, kl_diag_normal, kl_diag_per_dim
 from ..nets import Posterior, build_networks
 
-__all__ = ["GenerativeModel", "LossOutput", "register", "register_variant", "MODELS", "build_model", "resolve_hyper", "HYPER_FIELDS"]
+__all__ = ["GenerativeModel", "LossOutput", "register", "register_variant", "MODELS", "build_model", "resolve_hyper", "HYPER_FIELDS", "check_trainable"]
 
 #: ModelConfig fields that are objective hyperparameters (``None`` = the model's default).
 HYPER_FIELDS: tuple[str, ...] = (
     "beta", "gamma", "c_max", "c_steps", "capacity_mode", "mmd_lambda", "info_alpha", "mmd_kernel",
-    "lambda_od", "lambda_d", "tc_alpha", "tc_estimator", "nu",
+    "lambda_od", "lambda_d", "tc_alpha", "tc_estimator", "nu", "info_lambda", "noise_dim", "categorical", "gp_weight",
 )
 
 
@@ -125,6 +125,9 @@ class GenerativeModel(nn.Module):
 
     registered_name: ClassVar[str] = ""
     covariance: ClassVar[str] = "diagonal"
+    #: False for objectives without an encoder trained by reconstruction (InfoGAN): their loss has
+    #: no "recon" term and they cannot be gated, clamped or decoder-fine-tuned (the trainer refuses).
+    reconstructs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -143,13 +146,18 @@ class GenerativeModel(nn.Module):
         self.hyper = dict(hyper if hyper is not None else resolve_hyper(cfg))
         self.latent_dim = cfg.latent_dim
         self.cond_dim = cond_dim
-        self.encoder, self.decoder = build_networks(
+        self.encoder, self.decoder = self.make_networks()
+
+    def make_networks(self) -> tuple[nn.Module, nn.Module]:
+        """The encoder and decoder of ``model.net`` (InfoGAN overrides this: discriminator, generator)."""
+        cfg = self.cfg
+        return build_networks(
             cfg.net,
             self.image_shape,
             cfg.latent_dim,
             cfg.hidden,
-            enc_cond_dim=cond_dim if cfg.condition_encoder else 0,
-            dec_cond_dim=cond_dim,
+            enc_cond_dim=self.cond_dim if cfg.condition_encoder else 0,
+            dec_cond_dim=self.cond_dim,
             covariance=self.covariance,
         )
 
@@ -248,12 +256,35 @@ class GenerativeModel(nn.Module):
         """Adam settings of each auxiliary module (defaults: the main learning rate)."""
         return {}
 
+    def main_optimizer_settings(self) -> dict:
+        """Adam settings of the main optimiser besides its learning rate (``train.lr``); GANs set betas."""
+        return {}
+
+    def extra_figures(self, prep, out_dir, rng) -> list:
+        """Figures of this kind of model written into ``out_dir`` by ``gatedvae evaluate`` (paths).
+
+        ``rng`` is a numpy Generator; the default writes none (InfoGAN: samples, code traversals).
+        """
+        return []
+
     def auxiliary_step(self, out: LossOutput, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """Update auxiliary modules after the main step; returns terms to log."""
         return {}
 
     def describe(self) -> str:
         return f"{self.registered_name} ({', '.join(f'{k}={v}' for k, v in sorted(self.hyper.items()))})"
+
+
+def check_trainable(config) -> None:
+    """Refuse, before anything is built or written, a run config its model cannot train:
+    gating, DC-IGN clamping or decoder fine-tuning of a model without reconstruction (a GAN)."""
+    entry = MODELS.get(config.model.name)
+    if entry is None or entry.cls.reconstructs:
+        return
+    if config.gating.enabled:
+        raise ConfigError(f"model {config.model.name} is a GAN: it has no reconstruction to gate or clamp; set gating.enabled=false")
+    if config.train.finetune_steps:
+        raise ConfigError(f"model {config.model.name} is a GAN: it has no encoder-decoder to fine-tune; set train.finetune_steps=0")
 
 
 def build_model(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,15 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[st
     for pid, extra in meta.get("state", {}).items():
         state.setdefault(int(pid), {}).update(extra)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # Saved moments are contiguous; a parameter stored in another layout (nets/mlp.py keeps W^T
+    # contiguous) needs its moments in that layout too: the fused Adam kernel walks the storage of
+    # parameter and moments in step, so mismatched strides would pair the wrong elements.
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for key, value in st.items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    st[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def save_checkpoint(
@@ -85,12 +95,47 @@ def save_checkpoint(
     tensors["rng/torch"] = generator.get_state().cpu().clone()
     meta = {"format": FORMAT, "header": json.dumps({**header, "optimizers": optim_meta})}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        _fault_hook("written", header.get("step"), tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        # A full disk (ENOSPC), a quota, a read-only mount: drop the partial file, keep the older checkpoints.
+        tmp.unlink(missing_ok=True)
+        run = path.parent.parent if path.parent.name == "checkpoints" else None
+        way_out = f"free some space, then continue with: gatedvae train --resume {run}" if run else "free some space and save again"
+        raise CheckpointError(
+            f"could not write checkpoint '{path}' ({exc.strerror or exc}); the previous checkpoints are intact; {way_out}"
+        ) from None
     _fsync_dir(path.parent)
+    _fault_hook("renamed", header.get("step"), tmp)
     return path
+
+
+def _fault_hook(stage: str, step: Any, tmp: Path) -> None:
+    """Test-only fault injection for ``tests/test_faults.py``; one environment lookup per checkpoint.
+
+    With ``GATEDVAE_TEST_CHECKPOINT_PAUSE=STAGE:STEP:MARKER`` the write of checkpoint STEP stops at
+    STAGE, creates the file MARKER and sleeps, so that the test can SIGKILL the process exactly
+    there. Stages: ``partial`` (the temporary file cut to half its length, as a kill in the middle
+    of the write leaves it), ``written`` (the temporary file complete, not yet renamed) and
+    ``renamed`` (in place; older checkpoints not yet pruned, status not yet updated).
+    """
+    spec = os.environ.get("GATEDVAE_TEST_CHECKPOINT_PAUSE")
+    if not spec:
+        return
+    want, at, marker = spec.split(":", 2)
+    if str(step) != at or want not in (stage, "partial"):
+        return
+    if want == "partial":
+        if stage != "written":
+            return
+        with open(tmp, "rb+") as f:
+            f.truncate(tmp.stat().st_size // 2)
+    Path(marker).touch()
+    time.sleep(600)
 
 
 def _fsync_dir(d: Path) -> None:
@@ -143,13 +188,16 @@ def load_checkpoint(
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint '{path}' is damaged ({str(exc).splitlines()[0]}); resume from an earlier one") from None
+        raise CheckpointError(f"checkpoint '{path}' is damaged ({str(exc).splitlines()[0]}); move it out of {path.parent} to use the checkpoint before it") from None
     state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    missing = set(model.state_dict()) - set(state)
-    unexpected = set(state) - set(model.state_dict())
-    if missing or unexpected:
+    own = model.state_dict()
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    reshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or reshaped:
+        shape = f", {len(reshaped)} of another shape (e.g. {reshaped[0]} {tuple(state[reshaped[0]].shape)} vs {tuple(own[reshaped[0]].shape)})" if reshaped else ""
         raise CheckpointError(
-            f"checkpoint '{path}' does not fit this model ({len(missing)} missing and {len(unexpected)} unexpected tensors); "
+            f"checkpoint '{path}' does not fit this model ({len(missing)} missing and {len(unexpected)} unexpected tensors{shape}); "
             "was it written by another config?"
         )
     model.load_state_dict(state)

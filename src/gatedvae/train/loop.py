@@ -12,7 +12,10 @@ One call, :func:`train`, runs a config in a run directory::
 Per step: pick the active partition (gated runs), draw a batch of pairs from its sampler
 with the run's numpy generator, gather the images on the device, take one Adam step (and the
 auxiliary step, e.g. FactorVAE's discriminator). The whole dataset sits in memory (on the
-GPU when there is one); there is no DataLoader and no per-item Python.
+GPU when there is one); there is no DataLoader and no per-item Python. On CUDA a step never
+waits for the device (loss sums and the NaN record are read at log and checkpoint steps).
+Launched by ``torchrun`` the same loop trains data-parallel on the global batch
+(:mod:`gatedvae.train.distributed`).
 
 Exact resume: everything random comes from two generators (numpy for data, torch for the
 reparameterisation noise) whose states are checkpointed with the parameters and optimiser
@@ -36,9 +39,12 @@ import torch
 
 from ..config import Config, load_config, save_config, to_dict
 from ..data import ExactPairSampler, FactorDataset, IdentityPairSampler, build_dataset
+from ..data.base import host_to_device
 from ..errors import ConfigError, GatedVAEError, PartitionError
 from ..gating import Partitions, Schedule
 from ..models import GenerativeModel, build_model
+from ..models.base import check_trainable
+from . import distributed
 from .checkpoint import checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
 __all__ = ["train", "TrainingDiverged", "RunState", "resolve_device", "prepare", "Prepared", "condition_vectors"]
@@ -75,7 +81,7 @@ def condition_vectors(dataset: FactorDataset, names: tuple[str, ...], index: np.
     for name in names:
         k = dataset.factor_space.position(name)
         parts.append(np.eye(dataset.factor_space.sizes[k], dtype=np.float32)[f[:, k]])  # (B, size)
-    return torch.from_numpy(np.concatenate(parts, axis=1)).to(device)  # (B, c)
+    return host_to_device(torch.from_numpy(np.concatenate(parts, axis=1)), device)  # (B, c)
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Prepared:
 def prepare(config: Config, device: torch.device | None = None, dataset: FactorDataset | None = None, progress: bool = False) -> Prepared:
     """Build the dataset (on the device), the partitions and the model of a config."""
     device = device or resolve_device(config.train.device)
+    check_trainable(config)
     if dataset is None:
         dataset = build_dataset(config.data, progress=progress)
     dataset = dataset.to(device)
@@ -125,6 +132,16 @@ class RunState:
     started: float = field(default_factory=time.time)
 
 
+def heldout_indices(data, n: int) -> np.ndarray:
+    """Sorted indices of the images held out of training: ``round(data.holdout * n)`` of ``n``, drawn
+    with ``data.seed`` (the same images for every training seed, so runs of a sweep share them).
+    Empty when ``data.holdout`` is 0. Evaluation measures reconstruction on them."""
+    k = int(round(float(getattr(data, "holdout", 0.0)) * n))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng([int(data.seed), 0x401D]).choice(n, size=k, replace=False)).astype(np.int64)
+
+
 class _Batcher:
     """Draws the step's (input, target) images and the gate/clamp masks."""
 
@@ -133,7 +150,13 @@ class _Batcher:
         cfg = prep.config
         ds = prep.dataset
         self.batch_size = cfg.train.batch_size
+        self.shard = slice(None)  # this process's rows of the global batch (train/distributed.py)
         self.identity = IdentityPairSampler(ds)
+        held = heldout_indices(cfg.data, len(ds))  # never drawn for training (data.holdout)
+        self.heldout = None
+        if held.size:
+            self.heldout = np.zeros(len(ds), dtype=bool)
+            self.heldout[held] = True
         self.partitions = prep.partitions
         self.masks = prep.partitions.masks(prep.device) if prep.partitions is not None else None
         if self.partitions is not None:
@@ -147,26 +170,51 @@ class _Batcher:
                     others = [n for n in names if n not in p.factors]
                     self.clamp_samplers.append(ExactPairSampler(ds, others) if others else IdentityPairSampler(ds))
 
+    def _training_only(self, pairs, sampler, rng: np.random.Generator):
+        """``pairs`` with every pair that touches a held-out image redrawn: a held-out input gets a
+        fresh pair, a held-out target a fresh target for its input (rejection: inputs stay uniform
+        over the training images, targets uniform over the training images that qualify)."""
+        if self.heldout is None:
+            return pairs
+        inp, tgt, noisy = pairs.input.copy(), pairs.target.copy(), pairs.noisy.copy()  # (B,) each
+        for _ in range(1000):
+            bad = self.heldout[inp]
+            if bad.any():
+                fresh = sampler.sample(int(bad.sum()), rng)
+                inp[bad], tgt[bad], noisy[bad] = fresh.input, fresh.target, fresh.noisy
+            bad = self.heldout[tgt] & ~self.heldout[inp]
+            if bad.any():
+                fresh = sampler.pairs_for(inp[bad], rng)
+                tgt[bad], noisy[bad] = fresh.target, fresh.noisy
+            if not (self.heldout[inp] | self.heldout[tgt]).any():
+                return type(pairs)(inp, tgt, pairs.shared, noisy)
+        raise ConfigError("data.holdout leaves too few training images to pair; lower data.holdout")
+
     def draw(self, step: int, rng: np.random.Generator, finetune: bool):
         ds, cfg = self.prep.dataset, self.prep.config
         gate_mask = clamp_mask = None
         active = -1
         if self.partitions is None or finetune:
-            pairs = self.identity.sample(self.batch_size, rng)
+            pairs = self._training_only(self.identity.sample(self.batch_size, rng), self.identity, rng)
         else:
             active = self.schedule(step, rng)
             mask = self.masks[active]
             if cfg.gating.mode == "clamp":
-                base = np.full(self.batch_size, rng.integers(0, len(ds)), dtype=np.int64)
-                batch = self.clamp_samplers[active].pairs_for(base, rng)
+                b0 = int(rng.integers(0, len(ds)))
+                while self.heldout is not None and self.heldout[b0]:
+                    b0 = int(rng.integers(0, len(ds)))
+                base = np.full(self.batch_size, b0, dtype=np.int64)
+                batch = self._training_only(self.clamp_samplers[active].pairs_for(base, rng), self.clamp_samplers[active], rng)
                 pairs = self.identity.pairs_for(batch.target, rng)
                 clamp_mask = ~mask
             else:
-                pairs = self.partitions.samplers[active].sample(self.batch_size, rng)
+                sampler = self.partitions.samplers[active]
+                pairs = self._training_only(sampler.sample(self.batch_size, rng), sampler, rng)
                 gate_mask = mask
-        x = ds.images(pairs.input)  # (B, C, H, W)
-        target = x if np.array_equal(pairs.input, pairs.target) else ds.images(pairs.target)  # (B, C, H, W)
-        cond = condition_vectors(ds, cfg.model.condition, pairs.target, self.prep.device)
+        inp, tgt = pairs.input[self.shard], pairs.target[self.shard]  # (b,): all of the global batch in one process
+        x = ds.images(inp)  # (b, C, H, W)
+        target = x if np.array_equal(inp, tgt) else ds.images(tgt)  # (b, C, H, W)
+        cond = condition_vectors(ds, cfg.model.condition, tgt, self.prep.device)
         return x, target, cond, gate_mask, clamp_mask, active
 
 
@@ -177,7 +225,7 @@ def _adam(params, device: torch.device, **kw) -> torch.optim.Optimizer:
 
 
 def _optimizers(model: GenerativeModel, lr: float, device: torch.device) -> dict[str, torch.optim.Optimizer]:
-    opts: dict[str, torch.optim.Optimizer] = {"main": _adam(model.main_parameters(), device, lr=lr)}
+    opts: dict[str, torch.optim.Optimizer] = {"main": _adam(model.main_parameters(), device, **{**model.main_optimizer_settings(), "lr": lr})}
     settings = model.auxiliary_optimizer_settings()
     for name, module in model.auxiliary_modules().items():
         opts[name] = _adam(module.parameters(), device, **settings.get(name, {"lr": lr}))
@@ -193,6 +241,12 @@ def _set_finetune(model: GenerativeModel, on: bool) -> None:
     for p in model.encoder.parameters():
         p.requires_grad_(not on)
     model.encoder.train(not on)
+
+
+#: Devices whose loss is checked for NaN every step (a host read). Elsewhere (CUDA) the check is
+#: a device-side record read at log and checkpoint steps, so a step never waits for the device
+#: (distributed.FiniteGuard); tests/test_sync.py empties this to run that path on the CPU.
+PER_STEP_CHECK_DEVICES: tuple[str, ...] = ("cpu",)
 
 
 def _check_finite(terms: dict[str, torch.Tensor], total: torch.Tensor, step: int, ckpt_dir: Path) -> None:
@@ -228,7 +282,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def check_run_dir_for_new(run_dir: Path) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # What a start killed before config.yaml was in place leaves behind counts as empty.
+    def leftover(p: Path) -> bool:
+        return p.name == "config.yaml.tmp" or (p.name == "checkpoints" and p.is_dir() and not any(p.iterdir()))
+
+    if run_dir.exists() and any(not leftover(p) for p in run_dir.iterdir()):
         raise GatedVAEError(
             f"run directory '{run_dir}' already exists and is not empty; resume it with --resume {run_dir} or choose another --run-dir"
         )
@@ -241,7 +299,10 @@ def load_run_config(run_dir: Path) -> Config:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise GatedVAEError(f"'{run_dir}' is not a gatedvae run directory (no config.yaml); check the path")
-    return load_config(cfg_path)
+    try:
+        return load_config(cfg_path)
+    except ConfigError as exc:
+        raise ConfigError(f"'{cfg_path}' is not a config this gatedvae can read ({exc}); check the run directory's path") from None
 
 
 def train(
@@ -269,7 +330,7 @@ def train(
         saved = load_run_config(run_dir)
         status = _read_status(run_dir)
         if status.get("status") == "finished":
-            raise GatedVAEError(f"run '{run_dir}' already finished at step {status.get('step')}; nothing to resume")
+            raise GatedVAEError(f"run '{run_dir}' already finished at step {status.get('step')}; nothing to resume (score it with gatedvae evaluate {run_dir}, or train longer in a new run)")
         if config is not None and to_dict(config) != to_dict(saved):
             raise GatedVAEError(f"the config differs from the one saved in '{run_dir}'; resume without a config or start a new run")
         config = saved
@@ -281,8 +342,12 @@ def train(
 
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    prep = prepare(config, dataset=dataset, progress=not quiet)
+    # Launched by torchrun: join the process group; only rank 0 writes (train/distributed.py).
+    ctx = distributed.setup(resolve_device(config.train.device), config.train.batch_size)
+    prep = prepare(config, device=ctx.device, dataset=dataset, progress=not quiet and ctx.is_main)
     model, device = prep.model, prep.device
+    if ctx.enabled:
+        distributed.convert_sync_batchnorm(model)
     cfg = config.train
     total_steps = cfg.steps + cfg.finetune_steps
     ckpt_dir = run_dir / "checkpoints"
@@ -291,6 +356,8 @@ def train(
     optimizers = _optimizers(model, cfg.lr, device)
     finetune_opt = _finetune_optimizer(model, cfg.lr, device) if cfg.finetune_steps else None
     all_opts = dict(optimizers, **({"finetune": finetune_opt} if finetune_opt else {}))
+    distributed.average_gradients(ctx, all_opts.values())
+    ctx.barrier()  # every process has checked the run directory before rank 0 writes to it
 
     start = 0
     if resume:
@@ -299,28 +366,35 @@ def train(
             header = load_checkpoint(found[1], model, all_opts, gen)
             rng.bit_generator.state = header["numpy_rng"]
             start = int(header["step"])
-        _truncate_metrics(run_dir / "metrics.jsonl", start)
-    else:
+        if ctx.is_main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
+    elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(exist_ok=True)
         save_config(config, run_dir / "config.yaml")
-    ckpt_dir.mkdir(exist_ok=True)
-    _write_status(run_dir, "running", start, total_steps)
+    if ctx.is_main:
+        ckpt_dir.mkdir(exist_ok=True)
+        _write_status(run_dir, "running", start, total_steps)
 
-    writer = _tensorboard(run_dir, start) if tensorboard else None
+    writer = _tensorboard(run_dir, start) if tensorboard and ctx.is_main else None
     batcher = _Batcher(prep)
+    batcher.shard = ctx.batch_shard(cfg.batch_size)
     epoch_len = len(prep.dataset) / cfg.batch_size
-    check_every_step = device.type == "cpu"
+    check_every_step = device.type in PER_STEP_CHECK_DEVICES
+    guard = distributed.FiniteGuard(ctx, check_every_step, lambda terms, total, s: _check_finite(terms, total, s, ckpt_dir))
     sums: dict[str, torch.Tensor] = {}
     n_sum = 0
     t_start = time.perf_counter()
     bar = None
-    if not quiet:
+    if not quiet and ctx.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=start, desc=run_dir.name, unit="step", dynamic_ncols=True)
 
     def checkpoint(step: int) -> None:
+        guard.check()  # never checkpoint past a non-finite step (deferred check on CUDA)
+        if not ctx.is_main:
+            return
         save_checkpoint(
             ckpt_dir / checkpoint_name(step),
             model,
@@ -334,6 +408,8 @@ def train(
     model.train()
     step = start
     phase = None
+    shard_draws = ctx.shard_draws(gen)  # each process takes its rows of the global batch's noise
+    shard_draws.__enter__()
     try:
         while step < total_steps:
             finetune = step >= cfg.steps
@@ -345,8 +421,7 @@ def train(
                 x, target, step, gen, cond=cond, gate_mask=gate_mask,
                 gate_regulariser=config.gating.gate_kl, clamp_mask=clamp_mask,
             )
-            if check_every_step:
-                _check_finite(out.terms, out.total, step, ckpt_dir)
+            guard.observe(step, out.terms, out.total)  # CPU: checks now; CUDA: a device-side record
             if finetune:
                 finetune_opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
                 out.terms["recon"].backward()
@@ -363,11 +438,14 @@ def train(
                 sums[name] = sums[name] + v if name in sums else v.clone()
             n_sum += 1
             if step % cfg.log_every == 0 or step == total_steps:
+                guard.check()
+                sums = ctx.mean_over_ranks(sums)  # the global batch's means, identical on every process
                 means = {k: float(v) / n_sum for k, v in sums.items()}
                 bad = [k for k, v in means.items() if not math.isfinite(v)]
                 if bad:
                     _check_finite({k: sums[k] for k in bad}, sums[bad[0]], step, ckpt_dir)
-                _log(run_dir, writer, step, epoch_len, means, finetune)
+                if ctx.is_main:
+                    _log(run_dir, writer, step, epoch_len, means, finetune)
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "total"}, refresh=False)
                 sums, n_sum = {}, 0
@@ -375,16 +453,19 @@ def train(
                 _log_images(writer, prep, step)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
                 checkpoint(step)
-                _write_status(run_dir, "running", step, total_steps)
+                if ctx.is_main:
+                    _write_status(run_dir, "running", step, total_steps)
             if bar is not None:
                 bar.update(1)
             if stop_after is not None and step >= stop_after and step < total_steps:
                 checkpoint(step)
                 return {"status": "stopped", "step": step}
     except TrainingDiverged as exc:
-        _write_status(run_dir, "failed", step, total_steps, error=str(exc))
+        if ctx.is_main:
+            _write_status(run_dir, "failed", step, total_steps, error=str(exc))
         raise
     finally:
+        shard_draws.__exit__(None, None, None)
         if bar is not None:
             bar.close()
         if writer is not None:
@@ -399,8 +480,11 @@ def train(
         "gated": config.gating.enabled,
         "seconds": round(elapsed, 2),
         "images_per_second": round((total_steps - start) * cfg.batch_size / max(elapsed, 1e-9), 1),
-        "final": _last_metrics(run_dir / "metrics.jsonl"),
+        "final": _last_metrics(run_dir / "metrics.jsonl") if ctx.is_main else {},
+        **ctx.summary_fields(),
     }
+    if not ctx.is_main:
+        return summary
     if writer is not None:
         _log_images(writer, prep, step)
         writer.close()

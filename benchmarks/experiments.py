@@ -1,0 +1,130 @@
+"""Optimisation candidates that are not part of the trainer, measured against its step.
+
+Run: .venv/bin/python benchmarks/experiments.py [--only compile,prealloc,pinning] [--seconds 2] [--rounds 5]
+     [--hidden 256] [--json experiments.json]
+
+* ``compile``: ``torch.compile`` (inductor, CPU) of the encoder and the decoder of the gated
+  beta-VAE step; compile time and step time against the eager step, interleaved.
+* ``prealloc``: the batch's input and target images gathered into two preallocated buffers
+  (``ImageStore.gather(..., out=)``) instead of fresh tensors, inside the real step.
+* ``pinning``: the same step in fresh processes with ``OMP_PROC_BIND=close OMP_PLACES=cores``
+  (threads pinned to cores) and without, alternated.
+
+The results and the decisions taken on them are in docs/performance.md ("What was tried").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from gatedvae import bench
+from gatedvae.config import DataConfig
+from gatedvae.data import build_dataset
+
+
+def _spec(hidden: int) -> bench.Spec:
+    return bench.Spec(f"mlp-{hidden}", "beta_vae", "mlp", hidden, True)
+
+
+def exp_compile(args, dataset, log) -> dict:
+    eager, _ = bench.build_runner(_spec(args.hidden), 128, dataset)
+    compiled, _ = bench.build_runner(_spec(args.hidden), 128, dataset)
+    model = compiled.model
+    model.encoder = torch.compile(model.encoder)
+    model.decoder = torch.compile(model.decoder)
+    t0 = time.perf_counter()
+    for _ in range(3):  # the first calls compile (forward and backward graphs)
+        compiled()
+    compile_s = time.perf_counter() - t0
+    log(f"compile: first 3 steps took {compile_s:.1f} s")
+    times, loads = bench.interleaved({"eager": eager, "compiled": compiled}, args.seconds, args.rounds, warmup=2)
+    return {"hidden": args.hidden, "compile_seconds": compile_s, "eager_ms": bench._median(times["eager"]) * 1e3,
+            "compiled_ms": bench._median(times["compiled"]) * 1e3, "relative_step_time": bench._ratio(times["compiled"], times["eager"]),
+            "loadavg_per_round": loads}
+
+
+def exp_prealloc(args, dataset, log) -> dict:
+    fresh, _ = bench.build_runner(_spec(args.hidden), 128, dataset)
+    pre, _ = bench.build_runner(_spec(args.hidden), 128, dataset)
+    store = dataset.store
+    bx, bt = torch.empty(128, *dataset.image_shape), torch.empty(128, *dataset.image_shape)
+    batcher = pre.batcher
+
+    def draw(step, rng):
+        active = batcher.schedule(step, rng)
+        pairs = batcher.partitions.samplers[active].sample(128, rng)
+        x = store.gather(pairs.input, out=bx)
+        target = store.gather(pairs.target, out=bt)
+        return x, target, None, batcher.masks[active], None, active
+
+    pre.draw = draw
+    a = fresh.batcher.draw(0, np.random.default_rng(0), False)
+    b = draw(0, np.random.default_rng(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    times, loads = bench.interleaved({"fresh": fresh, "preallocated": pre}, args.seconds, args.rounds, warmup=2)
+    return {"hidden": args.hidden, "fresh_ms": bench._median(times["fresh"]) * 1e3, "preallocated_ms": bench._median(times["preallocated"]) * 1e3,
+            "relative_step_time": bench._ratio(times["preallocated"], times["fresh"]), "loadavg_per_round": loads}
+
+
+_CHILD = """
+import sys, time, json, torch
+from gatedvae import bench
+from gatedvae.config import DataConfig
+from gatedvae.data import build_dataset
+ds = build_dataset(DataConfig(name="dsprites"))
+r, _ = bench.build_runner(bench.Spec("mlp", "beta_vae", "mlp", int(sys.argv[1]), True), 128, ds)
+for _ in range(5): r()
+t0 = time.perf_counter(); n = 0
+while time.perf_counter() - t0 < float(sys.argv[2]): r(); n += 1
+print(json.dumps({"ms": (time.perf_counter() - t0) / n * 1e3}))
+"""
+
+
+def exp_pinning(args, dataset, log) -> dict:
+    envs = {"default": {}, "pinned (OMP_PROC_BIND=close, OMP_PLACES=cores)": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}}
+    ms: dict[str, list[float]] = {k: [] for k in envs}
+    for r in range(args.rounds):
+        for name, extra in envs.items():
+            env = {**os.environ, **extra}
+            out = subprocess.run([sys.executable, "-c", _CHILD, str(args.hidden), str(args.seconds)], env=env,
+                                 capture_output=True, text=True, check=True)
+            ms[name].append(json.loads(out.stdout.strip().splitlines()[-1])["ms"])
+        log(f"pinning: round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in ms.items()))
+    names = list(envs)
+    return {"hidden": args.hidden, "ms": ms, "relative_step_time": bench._ratio(ms[names[1]], ms[names[0]])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--only", default="compile,prealloc,pinning")
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--json", default="experiments.json")
+    args = ap.parse_args(argv)
+
+    def log(s: str) -> None:
+        print(s, file=sys.stderr, flush=True)
+
+    dataset = build_dataset(DataConfig(name="dsprites"))
+    doc = {"machine": bench.machine_info(), "loadavg_start": list(os.getloadavg())}
+    for name in [s.strip() for s in args.only.split(",") if s.strip()]:
+        doc[name] = {"compile": exp_compile, "prealloc": exp_prealloc, "pinning": exp_pinning}[name](args, dataset, log)
+        log(f"{name}: {json.dumps({k: v for k, v in doc[name].items() if k != 'loadavg_per_round'}, default=float)}")
+    doc["loadavg_end"] = list(os.getloadavg())
+    with open(args.json, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, default=float)
+    print(json.dumps(doc, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""One run of a sweep: train (or resume) it, evaluate it, record the outcome.
+
+A sweep's run lives in ``SWEEP_DIR/runs/<id>/``, an ordinary run directory (``gatedvae train
+--resume`` and ``gatedvae evaluate`` work on it) plus files of the sweep's own:
+
+* ``sweep.json``: the run's id and name, its state (``running``, ``done``, ``failed``), the last
+  error in one line, and the history of attempts (when, where, what was done, resumed from which
+  step);
+* ``error.txt``: the full traceback of the last failure (removed when a later attempt succeeds);
+* ``log.txt``: what the run printed (warnings, the traceback of failures), one section per attempt;
+* ``.lock``: held (``flock``) while a process works on the run, so two ``gatedvae sweep run``
+  invocations on the same sweep never train the same run at once.
+
+The state of a run is read from its files, which are the truth (:func:`inspect_run`):
+``pending`` (nothing trained), ``partial`` (stopped with or without a checkpoint: resumed next
+time), ``trained`` (training finished, evaluation missing or made with other settings),
+``done``, ``failed`` (the last attempt raised; retried next time unless told otherwise) and
+``running`` (another process holds the lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import GatedVAEError
+from .spec import EvalSettings
+
+__all__ = ["run_one", "inspect_run", "record_failure", "run_dir_of", "RECORD", "ERROR_FILE", "STATES"]
+
+RECORD = "sweep.json"
+LOG = "log.txt"
+ERROR_FILE = "error.txt"
+LOCK = ".lock"
+STATES = ("done", "failed", "running", "partial", "trained", "pending")
+
+try:  # POSIX; without it runs are not locked (one sweep process at a time is then the user's care)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+def run_dir_of(sweep_dir: str | os.PathLike, entry: dict[str, Any]) -> Path:
+    run_id = str(entry.get("id", ""))
+    if len(run_id) != 12 or any(c not in "0123456789abcdef" for c in run_id):  # a hand-edited manifest
+        raise GatedVAEError(f"run id {run_id!r} in the manifest of '{sweep_dir}' is not a config hash; plan the sweep again")
+    return Path(sweep_dir) / "runs" / run_id
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@contextmanager
+def _locked(run_dir: Path, wait: float = 0.0) -> Iterator[bool]:
+    """Hold the run's lock for the block; yields False (and holds nothing) if another process has it.
+
+    ``wait``: keep trying that many seconds. A status probe (:func:`_is_locked`) holds the lock for
+    microseconds; a process working on the run holds it for the whole run, so a short wait tells
+    the two apart.
+    """
+    if fcntl is None:  # pragma: no cover
+        yield True
+        return
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _is_locked(run_dir: Path) -> bool:
+    if fcntl is None or not (run_dir / LOCK).exists():  # pragma: no cover
+        return False
+    with _locked(run_dir) as got:
+        return not got
+
+
+def _total_steps(entry: dict[str, Any]) -> int:
+    train = entry["config"].get("train", {})
+    return int(train.get("steps", 0)) + int(train.get("finetune_steps", 0))
+
+
+def _metrics_ok(run_dir: Path, ev: EvalSettings, total_steps: int) -> bool:
+    """Whether ``metrics.json`` holds an evaluation of the final checkpoint with the sweep's settings."""
+    from ..metrics.adapter import resolve_metrics
+
+    doc = _read_json(run_dir / "metrics.json")
+    if not doc:
+        return False
+    wanted = set(resolve_metrics(list(ev.metrics) if ev.metrics is not None else None))
+    return (
+        doc.get("preset") == ev.preset
+        and doc.get("seed") == ev.seed
+        and doc.get("checkpoint_step") == total_steps
+        and wanted <= set(doc.get("metrics") or [])
+        and (not ev.figures or bool(doc.get("figures")))
+    )
+
+
+def inspect_run(run_dir: str | os.PathLike, entry: dict[str, Any], check_lock: bool = True) -> dict[str, Any]:
+    """The state of one run from its files: ``{"state", "step", "total", "error", ...}``."""
+    run_dir = Path(run_dir)
+    total = _total_steps(entry)
+    out: dict[str, Any] = {"id": entry["id"], "name": entry["name"], "state": "pending", "step": 0, "total": total,
+                           "error": None}
+    if not run_dir.is_dir():
+        return out
+    record = _read_json(run_dir / RECORD)
+    status = _read_json(run_dir / "status.json")
+    out["step"] = int(status.get("step", 0))
+    out["attempts"] = len(record.get("history", []))
+    if check_lock and _is_locked(run_dir):
+        out["state"] = "running"
+        return out
+    failed = record.get("state") == "failed"
+    if failed:
+        out["error"] = record.get("error")
+    ev = EvalSettings.from_json(entry.get("evaluate"))
+    if status.get("status") == "finished":
+        if ev is None or _metrics_ok(run_dir, ev, total):
+            out["state"] = "done"
+            out["error"] = None
+        else:
+            out["state"] = "failed" if failed else "trained"
+        return out
+    if failed or status.get("status") == "failed":
+        out["state"] = "failed"
+        out["error"] = out["error"] or status.get("error")
+    elif (run_dir / "config.yaml").is_file():
+        out["state"] = "partial"
+    return out
+
+
+def record_failure(run_dir: str | os.PathLike, message: str, details: str = "") -> None:
+    """Mark a run failed with a one-line ``message`` (``details``: a traceback for error.txt)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = _read_json(run_dir / RECORD)
+    record.update(state="failed", error=message, updated=_now())
+    hist = record.setdefault("history", [])
+    if hist and hist[-1].get("outcome") == "running":
+        hist[-1].update(outcome="failed", ended=_now(), error=message)
+    _atomic_json(run_dir / RECORD, record)
+    (run_dir / ERROR_FILE).write_text((details or message).rstrip() + "\n", encoding="utf-8")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, GatedVAEError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _work(run_dir: Path, entry: dict[str, Any], threads: int, tensorboard: bool, attempt: dict[str, Any],
+          out: dict[str, Any], actions: list[str]) -> None:
+    """Train (or resume) and evaluate one run; appends what it did to ``actions``."""
+    import torch
+
+    from ..config import Config, from_dict, load_config, save_config, to_dict
+
+    config = from_dict(Config, entry["config"])
+    if threads and not config.train.threads:
+        torch.set_num_threads(threads)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        save_config(config, cfg_path)  # a new run: train(resume=True) then starts at step 0
+    elif to_dict(load_config(cfg_path)) != to_dict(config):
+        raise GatedVAEError(f"{cfg_path} holds another config than the manifest's run {entry['id']}; "
+                            "move the directory away or plan the sweep again")
+    status = _read_json(run_dir / "status.json")
+    if status.get("status") != "finished":
+        from ..train import latest_checkpoint, train
+
+        found = latest_checkpoint(run_dir / "checkpoints")
+        out["resumed_from"] = attempt["resumed_from"] = found[0] if found else 0
+        train(None, run_dir, resume=True, quiet=True, tensorboard=tensorboard)
+        actions.append("resumed" if found else "trained")
+    ev = EvalSettings.from_json(entry.get("evaluate"))
+    if ev is not None and not _metrics_ok(run_dir, ev, _total_steps(entry)):
+        from ..evaluate import evaluate_run
+
+        evaluate_run(run_dir, metrics=list(ev.metrics) if ev.metrics is not None else None, preset=ev.preset,
+                     seed=ev.seed, progress=False, figures=ev.figures)
+        actions.append("evaluated")
+
+
+def run_one(
+    sweep_dir: str | os.PathLike,
+    entry: dict[str, Any],
+    threads: int = 0,
+    retry_failed: bool = True,
+    tensorboard: bool = True,
+) -> dict[str, Any]:
+    """Bring one manifest run to ``done``: train or resume it, then evaluate it.
+
+    Args:
+        sweep_dir: the sweep directory (the run goes to ``SWEEP_DIR/runs/<id>/``).
+        entry: the run's manifest entry (id, name, config, evaluate).
+        threads: torch threads for this run when its config leaves ``train.threads`` at 0
+            (0: leave torch's setting alone).
+        retry_failed: try a run whose last attempt failed again (resuming from its checkpoint).
+        tensorboard: write TensorBoard logs.
+
+    Returns:
+        ``{"id", "name", "state", "action", "error", "seconds", "resumed_from"}``; ``state`` is
+        ``done``, ``failed`` or ``running`` (another process holds the run), ``action`` what this
+        call did: ``skipped``, ``trained``, ``resumed``, ``evaluated`` (joined by ``+``),
+        ``busy``. Exceptions inside the run are recorded (one line in ``sweep.json``, the
+        traceback in ``error.txt``) and returned as ``failed``, never raised (KeyboardInterrupt
+        aside: the run stays resumable). What the run prints goes to ``RUN/log.txt``.
+    """
+    import torch
+
+    run_dir = run_dir_of(sweep_dir, entry)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"id": entry["id"], "name": entry["name"], "state": "failed", "action": "skipped",
+                           "error": None, "seconds": 0.0, "resumed_from": None}
+    with _locked(run_dir, wait=3.0) as got:
+        if not got:
+            out.update(state="running", action="busy")
+            return out
+        info = inspect_run(run_dir, entry, check_lock=False)
+        if info["state"] == "done" or (info["state"] == "failed" and not retry_failed):
+            out.update(state=info["state"], error=info["error"])
+            return out
+        record = _read_json(run_dir / RECORD)
+        record.update(id=entry["id"], name=entry["name"], state="running", error=None, updated=_now())
+        attempt: dict[str, Any] = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
+                                   "from_state": info["state"], "outcome": "running"}
+        for earlier in record.setdefault("history", []):
+            if earlier.get("outcome") == "running":  # we hold the lock, so that process is gone
+                earlier["outcome"] = "stopped"
+        record["history"].append(attempt)
+        _atomic_json(run_dir / RECORD, record)
+        t0 = time.perf_counter()
+        prev_threads = torch.get_num_threads()
+        actions: list[str] = []
+        with open(run_dir / LOG, "a", encoding="utf-8") as log:
+            log.write(f"--- attempt {len(record['history'])} at {attempt['started']} on {attempt['host']} "
+                      f"(pid {attempt['pid']})\n")
+            log.flush()
+            try:
+                with redirect_stdout(log), redirect_stderr(log):
+                    _work(run_dir, entry, threads, tensorboard, attempt, out, actions)
+            except Exception as exc:  # recorded, not raised: one failed run must not stop the sweep
+                msg = _one_line(exc)
+                details = traceback.format_exc()
+                log.write(details)
+                attempt.update(outcome="failed", ended=_now(), error=msg, seconds=round(time.perf_counter() - t0, 2))
+                _atomic_json(run_dir / RECORD, record)
+                record_failure(run_dir, msg, details)
+                out.update(state="failed", action="+".join(actions) or "failed", error=msg,
+                           seconds=time.perf_counter() - t0)
+                return out
+            except BaseException:
+                attempt.update(outcome="interrupted", ended=_now())
+                record.update(state="interrupted", updated=_now())
+                _atomic_json(run_dir / RECORD, record)
+                raise
+            finally:
+                torch.set_num_threads(prev_threads)
+        seconds = time.perf_counter() - t0
+        action = "+".join(actions) or "checked"
+        attempt.update(outcome="done", ended=_now(), action=action, seconds=round(seconds, 2))
+        record.update(state="done", error=None, updated=_now())
+        _atomic_json(run_dir / RECORD, record)
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        out.update(state="done", action=action, seconds=seconds)
+        return out
