@@ -14,7 +14,6 @@ import copy
 import hashlib
 import os
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +23,6 @@ import pytest
 import yaml
 
 from gatedvae import cli
-from gatedvae.config import Config, DataConfig, ModelConfig, TrainConfig, save_config
 from gatedvae.data.dsprites import DSPRITES_SPACE
 
 BASE = {

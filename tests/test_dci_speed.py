@@ -1,7 +1,8 @@
-"""dci_classifier's speed options (metrics issue 4): ``max_train`` (the ``default`` preset's
-documented compromise), ``n_jobs`` (parallel per-factor fits) and the float32 hand-off to
-scikit-learn. Results must not depend on ``n_jobs`` and must equal a plain scikit-learn fit on the
-same rows with the same seeds. No timing assertions (the benchmark reports times)."""
+"""dci_classifier's speed options (metrics issue 4): ``n_jobs`` (threads of the compiled trees,
+processes of the scikit-learn backend), ``max_train`` (an optional cap on the training rows, in
+no preset) and the float32 hand-off. Results must not depend on ``n_jobs`` and must equal a plain
+scikit-learn fit on the same rows with the same seeds. No timing assertions (the benchmark
+reports times; ``tests/test_metric_gbt.py`` checks the compiled trees tree by tree)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,11 @@ def _same(a: dict, b: dict) -> None:
     np.testing.assert_array_equal(a["informativeness_test_per_factor"], b["informativeness_test_per_factor"])
 
 
-def test_n_jobs_does_not_change_the_result():
+@pytest.mark.parametrize("backend", ["gbt", pytest.param("sklearn", marks=pytest.mark.slow)])  # joblib processes: slow to start
+def test_n_jobs_does_not_change_the_result(backend):
     z, f = _data()
-    serial = dci_classifier(z, f, np.random.default_rng(3), n_estimators=5, max_train=200)
-    parallel = dci_classifier(z, f, np.random.default_rng(3), n_estimators=5, max_train=200, n_jobs=2)
+    serial = dci_classifier(z, f, np.random.default_rng(3), n_estimators=5, max_train=200, n_jobs=1, backend=backend)
+    parallel = dci_classifier(z, f, np.random.default_rng(3), n_estimators=5, max_train=200, n_jobs=2, backend=backend)
     _same(serial, parallel)
 
 
@@ -73,7 +75,7 @@ def test_presets_and_reference_settings():
     assert DCI_CLASSIFIER_REFERENCE["max_train"] is None and DCI_CLASSIFIER_REFERENCE["n_estimators"] == 100
 
 
-@pytest.mark.parametrize("kw", [{"max_train": 1}, {"max_train": 2.5}, {"n_jobs": 0}, {"n_jobs": True}])
+@pytest.mark.parametrize("kw", [{"max_train": 1}, {"max_train": 2.5}, {"n_jobs": 0}, {"n_jobs": True}, {"backend": "xgb"}])
 def test_bad_speed_options_raise(kw):
     z, f = _data(n=100)
     with pytest.raises(ConfigError):

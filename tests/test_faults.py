@@ -45,6 +45,8 @@ from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, Parti
 from gatedvae.train import checkpoint as ckpt_module
 from gatedvae.train import loop as loop_module
 
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork server needs os.fork (POSIX)")
+
 TOTAL = 100  # steps of every fault run
 PARTS = (
     PartitionConfig(name="position", size=2, factors=("x", "y")),

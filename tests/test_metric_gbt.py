@@ -85,6 +85,19 @@ def test_same_trees_predictions_and_importances_as_sklearn(kind, classes):
     _assert_same_model(x, y, x_eval, stages=12, seed=7 + classes)
 
 
+@pytest.mark.parametrize("kind", ["duplicated", "integer", "constant"])
+def test_index_order_inside_ties_changes_only_last_bits(kind):
+    """exact_ties=False (dci_classifier's default) keeps rows with equal codes in index order instead
+    of replaying scikit-learn's introsort: same predictions, importances equal to ~1e-16."""
+    x, y = _codes(kind, 400, 5, seed=3)
+    x_eval, _ = _codes(kind, 150, 5, seed=4)
+    exact = fit_gbt(x, y, random_state=2, n_estimators=12, eval_x=x_eval, exact_ties=True)
+    fast = fit_gbt(x, y, random_state=2, n_estimators=12, eval_x=x_eval, exact_ties=False)
+    np.testing.assert_array_equal(exact[1], fast[1])
+    np.testing.assert_array_equal(exact[2], fast[2])
+    np.testing.assert_allclose(exact[0].feature_importances, fast[0].feature_importances, rtol=0, atol=1e-12)
+
+
 def test_other_depth_learning_rate_and_seeds():
     x, y = _codes("noisy", 300, 4, seed=1)
     for seed in (0, 123456, 2**31 - 2):

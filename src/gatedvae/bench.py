@@ -337,7 +337,8 @@ def make_optimizers(model, lr: float, adam: dict[str, Any]) -> dict[str, torch.o
 
     if not adam:
         return _optimizers(model, lr, next(model.parameters()).device)
-    opts: dict[str, torch.optim.Optimizer] = {"main": torch.optim.Adam(model.main_parameters(), lr=lr, **adam)}
+    main = getattr(model, "main_optimizer_settings", dict)()
+    opts: dict[str, torch.optim.Optimizer] = {"main": torch.optim.Adam(model.main_parameters(), **{**main, "lr": lr, **adam})}
     settings = model.auxiliary_optimizer_settings()
     for name, module in model.auxiliary_modules().items():
         opts[name] = torch.optim.Adam(module.parameters(), **{**settings.get(name, {"lr": lr}), **adam})

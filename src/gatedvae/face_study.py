@@ -19,6 +19,12 @@ appearance are known, so the same question gets numbers. For one trained run,
   from *one partition's codes only*; ``R^2 = 1 - NRMSE^2`` on held-out codes (1 = the factor is
   fully recoverable from that partition, 0 = not at all). ``R^2(pose | expression)`` is what a
   downstream user of the expression embedding would still be told about head pose.
+  Computed twice: on the posterior *means* (the codes ``gatedvae encode`` gives) and on one
+  *sample* ``z = mu + sigma * eps`` per image. They differ for dims the model switched off
+  (KL near 0): their means still vary a little with the image, enough for a forest to read,
+  but that variation is buried in the posterior noise, so it carries no information through
+  the decoder. The samples' R^2 is the information a partition really transmits.
+* **KL per partition** (nats, mean over the images): how much of the latent each partition uses.
 
 Un-gated models have no partitions, so they are scored twice: with the same dims as the gated
 layout (dims 0-5 "pose", 6-23 "expression", which is what a user gets without labels), and with
@@ -163,19 +169,42 @@ def _summary(shares: dict, r2: np.ndarray, factor_names: Sequence[str], unit_nam
     return out
 
 
+def _unit_scores(codes, logvar, factors, factor_names, names, unit_dims, shares, rng, train_frac):
+    """Per-unit informativeness (means, and one posterior sample when ``logvar`` is given), KL per
+    unit, and the summary with the importance ``shares``."""
+    info = partition_informativeness(codes, factors, unit_dims, np.random.default_rng(seed_from(rng)), train_frac=train_frac, **_FOREST)
+    out = {"r2": info["r2"], "nrmse": info["nrmse"], "units": list(names), "n_train": info["n_train"], "n_test": info["n_test"]}
+    summary = _summary(shares, info["r2"], factor_names, names)
+    if logvar is not None:
+        kl = 0.5 * (codes**2 + np.exp(logvar) - logvar - 1.0)  # (N, M) KL(q(z|x) || N(0, I)) per dim
+        for u, dims in zip(names, unit_dims):
+            summary[f"kl.{u}"] = float(kl[:, dims].sum(axis=1).mean())
+        eps = np.random.default_rng(seed_from(rng)).standard_normal(codes.shape)  # (N, M)
+        sampled = codes + np.exp(0.5 * logvar) * eps  # (N, M)
+        info_s = partition_informativeness(sampled, factors, unit_dims, np.random.default_rng(seed_from(rng)), train_frac=train_frac, **_FOREST)
+        out["r2_sampled"] = info_s["r2"]
+        summary.update({k.replace("r2.", "r2s.", 1): v for k, v in _summary({}, info_s["r2"], factor_names, names).items()})
+    return out, summary
+
+
 def face_scores(codes, factors, factor_names: Sequence[str], units: Mapping[str, np.ndarray], rng: np.random.Generator,
-                *, train_frac: float = 0.8, extra_splits: bool = False) -> dict:
+                *, logvar=None, train_frac: float = 0.8, extra_splits: bool = False) -> dict:
     """Every face-study score of one set of codes (pure: arrays in, numbers out).
 
     Args:
         codes: ``(N, M)`` posterior means.
         factors: ``(N, K)`` true factor classes (or values), named by ``factor_names``.
         units: partition name -> latent dims (the run's partitions, or a layout for un-gated runs).
-        rng: the only randomness (splits, forests).
+        rng: the only randomness (splits, forests, the posterior sample).
+        logvar: ``(N, M)`` posterior log-variances; adds the KL per unit (``kl.*``) and the R^2
+            of one posterior sample per image (``r2s.*``) to the summary.
         extra_splits: also score the best 6-dim pose split (:func:`best_split`) -- for un-gated runs.
 
-    Returns ``{"dci": {"lasso": ..., "random_forest": ...}, "partitions": {...}, "informativeness":
-    {...}, "summary": {...}}`` (and ``"best_split"`` with its own summary when asked); arrays as numpy.
+    Returns ``{"factor_names", "units", "dci": {"lasso": ..., "random_forest": ...},
+    "informativeness": {...}, "summary": {...}}`` (and ``"best_split"`` with its own
+    informativeness and summary when asked); arrays as numpy. Summary keys:
+    ``share.<group>.<unit>`` (random-forest DCI; ``lasso_share.*`` with the Lasso),
+    ``r2.<group>.<unit>`` (means), ``r2s.<group>.<unit>`` (samples), ``kl.<unit>``, ``dci_*``.
     """
     from .metrics.dci import dci
 
@@ -196,9 +225,12 @@ def face_scores(codes, factors, factor_names: Sequence[str], units: Mapping[str,
             "importance": res["importance"], "partition_importance": res["partition"]["importance"],
             "partition_disentanglement": res["partition"]["disentanglement"], "shares": shares[reg],
         }
-    info = partition_informativeness(codes, factors, unit_dims, np.random.default_rng(seed_from(rng)), train_frac=train_frac, **_FOREST)
-    out["informativeness"] = {"r2": info["r2"], "nrmse": info["nrmse"], "units": names, "n_train": info["n_train"], "n_test": info["n_test"]}
-    summary = _summary(shares["random_forest"], info["r2"], factor_names, names)
+    if logvar is not None:
+        logvar = check_codes(logvar, "logvar")
+        if logvar.shape != codes.shape:
+            raise DataError(f"logvar of shape {logvar.shape} does not match codes of shape {codes.shape}")
+    info, summary = _unit_scores(codes, logvar, factors, factor_names, names, unit_dims, shares["random_forest"], rng, train_frac)
+    out["informativeness"] = info
     summary.update({f"lasso_{k}": v for k, v in _summary(shares["lasso"], info["r2"], factor_names, names).items() if k.startswith("share.")})
     summary["dci_rf.disentanglement"] = out["dci"]["random_forest"]["disentanglement"]
     summary["dci_rf.completeness"] = out["dci"]["random_forest"]["completeness"]
@@ -207,15 +239,13 @@ def face_scores(codes, factors, factor_names: Sequence[str], units: Mapping[str,
     summary["dci_rf.partition_disentanglement"] = out["dci"]["random_forest"]["partition_disentanglement"]
     out["summary"] = summary
     if extra_splits and len(names) == 2:
-        pose_dims = best_split(out["dci"]["random_forest"]["importance"], factor_names, len(unit_dims[0]))
+        imp = out["dci"]["random_forest"]["importance"]  # (M, K)
+        pose_dims = best_split(imp, factor_names, len(unit_dims[0]))
         rest = np.setdiff1d(np.arange(codes.shape[1]), pose_dims)
-        imp = out["dci"]["random_forest"]["importance"]
-        grouped = np.stack([imp[pose_dims].sum(axis=0), imp[rest].sum(axis=0)])  # (2, K)
-        bs_shares = group_shares(grouped, factor_names, names)
-        bs_info = partition_informativeness(codes, factors, [pose_dims, rest], np.random.default_rng(seed_from(rng)),
-                                            train_frac=train_frac, **_FOREST)
+        bs_shares = group_shares(np.stack([imp[pose_dims].sum(axis=0), imp[rest].sum(axis=0)]), factor_names, names)
+        bs_info, bs_summary = _unit_scores(codes, logvar, factors, factor_names, names, [pose_dims, rest], bs_shares, rng, train_frac)
         out["best_split"] = {"units": {names[0]: pose_dims.tolist(), names[1]: rest.tolist()}, "shares": bs_shares,
-                             "r2": bs_info["r2"], "summary": _summary(bs_shares, bs_info["r2"], factor_names, names)}
+                             "informativeness": bs_info, "summary": bs_summary}
     return out
 
 
@@ -334,7 +364,7 @@ def score_run(run_dir: str | os.PathLike, preset: str = "default", seed: int = 0
     keep = [k for k in range(factors.shape[1]) if np.ptp(factors[:, k]) > 0]
     factor_names = [ds.factor_space.names[k] for k in keep]
     units, source = _units_of(config)
-    scores = face_scores(mu, factors[:, keep], factor_names, units, rng, extra_splits=(source == "layout"))
+    scores = face_scores(mu, factors[:, keep], factor_names, units, rng, logvar=logvar, extra_splits=(source == "layout"))
     kl = np.asarray(kl_per_dim(mu, logvar))  # (M,)
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -365,16 +395,17 @@ _SEED_SUFFIX = re.compile(r"[-_](s|seed)\d+$")
 
 #: The columns of the summary table: (label, key in the summary, where: main or best split).
 COLUMNS: tuple[tuple[str, str], ...] = (
+    ("KL pose", "kl.pose"),
+    ("KL expr", "kl.expression"),
     ("pose->pose share", "share.pose.pose"),
-    ("pose->expr share", "share.pose.expression"),
     ("expr->expr share", "share.expression.expression"),
     ("R2 pose|pose", "r2.pose.pose"),
     ("R2 pose|expr", "r2.pose.expression"),
     ("R2 expr|expr", "r2.expression.expression"),
     ("R2 expr|pose", "r2.expression.pose"),
+    ("R2s pose|expr", "r2s.pose.expression"),
+    ("R2s expr|expr", "r2s.expression.expression"),
     ("R2 id|expr", "r2.identity.expression"),
-    ("D (RF)", "dci_rf.disentanglement"),
-    ("I (RF NRMSE)", "dci_rf.informativeness"),
 )
 
 

@@ -48,7 +48,8 @@ def beta_vae_features(codes1, codes2) -> np.ndarray:
 
 def beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng: np.random.Generator, *,
                                  classifier: str = "logistic", c: float = 1.0, max_iter: int = 1000) -> dict:
-    """Fit the linear classifier on (train_x (V, D), train_y (V,)) and score it on both sets."""
+    """Fit the linear classifier on (train_x (V, D), train_y (V,)) and score it on both sets:
+    ``train_accuracy``, ``eval_accuracy`` and their binomial standard errors (``*_se``)."""
     rng = check_rng(rng)
     check_choice(classifier, "classifier", ("logistic", "linear_svc"))
     if not float(c) > 0:
@@ -67,9 +68,14 @@ def beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng: np.rando
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter on unscaled features
         model.fit(train_x, train_y)
+    train_acc = float(np.mean(model.predict(train_x) == train_y))
+    eval_acc = float(np.mean(model.predict(eval_x) == eval_y))
     return {
-        "train_accuracy": float(np.mean(model.predict(train_x) == train_y)),
-        "eval_accuracy": float(np.mean(model.predict(eval_x) == eval_y)),
+        "train_accuracy": train_acc,
+        "eval_accuracy": eval_acc,
+        # binomial standard errors: the sampling noise of the accuracies (independent points)
+        "train_accuracy_se": float(np.sqrt(train_acc * (1 - train_acc) / len(train_y))),
+        "eval_accuracy_se": float(np.sqrt(eval_acc * (1 - eval_acc) / len(eval_y))),
     }
 
 

@@ -268,6 +268,7 @@ def dci_classifier(
     max_train: int | None = None,
     n_jobs: int | None = None,
     backend: str = "gbt",
+    exact_ties: bool = False,
 ) -> dict:
     """DCI with gradient-boosted classifiers, the disentanglement_lib form.
 
@@ -308,15 +309,20 @@ def dci_classifier(
             run's ``train.threads`` under ``gatedvae evaluate``). Every classifier's
             ``random_state`` is drawn from ``rng`` in factor order before any fit, so the result
             is identical for every ``n_jobs``.
-        backend: ``"gbt"`` (default) or ``"sklearn"``; identical results.
+        backend: ``"gbt"`` (default) or ``"sklearn"``.
+        exact_ties: ``backend="gbt"`` only. True: rows with *equal* code values are ordered inside
+            a node exactly as scikit-learn's introsort leaves them (bit-for-bit its trees, but as
+            slow as scikit-learn wherever codes repeat: dSprites has duplicate images, so its codes
+            do). False (default): such rows keep their index order; only the last bits of a few
+            sums change (measured: docs/metrics.md, "dci_classifier").
 
     Codes are passed as float32, the dtype scikit-learn's trees use internally anyway.
 
     Returns:
         dict with ``disentanglement``, ``completeness`` (factor-importance weighted),
         ``completeness_mean``, ``informativeness_train``, ``informativeness_test`` (mean
-        accuracies), per-latent/per-factor arrays, ``importance`` (D, K) and optionally
-        ``partition``.
+        accuracies), ``informativeness_test_se`` (its binomial standard error), per-latent /
+        per-factor arrays, ``importance`` (D, K) and optionally ``partition``.
     """
     check_choice(backend, "backend", ("gbt", "sklearn"))
     codes, factors, rng = _prepare(codes, factors, rng, max_samples)
@@ -346,7 +352,7 @@ def dci_classifier(
     settings = dict(n_estimators=n_estimators, max_depth=max_depth, learning_rate=float(learning_rate))
     jobs = [(x[tr], labels[k][tr], x[te], labels[k][te], seeds[k], settings) for k in range(k_fac)]
     if backend == "gbt":
-        fits = [_fit_gbt(*job, n_threads=n_jobs) for job in jobs]
+        fits = [_fit_gbt(*job, n_threads=n_jobs, exact_ties=exact_ties) for job in jobs]
     elif n_jobs == 1 or k_fac == 1:
         fits = [_fit_classifier(*job) for job in jobs]
     else:
@@ -368,6 +374,9 @@ def dci_classifier(
         "completeness_mean": s["completeness"],
         "informativeness_train": float(acc_tr.mean()),
         "informativeness_test": float(acc_te.mean()),
+        # standard error of the mean test accuracy from the held-out rows' binomial noise
+        # (factors treated as independent): the sampling noise of the estimate
+        "informativeness_test_se": float(np.sqrt(np.sum(acc_te * (1 - acc_te) / te.size)) / k_fac),
         "disentanglement_per_latent": s["disentanglement_per_latent"],
         "latent_weights": s["latent_weights"],
         "completeness_per_factor": s["completeness_per_factor"],
@@ -381,11 +390,13 @@ def dci_classifier(
     return out
 
 
-def _fit_gbt(x_tr, y_tr, x_te, y_te, seed: int, settings: dict, n_threads: int = 1) -> tuple[np.ndarray, float, float]:
+def _fit_gbt(x_tr, y_tr, x_te, y_te, seed: int, settings: dict, n_threads: int = 1,
+             exact_ties: bool = False) -> tuple[np.ndarray, float, float]:
     """One factor's classifier with :func:`.gbt.fit_gbt`: (importances (D,), train acc., test acc.)."""
     from .gbt import fit_gbt
 
-    model, pred_tr, pred_te = fit_gbt(x_tr, y_tr, random_state=seed, eval_x=x_te, n_threads=n_threads, **settings)
+    model, pred_tr, pred_te = fit_gbt(x_tr, y_tr, random_state=seed, eval_x=x_te, n_threads=n_threads,
+                                      exact_ties=exact_ties, **settings)
     return model.feature_importances.astype(np.float64), float(np.mean(pred_tr == y_tr)), float(np.mean(pred_te == y_te))
 
 

@@ -64,7 +64,8 @@ def factor_vae_votes(codes, fixed_factor, global_variance, active, num_factors: 
 def factor_vae_score_from_votes(train_votes, eval_votes) -> dict:
     """Majority-vote classifier fitted on ``train_votes`` (K, D), scored on both vote tables.
 
-    Returns ``train_accuracy``, ``eval_accuracy`` and ``classifier`` (D,), the factor each
+    Returns ``train_accuracy``, ``eval_accuracy``, their binomial standard errors
+    ``train_accuracy_se`` / ``eval_accuracy_se`` and ``classifier`` (D,), the factor each
     latent predicts (argmax of its column; a latent that never won a vote predicts factor 0 and
     is never asked).
     """
@@ -75,7 +76,12 @@ def factor_vae_score_from_votes(train_votes, eval_votes) -> dict:
     n_tr, n_ev = train_votes.sum(), eval_votes.sum()
     train_acc = float(train_votes[classifier, cols].sum() / n_tr) if n_tr else 0.0
     eval_acc = float(eval_votes[classifier, cols].sum() / n_ev) if n_ev else 0.0
-    return {"train_accuracy": train_acc, "eval_accuracy": eval_acc, "classifier": classifier}
+    # binomial standard error of each accuracy (the votes are independent draws): the sampling
+    # noise of the estimate, larger under the ``fast`` preset's fewer votes
+    se_tr = float(np.sqrt(train_acc * (1 - train_acc) / n_tr)) if n_tr else 0.0
+    se_ev = float(np.sqrt(eval_acc * (1 - eval_acc) / n_ev)) if n_ev else 0.0
+    return {"train_accuracy": train_acc, "eval_accuracy": eval_acc, "train_accuracy_se": se_tr,
+            "eval_accuracy_se": se_ev, "classifier": classifier}
 
 
 def factor_vae_from_sampler(
@@ -112,8 +118,8 @@ def factor_vae_from_sampler(
     out = {"num_active_dims": int(active.sum()), "active": active, "global_variance": global_var}
     if not active.any():
         zeros = np.zeros((k_fac, d), dtype=np.int64)
-        out.update(train_accuracy=0.0, eval_accuracy=0.0, train_votes=zeros, eval_votes=zeros.copy(),
-                   classifier=np.zeros(d, dtype=np.int64))
+        out.update(train_accuracy=0.0, eval_accuracy=0.0, train_accuracy_se=0.0, eval_accuracy_se=0.0,
+                   train_votes=zeros, eval_votes=zeros.copy(), classifier=np.zeros(d, dtype=np.int64))
         return out
     per_chunk = max(1, chunk_size // batch_size)
 
