@@ -184,3 +184,17 @@ def test_quickstart_section():
     res = bench.run_bench(bench.BenchOptions.quick_mode(sections=("quickstart",)), log=lambda _: None)
     assert res["quickstart"]["seconds"] > 0 and res["quickstart"]["peak_rss_mb"] > 0
     assert any("quickstart" in t["target"] for t in res["targets"])
+
+
+def test_strided_dsprites_equals_the_cut_full_grid():
+    from gatedvae.data.dsprites import make_dsprites, make_dsprites_strided
+
+    full = make_dsprites()
+    for strides in ({"posX": 4, "posY": 4}, {"orientation": 8, "posY": 16}):
+        _check_strided(make_dsprites_strided(strides), full.subset_grid(strides), strides)
+
+
+def _check_strided(a, b, strides):
+    assert torch.equal(a.store.packed, b.store.packed) and a.factor_space.sizes == b.factor_space.sizes
+    assert all(np.array_equal(x, y) for x, y in zip(a.factor_space.values, b.factor_space.values)) and a.is_grid
+    assert len(build_dataset(DataConfig(name="dsprites", stride=strides))) == len(a)
