@@ -84,20 +84,31 @@ def test_every_factor_changes_the_image_where_it_should():
         rows[name] = centroid(a - b)[0]
     assert min(rows["smile"], rows["mouth"]) > 36 > 30 > max(rows["brow"], rows["eyes"])
     assert rows["brow"] < rows["eyes"]
-    # turning the head moves the face's features: the eyes' change sits right of centre at yaw +40
-    # (the nose turns to the viewer's right) and lower down at pitch +20 (the head tilts down)
+    # the crops are aligned like a tracker's: the eyes stay put while the head turns around them;
+    # yaw +40 (the nose turns to the viewer's right) moves the head left, pitch +20 (the head
+    # tilts down) moves it up
     def eyes_centre(yaw, pitch):
+        """Midpoint of the two eyes' centres (each from the change of opening them wide)."""
         v = np.tile(NEUTRAL, (2, 1))
         v[:, 0], v[:, 1], v[:, 5] = yaw, pitch, [0.0, 1.0]
         a, b = render_faces(v)[:, 0].astype(np.int64)
-        return centroid(a - b)
+        left, right = centroid((a - b)[:, :32]), centroid((a - b)[:, 32:])
+        return np.array([(left[0] + right[0]) / 2, (left[1] + right[1] + 32) / 2])
 
-    assert eyes_centre(40, 0)[1] > eyes_centre(0, 0)[1] + 4 > eyes_centre(-40, 0)[1] + 8
-    assert eyes_centre(0, 20)[0] > eyes_centre(0, 0)[0] + 2 > eyes_centre(0, -20)[0] + 4
+    for yaw, pitch in ((40, 0), (-40, 0), (0, 20), (0, -20)):
+        assert np.abs(eyes_centre(yaw, pitch) - eyes_centre(0, 0)).max() < 1.5, (yaw, pitch)
+    background = np.rint(255 * (0.299 * 0.52 + 0.587 * 0.60 + 0.114 * 0.70))
+
+    def head_centre(yaw, pitch):
+        v = NEUTRAL.copy()
+        v[0], v[1] = yaw, pitch
+        return np.array(centroid(render_faces(v[None])[0, 0] != background))
+
+    assert head_centre(40, 0)[1] < head_centre(0, 0)[1] - 4 < head_centre(-40, 0)[1] - 8
+    assert head_centre(0, 20)[0] < head_centre(0, 0)[0] - 2 < head_centre(0, -20)[0] - 4
     # darker skin tone: a darker face; a wider face: fewer background pixels; more hair: more dark pixels
     skin = render_faces(vary(7, [0.0, 1.0, 2.0]))[:, 0].astype(np.float64)
     assert skin[0].mean() > skin[1].mean() > skin[2].mean()
-    background = np.rint(255 * (0.299 * 0.52 + 0.587 * 0.60 + 0.114 * 0.70))
     width = render_faces(vary(6, [0.88, 1.0, 1.12]))[:, 0]
     bg = [(w == background).sum() for w in width]
     assert bg[0] > bg[1] > bg[2]

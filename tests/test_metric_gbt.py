@@ -138,6 +138,7 @@ def test_dci_classifier_backends_agree():
         (lambda x, y: fit_gbt(x, y, random_state=-1), ConfigError),
         (lambda x, y: fit_gbt(x, y, random_state=0, n_estimators=0), ConfigError),
         (lambda x, y: fit_gbt(x, y, random_state=0, learning_rate=0.0), ConfigError),
+        (lambda x, y: fit_gbt(x, y, random_state=0, max_depth=11), ConfigError),
         (lambda x, y: fit_gbt(x, y, random_state=0, eval_x=x[:, :2]), DataError),
         (lambda x, y: dci_classifier(x, y[:, None], np.random.default_rng(0), backend="xgboost"), ConfigError),
     ],

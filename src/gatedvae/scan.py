@@ -412,7 +412,7 @@ def train_operators(setup: ScanSetup, scan: SCAN, steps: int, batch_size: int, l
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        acc += float(loss)
+        acc += float(loss.detach())
         if (step + 1) % 250 == 0 or step + 1 == steps:
             n = 250 if (step + 1) % 250 == 0 else (step + 1) % 250
             log.append({"step": step + 1, "kl": round(acc / n, 5)})
@@ -646,10 +646,11 @@ def run_scan(
     else:
         from .train import latest_checkpoint, load_checkpoint, load_run_config, prepare
 
-        found = latest_checkpoint(run / "checkpoints") if run.is_dir() else None
+        config = load_run_config(run)  # one-line errors for a missing or foreign directory
+        found = latest_checkpoint(run / "checkpoints")
         if found is None:
             raise GatedVAEError(f"run {run} has no checkpoint yet; train it first")
-        prep = prepare(load_run_config(run), dataset=dataset)
+        prep = prepare(config, dataset=dataset)
         step = found[0]
         load_checkpoint(found[1], prep.model)
     if not getattr(prep.model, "reconstructs", True) or prep.model.covariance != "diagonal":

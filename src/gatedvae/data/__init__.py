@@ -55,8 +55,11 @@ def data_dir(configured: str = "") -> Path:
 def build_dataset(cfg: DataConfig, progress: bool = False) -> FactorDataset:
     """Build (or load from the cache) the dataset a :class:`DataConfig` describes."""
     if cfg.name == "dsprites":
-        from .dsprites import make_dsprites
+        from .dsprites import make_dsprites, make_dsprites_strided
 
+        if cfg.stride and not cfg.cache:
+            # only the kept classes are rendered: memory in proportion (docs/performance.md)
+            return make_dsprites_strided(dict(cfg.stride))
         ds = make_dsprites(cache_dir=data_dir(cfg.data_dir) if cfg.cache else None, progress=progress)
     elif cfg.name == "dsprites_file":
         from .dsprites import load_dsprites_npz

@@ -30,7 +30,10 @@ Rendering (ours; no per-pixel Python). A head is an ellipsoid (semi-axes ``0.74 
 0.82 head units) with an ellipsoidal nose and two ears, plus, for medium and long hair, a
 larger ellipsoid of hair behind it. The scene is rotated by yaw then pitch (``R = Rx(pitch)
 Ry(yaw)``) and projected orthographically: every sub-pixel casts a ray, the nearest surface
-hit wins, and it is shaded with a Lambertian light from the upper left. The eyes, brows and
+hit wins, and it is shaded with a Lambertian light from the upper left. The crops are
+*aligned* as a face tracker aligns them (the paper's CelebA was aligned by OpenFace): the point
+between the eyes stays at one pixel whatever the pose, so turning moves the head outline,
+nose and ears around the eyes rather than the eyes across the image. The eyes, brows and
 mouth are drawn in the face's *surface* coordinates (``x / a_x``, ``y / a_y`` of the hit
 point), so they are foreshortened, shift and disappear behind the nose as a real face's
 features would. Edges are anti-aliased by a soft one-sub-pixel ramp and 2x2 supersampling.
@@ -93,10 +96,11 @@ FACE_SPACE = FactorSpace(
     ),
 )
 
-#: The values :func:`render_faces` accepts per factor (the grid's ranges, pose a little wider; the
-#: feature boxes and the hair/face layering are checked over these ranges).
+#: The values :func:`render_faces` accepts per factor: the grid's ranges, any value in between
+#: (the feature boxes and the hair/face layering are checked over these ranges; beyond them, at
+#: steeper poses, the hair volume could come in front of a mouth corner).
 RANGES: dict[str, tuple[float, float]] = {
-    "yaw": (-45.0, 45.0), "pitch": (-25.0, 25.0), "smile": (-1.0, 1.0), "mouth": (0.0, 1.0), "brow": (-1.0, 1.0),
+    "yaw": (-40.0, 40.0), "pitch": (-20.0, 20.0), "smile": (-1.0, 1.0), "mouth": (0.0, 1.0), "brow": (-1.0, 1.0),
     "eyes": (0.0, 1.0), "width": (0.85, 1.15), "skin": (0.0, 2.0), "hair": (0.0, 2.0),
 }
 
@@ -140,6 +144,7 @@ _HEAD_SCALE = 0.39  # head units -> fraction of the image side (the head is 1 un
 _CENTRE_Y = 0.47  # head centre, fraction of the image height from the top
 _AX, _AY, _AZ = 0.74, 1.0, 0.82  # head semi-axes at width 1
 _LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])  # view frame, towards the light
+_EYE_LINE = 0.12  # height of the eyes' centres on the face (y / a_y)
 _RAMP = 0.03  # soft edge of the features, in face surface units (about half a pixel)
 
 # Colours (RGB in [0, 1]); grayscale images use their luma (ITU-R 601-2, as Pillow's "L").
@@ -199,7 +204,8 @@ def _view_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 def _cast(rot: np.ndarray, qx: np.ndarray, qy: np.ndarray, centre: np.ndarray, axes: np.ndarray):
     """Ray-cast ellipsoids (head frame: ``centre``, semi-``axes``, each ``(B, 3)``) seen through ``rot``.
 
-    The view ray of sub-pixel ``(qx, qy)`` is ``(qx, qy, t)``; in the head frame it is
+    ``qx (B, W)`` and ``qy (B, H)`` are each image's sub-pixel centres in the view frame. The
+    view ray of sub-pixel ``(qx, qy)`` is ``(qx, qy, t)``; in the head frame it is
     ``R^T (qx, qy, 0) + t R^T e_z``. Returns ``t`` of the nearest hit (largest t; -inf where
     the ray misses), and the hit point in the head frame, ``(B, H, W)`` and ``(B, 3, H, W)``.
     """
@@ -207,8 +213,8 @@ def _cast(rot: np.ndarray, qx: np.ndarray, qy: np.ndarray, centre: np.ndarray, a
     inv_a = (1.0 / axes).astype(np.float32)  # (B, 3)
     d = r[:, 2, :] * inv_a  # (B, 3): ray direction, in units of the axes
     # p0_i = (qx R[0, i] + qy R[1, i] - c_i) / a_i, separable over rows and columns
-    px = r[:, 0, :, None] * qx[None, None, :] * inv_a[:, :, None]  # (B, 3, W)
-    py = (r[:, 1, :, None] * qy[None, None, :] - centre[:, :, None].astype(np.float32)) * inv_a[:, :, None]  # (B, 3, H)
+    px = r[:, 0, :, None] * qx[:, None, :] * inv_a[:, :, None]  # (B, 3, W)
+    py = (r[:, 1, :, None] * qy[:, None, :] - centre[:, :, None].astype(np.float32)) * inv_a[:, :, None]  # (B, 3, H)
     p0 = py[:, :, :, None] + px[:, :, None, :]  # (B, 3, H, W)
     a = (d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2])[:, None, None]  # (B, 1, 1)
     # explicit sums over the 3 axes (not einsum): the same arithmetic for any batch size
@@ -237,12 +243,12 @@ def _shade(rot: np.ndarray, unit: np.ndarray, axes: np.ndarray) -> np.ndarray:
 def _hair_cap(unit: np.ndarray, style: np.ndarray) -> np.ndarray:
     """Which points of the head (unit-sphere coordinates) are covered by hair: ``(B, H, W)`` bool.
 
-    All styles: the crown above a hairline at 0.5 on the forehead that curves down at the
+    All styles: the crown above a hairline at 0.7 on the forehead that curves down at the
     temples, and the back of the head. Medium and long hair also cover the sides (|x| > 0.8,
     outside every facial feature) down to the ear tops.
     """
     x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]  # (B, H, W) each
-    line = 0.56 - 0.35 * x * x - 0.9 * np.clip(0.35 - z, 0.0, None)  # (B, H, W)
+    line = 0.7 - 0.35 * x * x - 0.9 * np.clip(0.35 - z, 0.0, None)  # (B, H, W)
     cap = y > line
     sides = (np.abs(x) > 0.8) & (y > -0.05)
     return cap | (sides & (style[:, None, None] >= 1))
@@ -261,6 +267,13 @@ def _scene(yaw, pitch, width, hair, size: int):
     bsz = yaw.size
     rot = _rotations(yaw, pitch)  # (B, 3, 3)
     qx, qy = _view_grid(size)
+    # Aligned crops, as a face tracker makes them: the point between the eyes stays at its
+    # frontal pixel whatever the pose, so the head (not the eyes) moves as it turns.
+    eye_z = _AZ * math.sqrt(1.0 - _EYE_LINE**2)
+    shift_x = rot[:, 0, 1] * _EYE_LINE + rot[:, 0, 2] * eye_z  # (B,) view x of the eye midpoint
+    shift_y = rot[:, 1, 1] * _EYE_LINE + rot[:, 1, 2] * eye_z - _EYE_LINE  # (B,) its view y, less the frontal one
+    qx = (qx[None, :] + shift_x[:, None].astype(np.float32)).astype(np.float32)  # (B, W)
+    qy = (qy[None, :] + shift_y[:, None].astype(np.float32)).astype(np.float32)  # (B, H)
     ax = _AX * width  # (B,)
     ones = np.ones(bsz)
     zeros = np.zeros(bsz)
@@ -346,17 +359,17 @@ def _eyes(u, v, eyes, channels: int):
     """
     e = np.asarray(eyes, dtype=np.float32)[:, :, None, None]  # (G|1, E, 1, 1)
     layer = _Layer((u.shape[0], e.shape[1], *u.shape[1:]), channels)
-    half = 0.17
-    upper = 0.014 + 0.105 * e  # lid heights at the eye's middle
-    lower = 0.010 + 0.05 * e
+    half = 0.2
+    upper = 0.016 + 0.12 * e  # lid heights at the eye's middle
+    lower = 0.012 + 0.06 * e
     for cx in (-0.37, 0.37):
         dx = (u - cx)[:, None]  # (B, 1, H, W)
-        dy = (v - 0.12)[:, None]
+        dy = (v - _EYE_LINE)[:, None]
         w = np.clip(1.0 - (dx / half) ** 2, 0.0, None)  # (B, 1, H, W) lid profile
         lens = np.maximum(np.maximum(dy - upper * w, -lower * w - dy), np.abs(dx) - half)  # (B, E, H, W)
         inside = _smooth_inside(lens)
-        iris = np.minimum(inside, _smooth_inside(np.sqrt(dx * dx + dy * dy) - 0.07))
-        lid = _smooth_inside(np.maximum(np.abs(dy - upper * w - 0.006) - 0.02, np.abs(dx) - half - 0.01))
+        iris = np.minimum(inside, _smooth_inside(np.sqrt(dx * dx + dy * dy) - 0.085))
+        lid = _smooth_inside(np.maximum(np.abs(dy - upper * w - 0.006) - 0.025, np.abs(dx) - half - 0.01))
         lash = _smooth_inside(np.maximum(np.abs(dy + lower * w) - 0.008, np.abs(dx) - half))
         layer.over(inside, _colour(_SCLERA, channels))
         layer.over(iris, _colour(_IRIS, channels))
@@ -371,12 +384,12 @@ def _brows(u, v, brow, channels: int):
     """
     b = np.asarray(brow, dtype=np.float32)[:, :, None, None]  # (G|1, R, 1, 1)
     layer = _Layer((u.shape[0], b.shape[1], *u.shape[1:]), channels)
-    half = 0.17
+    half = 0.2
     for cx in (-0.37, 0.37):
         s = (u - cx)[:, None] / half  # (B, 1, H, W) along the brow, -1..1
         inner = -s if cx > 0 else s  # +1 at the inner end (towards the nose)
-        centre = 0.31 + 0.07 * b + (0.035 + 0.03 * np.maximum(b, 0.0)) * (1.0 - s * s) - 0.07 * np.maximum(-b, 0.0) * inner
-        d = np.maximum(np.abs(v[:, None] - centre) - 0.03, np.abs(s) * half - half)  # (B, R, H, W)
+        centre = 0.42 + 0.08 * b + (0.035 + 0.04 * np.maximum(b, 0.0)) * (1.0 - s * s) - 0.06 * np.maximum(-b, 0.0) * inner
+        d = np.maximum(np.abs(v[:, None] - centre) - 0.04, np.abs(s) * half - half)  # (B, R, H, W)
         layer.over(_smooth_inside(d), _colour(_LINE, channels))
     return layer
 
@@ -389,17 +402,17 @@ def _mouth(u, v, smile, mouth, channels: int):
     sm = np.asarray(smile, dtype=np.float32)[:, :, None, None, None]  # (G|1, S, 1, 1, 1)
     op = np.asarray(mouth, dtype=np.float32)[:, None, :, None, None]  # (G|1, 1, O, 1, 1)
     layer = _Layer((u.shape[0], sm.shape[1], op.shape[2], *u.shape[1:]), channels)
-    half = 0.3 + 0.05 * np.maximum(sm, 0.0)  # (1, S, 1, 1, 1)
+    half = 0.4 + 0.06 * np.maximum(sm, 0.0)  # (1, S, 1, 1, 1)
     x = u[:, None, None] / half  # (B, S, 1, H, W)
     y = v[:, None, None]
     w = np.clip(1.0 - x * x, 0.0, None)
-    mid = -0.5 + 0.11 * sm * (x * x - 0.35)  # (B, S, 1, H, W) corners up for a smile
-    top = mid + 0.05 * op * w  # (B, S, O, H, W)
-    bottom = mid - 0.17 * op * w
+    mid = -0.52 + 0.15 * sm * (x * x - 0.35)  # (B, S, 1, H, W) corners up for a smile
+    top = mid + 0.07 * op * w  # (B, S, O, H, W)
+    bottom = mid - 0.28 * op * w
     ends = np.abs(x) * half - half
     inside = _smooth_inside(np.maximum(np.maximum(y - top, bottom - y), ends))
-    teeth = np.minimum(inside, _smooth_inside(top - 0.045 * op * w - y))
-    lips = _smooth_inside(np.maximum(np.minimum(np.abs(y - top), np.abs(y - bottom)) - 0.018, ends - 0.01))
+    teeth = np.minimum(inside, _smooth_inside(top - 0.06 * op * w - y))
+    lips = _smooth_inside(np.maximum(np.minimum(np.abs(y - top), np.abs(y - bottom)) - 0.025, ends - 0.01))
     layer.over(lips, _colour(_LIPS, channels))
     layer.over(inside, _colour(_MOUTH, channels))
     layer.over(teeth, _colour(_TEETH, channels))
@@ -410,7 +423,7 @@ def _mouth(u, v, smile, mouth, channels: int):
 #: Conservative bounds (the shapes above stay inside them for every allowed factor value); each
 #: feature is drawn only in the sub-pixel box that holds these face points, a few times faster
 #: than over the whole image, and exactly zero elsewhere.
-_BOXES: dict[str, tuple[float, float, float]] = {"eyes": (-0.12, 0.36, 0.6), "brows": (0.08, 0.55, 0.6), "mouth": (-0.85, -0.25, 0.42)}
+_BOXES: dict[str, tuple[float, float, float]] = {"eyes": (-0.15, 0.4, 0.62), "brows": (0.15, 0.68, 0.62), "mouth": (-0.95, -0.2, 0.52)}
 _DRAW = {"eyes": _eyes, "brows": _brows, "mouth": _mouth}
 
 

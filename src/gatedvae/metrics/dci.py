@@ -64,7 +64,8 @@ DCI_CLASSIFIER_REFERENCE = dict(n_estimators=100, max_depth=3, learning_rate=0.1
 #: A cap on the training rows some users want for budgets (``max_train``); no preset uses it: it
 #: moves the scores away from the reference (docs/metrics.md, "Deliberate deviations").
 DCI_CLASSIFIER_MAX_TRAIN = 2000
-#: The ``default`` preset is the reference exactly (fitted by :mod:`.gbt`, about 10 s on dSprites).
+#: The ``default`` preset is the reference exactly (fitted by :mod:`.gbt`: 25 s of CPU on dSprites,
+#: spread over ``n_jobs`` threads; scikit-learn took 244 s).
 DCI_CLASSIFIER_DEFAULTS = dict(DCI_CLASSIFIER_REFERENCE)
 #: Fewer boosting stages on at most 3,000 samples.
 DCI_CLASSIFIER_FAST = dict(DCI_CLASSIFIER_REFERENCE, n_estimators=20, max_samples=3000)
@@ -285,7 +286,8 @@ def dci_classifier(
     algorithm reproduced operation by operation with presorted features and the trees of a
     stage grown in parallel -- the same trees, predictions and importances as
     ``GradientBoostingClassifier(random_state=seed)`` (bit for bit in ``tests/test_metric_gbt.py``),
-    about 20 times faster. ``backend="sklearn"`` fits scikit-learn's own estimator (slow; for
+    with about 11 times less CPU (measured on dSprites codes, docs/metrics.md) spread over ``n_jobs``
+    threads. ``backend="sklearn"`` fits scikit-learn's own estimator (slow; for
     cross-checks).
 
     disentanglement_lib draws separate train and test sets from the dataset; here the given rows

@@ -41,7 +41,7 @@ from .utils import (
 __all__ = ["modularity_explicitness", "modularity_from_mutual_info", "MODULARITY_DEFAULTS", "MODULARITY_FAST"]
 
 MODULARITY_DEFAULTS = dict(bins=20, train_frac=0.8, c=1.0, max_iter=1000, max_samples=None)
-MODULARITY_FAST = dict(MODULARITY_DEFAULTS, max_iter=300, max_samples=5000)
+MODULARITY_FAST = dict(MODULARITY_DEFAULTS, max_iter=300, max_samples=3000)
 
 
 def modularity_from_mutual_info(mutual_info) -> dict:

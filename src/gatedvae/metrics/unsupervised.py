@@ -39,11 +39,15 @@ UNSUPERVISED_FAST = dict(UNSUPERVISED_DEFAULTS)
 
 
 def _covariance(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Covariance (ddof=1) of the non-constant columns, and their mask."""
-    var = codes.var(axis=0, ddof=1)  # (D,)
-    scale = np.maximum(1.0, np.abs(codes).max(axis=0))
-    keep = var > (1e-12 * scale) ** 2
-    return np.atleast_2d(np.cov(codes[:, keep], rowvar=False)), keep  # (D', D')
+    """Covariance (ddof=1) of the non-constant columns, each divided by its largest magnitude, and
+    their mask. The Gaussian TC and MI are invariant to rescaling a column; the division keeps
+    codes up to 1e308 from overflowing when squared. A column is constant when its variance is at
+    most ``(1e-12 max(1, max |z|))^2``."""
+    peak = np.abs(codes).max(axis=0)  # (D,)
+    z = codes / np.where(peak > 0, peak, 1.0)  # (N, D) within [-1, 1]
+    var = z.var(axis=0, ddof=1)  # (D,)
+    keep = np.where(peak >= 1.0, var > 1e-24, var * np.minimum(peak, 1.0) ** 2 > 1e-24)  # (D,)
+    return np.atleast_2d(np.cov(z[:, keep], rowvar=False)), keep  # (D', D')
 
 
 def gaussian_total_correlation(codes) -> float:
@@ -87,7 +91,10 @@ def active_units(mu, threshold: float = 0.01) -> dict:
     Returns ``n_active``, ``active`` (D,) bool and ``variance`` (D,).
     """
     mu = check_codes(mu, name="mu")
-    var = mu.var(axis=0, ddof=1)  # (D,)
+    peak = np.abs(mu).max(axis=0)  # (D,) variance of the scaled codes, scaled back: no overflow warning
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float range the variance is inf (active)
+        scaled = (mu / np.where(peak > 0, peak, 1.0)).var(axis=0, ddof=1)  # (D,)
+        var = np.where(scaled > 0, scaled * peak**2, 0.0)  # (D,)
     active = var > float(threshold)
     return {"n_active": int(active.sum()), "active": active, "variance": var}
 
