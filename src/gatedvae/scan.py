@@ -679,6 +679,11 @@ def run_scan(
                    "batch_size": batch_size, "lr": lr, "beta": beta, "lambda": lam, "holdout": holdout, "seed": seed,
                    "samples": samples},
         "classifier_accuracy": clf_acc,
+        "notes": ([
+            "gated run without decoder fine-tuning (train.finetune_steps=0): a gated decoder learns to predict targets "
+            "that share only the active partition's factors, so sym2img samples are blurred averages; fine-tune the "
+            "decoder (train.finetune_steps) for sym2img"
+        ] if prep.partitions is not None and prep.config.train.finetune_steps == 0 else []),
         "scores": scores,
         "training": {"scan": log, "operators": op_log},
     }
@@ -707,4 +712,5 @@ def format_scan(doc: dict) -> str:
             lines.append(f"  {key:<26} {s[key]['accuracy']:>9.3f} {s[key]['diversity'] if s[key]['diversity'] is not None else float('nan'):>10.3f}")
     lines.append(f"  img2sym accuracy {s['img2sym']['accuracy']:.3f} "
                  f"({', '.join(f'{k} {v:.2f}' for k, v in s['img2sym']['per_attribute'].items())})")
+    lines.extend(f"  note: {n}" for n in doc.get("notes", []))
     return "\n".join(lines)
