@@ -32,9 +32,10 @@ Adversarial terms:
 
 * ``infogan``: the non-saturating GAN, ``adv_G = softplus(-D(G))``,
   ``adv_D = softplus(-D(x)) + softplus(D(G))`` (binary cross-entropy on logits);
-  Adam betas (0.5, 0.999), D learning rate 2e-4 (DCGAN / Chen et al.; G uses ``train.lr``).
-  Defaults: lambda = 1 (Chen et al. for categorical codes), one categorical code of 3 (the
-  number of dSprites shapes; our choice), noise 62 (Chen et al.'s MNIST).
+  Adam betas (0.5, 0.999), D learning rate 2e-4 (G uses ``train.lr``, 1e-3 in the config) and
+  noise 62: the settings usually quoted for InfoGAN on MNIST (the lecture gives none).
+  Defaults: lambda = 1 (the lecture's formula; Chen et al. use 1 for categorical codes), one
+  categorical code of 3 (the number of dSprites shapes; our choice).
 * ``infowgan_gp``: Wasserstein critic with gradient penalty (Gulrajani et al.), the variant
   Kim and Mnih compared on dSprites: ``adv_G = -D(G)``,
   ``adv_D = D(G) - D(x) + gp_weight * (||grad_xhat D(xhat)||_2 - 1)^2`` at random interpolates
