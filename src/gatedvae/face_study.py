@@ -305,8 +305,13 @@ def _decode(model, z: torch.Tensor) -> torch.Tensor:
 
 
 def write_face_figures(prep, units: Mapping[str, np.ndarray], kl: np.ndarray, out_dir: str | os.PathLike,
-                       rng: np.random.Generator, steps: int = 9, span: float = 2.0, n_expression: int = 8) -> list[Path]:
-    """Figure 5 of the paper (traversals) and a pose/expression swap grid, into ``out_dir``."""
+                       rng: np.random.Generator, steps: int = 9, span: float = 2.0, n_expression: int = 8,
+                       note: str = "") -> list[Path]:
+    """Figure 5 of the paper (traversals) and a pose/expression swap grid, into ``out_dir``.
+
+    ``note`` is added to both titles (e.g. that an un-gated run's "partitions" are only its dims
+    0-5 and 6-23).
+    """
     from .viz.diagnostics import plot_image_rows, plot_swap_grid, swap_codes
     from .viz.figures import traversal_images
     from .viz.pairs import save_figure
@@ -321,7 +326,7 @@ def write_face_figures(prep, units: Mapping[str, np.ndarray], kl: np.ndarray, ou
     imgs = traversal_images(prep, base_index=base, steps=steps, span=span)[torch.as_tensor(rows)]  # (R, S, C, H, W)
     labels = [f"{names[0] if d in set(pose.tolist()) else names[1]} z{d} ({kl[d]:.2f})" for d in rows]
     cols = [f"{v:+.1f}" for v in np.linspace(-span, span, steps)]
-    title = f"traversals of image {base}: every {names[0]} dim, the {len(top)} most active {names[1]} dims (KL in nats)"
+    title = f"traversals of image {base}: every {names[0]} dim, the {len(top)} most active {names[1]} dims (KL in nats){note}"
     written = [save_figure(plot_image_rows(imgs, labels, title=title, col_labels=cols), out_dir / "face_traversals.png")]
 
     n = 6
@@ -333,7 +338,7 @@ def write_face_figures(prep, units: Mapping[str, np.ndarray], kl: np.ndarray, ou
         za, zb = model.encode(xa).mu, model.encode(xb).mu  # (n, M)
         z = swap_codes(za, zb, pose)  # (n, n, M): row i's pose, column j's everything else
         grid = _decode(model, z.reshape(n * n, -1)).view(n, n, *xa.shape[1:])  # (n, n, C, H, W)
-    fig = plot_swap_grid(xa.cpu(), xb.cpu(), grid.cpu(), title=f"{names[0]} from the left column, {names[1]} (and the rest) from the top row")
+    fig = plot_swap_grid(xa.cpu(), xb.cpu(), grid.cpu(), title=f"{names[0]} from the left column, {names[1]} (and the rest) from the top row{note}")
     written.append(save_figure(fig, out_dir / "face_swap.png"))
     return written
 
@@ -380,7 +385,8 @@ def score_run(run_dir: str | os.PathLike, preset: str = "default", seed: int = 0
         **scores,
     }
     if figures:
-        paths = write_face_figures(prep, units, kl, run / "figures", np.random.default_rng([int(seed), 9]))
+        note = "" if source == "gated" else "\n(un-gated: the paper's layout, dims 0-5 and 6-23)"
+        paths = write_face_figures(prep, units, kl, run / "figures", np.random.default_rng([int(seed), 9]), note=note)
         doc["figures"] = [str(p.relative_to(run)) for p in paths]
     doc["seconds"] = time.perf_counter() - t0
     doc = _jsonable(doc)

@@ -634,8 +634,8 @@ def run_scan(
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
     if not 0.0 < holdout < 1.0:
         raise ConfigError(f"holdout must lie in (0, 1), got {holdout}")
-    if beta < 0 or lam < 0 or lr <= 0:
-        raise ConfigError("beta and lambda must be non-negative and lr positive")
+    if not (math.isfinite(beta) and math.isfinite(lam) and math.isfinite(lr)) or beta < 0 or lam < 0 or lr <= 0:
+        raise ConfigError(f"beta and lambda must be finite and non-negative and lr positive; got beta={beta}, lambda={lam}, lr={lr}")
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run / "scan"
     if (out / "scan.json").exists():

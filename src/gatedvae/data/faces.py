@@ -140,7 +140,7 @@ PAPER_CLUSTERS: dict[str, int] = {"pose": 2500, "expression": 4000}
 
 IMAGE_SIZE = 64
 _SS = 2  # supersampling per axis
-_HEAD_SCALE = 0.39  # head units -> fraction of the image side (the head is 1 unit tall above its centre)
+_HEAD_SCALE = 0.44  # head units -> fraction of the image side (the head is 1 unit tall above its centre)
 _CENTRE_Y = 0.47  # head centre, fraction of the image height from the top
 _AX, _AY, _AZ = 0.74, 1.0, 0.82  # head semi-axes at width 1
 _LIGHT = np.array([-0.35, 0.45, 1.0]) / np.linalg.norm([-0.35, 0.45, 1.0])  # view frame, towards the light
