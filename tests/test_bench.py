@@ -116,7 +116,7 @@ def test_quick_run_sections(quick, tmp_path):
     assert {r["ours_key"] for r in tr["loaders"]} >= {tr["paper_key"], tr["small_key"]}
     assert all(r["speedup_of_ours"] > 0 for r in tr["loaders"])
     variants = {r["variant"] for r in tr["variants"]}
-    assert {"adam fused=False, adam foreach=True", "dense first layer", "channels-last"} <= variants
+    assert {"adam fused=False, adam foreach=True", "dense first layer", "channels-first (NCHW)"} <= variants
     assert all(r["relative_step_time"] > 0 for r in tr["variants"])
     for sp in tr["split"]:
         assert set(sp["median_ms"]) == set(bench.PHASES) and sum(sp["share"].values()) == pytest.approx(1.0)

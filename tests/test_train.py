@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,25 @@ def test_resume_in_process_is_bitwise(tmp_path):
         assert torch.equal(full[k], resumed[k]), k
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+def test_conv_weights_are_channels_last_on_cpu_and_resume_is_bitwise(tmp_path):
+    """The trainer keeps conv64's weights NHWC on the CPU; checkpoints hold them contiguous and a
+    resumed run (weights and Adam moments restored into that layout) equals an uninterrupted one."""
+    from gatedvae.train import prepare
+
+    cfg = replace(small_config(steps=12), model=ModelConfig(name="beta_vae", net="conv64", latent_dim=4, hidden=32))
+    prep = prepare(cfg)
+    convs = [m.weight for m in prep.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert sum(not w.is_contiguous() for w in convs) >= 6  # all but the 1-channel ends, where the layouts coincide
+    full = final_tensors(_trained(tmp_path / "full", cfg))
+    assert all(t.is_contiguous() for t in full.values())
+    run = tmp_path / "stopped"
+    assert train(cfg, run, quiet=True, tensorboard=False, stop_after=7)["status"] == "stopped"
+    train(None, run, resume=True, quiet=True, tensorboard=False)
+    resumed = final_tensors(run)
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 def _cli(*args):

@@ -11,7 +11,7 @@ Sections (``--only``, default all but ``quickstart``):
   beta-VAE's width), ``mlp`` hidden 256 and ``conv64``, gated and un-gated, one row per model
   family; the same models fed by a conventional per-item ``torch.utils.data.DataLoader``
   (:class:`PerItemPairs`) as a baseline; variants of the step (Adam kernels, the dense
-  first layer, one thread, channels-last); where the time of a step goes (phases, and
+  first layer, one thread, channels-first); where the time of a step goes (phases, and
   operators by ``torch.profiler``).
 * ``data``: procedural dSprites generation time, store size and resident memory (fresh
   subprocess).
@@ -281,8 +281,8 @@ class Spec:
 
     ``adam``: extra Adam keyword arguments (``(("fused", False), ("foreach", True))``);
     ``threads``: torch threads during the step (0 = the process's setting); ``dense_first``:
-    turn the MLP's sparse first layer off; ``channels_last``: conv weights and inputs in
-    NHWC; ``loader``: feed batches from a per-item DataLoader with this many workers (None =
+    turn the MLP's sparse first layer off; ``channels_first``: conv weights and inputs in
+    NCHW (the trainer keeps them NHWC on the CPU); ``loader``: feed batches from a per-item DataLoader with this many workers (None =
     the trainer's batcher).
     """
 
@@ -294,7 +294,7 @@ class Spec:
     adam: tuple[tuple[str, Any], ...] = ()
     threads: int = 0
     dense_first: bool = False
-    channels_last: bool = False
+    channels_first: bool = False
     loader: int | None = None
 
     @property
@@ -304,8 +304,8 @@ class Spec:
             parts.append(f"threads={self.threads}")
         if self.dense_first:
             parts.append("dense first layer")
-        if self.channels_last:
-            parts.append("channels-last")
+        if self.channels_first:
+            parts.append("channels-first (NCHW)")
         if self.loader is not None:
             parts.append(f"DataLoader per item, {self.loader} workers")
         return ", ".join(parts)
@@ -441,8 +441,8 @@ class StepRunner:
         first = self.first_layer()
         if first is not None and spec.dense_first:
             first.sparse_binary = False
-        if spec.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        if spec.channels_first:
+            self.model.to(memory_format=torch.contiguous_format)
         self.draw = _LoaderDraw(prep, self.batcher, spec.loader, self.config.train.seed) if spec.loader is not None else self._draw
         self.model.train()
 
@@ -474,8 +474,8 @@ class StepRunner:
         model, opt, gen, step = self.model, self.optimizers["main"], self.gen, self.step_no
         t0 = time.perf_counter()
         x, target, cond, gate_mask, clamp_mask, _ = self.draw(step, self.rng)
-        if self.spec.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.spec.channels_first:
+            x = x.contiguous()
         t1 = time.perf_counter()
         out = model.loss(
             x, target, step, gen, cond=cond, gate_mask=gate_mask,
@@ -673,7 +673,7 @@ def _train_specs(o: BenchOptions) -> dict[str, list[Spec]]:
         ]
         if torch.get_num_threads() > 1:
             variants.append(replace(base, threads=1))
-    variants.append(Spec("conv64", "beta_vae", "conv64", small, True, channels_last=True))
+    variants.append(Spec("conv64", "beta_vae", "conv64", small, True, channels_first=True))
     return {"rows": rows, "loaders": loaders, "variants": variants, "split": [paper, small_g]}
 
 
@@ -788,7 +788,7 @@ def measure_train(o: BenchOptions, log: Callable[[str], None] = print) -> dict[s
     for spec in specs["variants"]:
         if spec.key not in runners:
             continue
-        base = replace(spec, adam=(), threads=0, dense_first=False, channels_last=False).key
+        base = replace(spec, adam=(), threads=0, dense_first=False, channels_first=False).key
         row = row_of(spec)
         row["base_key"] = base
         row["relative_step_time"] = _ratio(times[spec.key], times[base]) if base in times else float("nan")

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..config import Config, load_config, save_config, to_dict
 from ..data import ExactPairSampler, FactorDataset, IdentityPairSampler, build_dataset
@@ -123,6 +124,10 @@ def prepare(config: Config, device: torch.device | None = None, dataset: FactorD
     if config.train.batch_size > len(dataset):
         raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the dataset's {len(dataset)} images; lower it")
     model = build_model(config.model, dataset.image_shape, len(dataset), cond_dim=cond_dim, seed=config.train.seed).to(device)
+    if device.type == "cpu" and any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules()):
+        # Convolution weights in NHWC: MKL-DNN's fast path on the CPU (conv64 step 0.86x the time of
+        # NCHW in `gatedvae bench`, docs/performance.md). Checkpoints stay contiguous (NCHW).
+        model = model.to(memory_format=torch.channels_last)
     return Prepared(config, device, dataset, model, partitions, cond_dim)
 
 
