@@ -85,6 +85,23 @@ def test_configuration_rows_hold_mean_std_n_over_seeds(tmp_path):
     assert col.rows[0].stats["loss.recon"][0] == pytest.approx(101.0)
 
 
+def test_scalar_scores_beyond_the_headline_are_collected(tmp_path):
+    """Any finite scalar under results[metric]["scores"] is a score (reconstruction.squared_error),
+    lists and non-finite values are not, and the headline's value wins where both hold one."""
+    sweep_dir = fake_sweep(tmp_path, SCORES)
+    for i, run in enumerate(sorted((sweep_dir / "runs").iterdir())):
+        doc = json.loads((run / "metrics.json").read_text())
+        doc["results"] = {"reconstruction": {"scores": {"squared_error": 10.0 + i, "nll_std": float("nan"),
+                                                        "per_image": [1.0, 2.0]}},
+                          "mig": {"scores": {"mig": -1.0}}}
+        (run / "metrics.json").write_text(json.dumps(doc))
+    col = collect(sweep_dir)
+    for row in col.rows:
+        assert row.stats["reconstruction.squared_error"][2] == 3
+        assert "reconstruction.nll_std" not in row.stats and "reconstruction.per_image" not in row.stats
+        assert row.stats["mig.mig"][0] == pytest.approx(np.mean([SCORES[(row.gated, s)]["mig.mig"] for s in range(3)]))
+
+
 def test_gated_vs_ungated_welch_test_matches_scipy(tmp_path):
     col = collect(fake_sweep(tmp_path, SCORES))
     (c,) = col.comparisons

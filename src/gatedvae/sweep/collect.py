@@ -2,7 +2,8 @@
 vs un-gated comparisons with Welch's t-test; written as CSV and Markdown.
 
 Scores come from each run's ``metrics.json`` (the ``headline`` scores of ``gatedvae evaluate``,
-e.g. ``dci_lasso.disentanglement``) and ``summary.json`` (the final training loss terms as
+e.g. ``dci_lasso.disentanglement``, and every other finite scalar score of each metric, e.g.
+``reconstruction.squared_error``) and ``summary.json`` (the final training loss terms as
 ``loss.<term>`` and the training time as ``train.seconds``).
 
 * A **configuration** is the set of runs whose resolved configs differ only in ``train.seed``;
@@ -117,6 +118,13 @@ def _scores(run_dir: Path) -> tuple[dict[str, float], list[str]]:
     for k, v in (doc.get("headline") or {}).items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             out[k] = float(v)
+    # Every other scalar score of each metric too (e.g. reconstruction.squared_error), so a sweep's
+    # report can show any of them, not only the headline ones.
+    for metric, res in (doc.get("results") or {}).items():
+        scores = res.get("scores") if isinstance(res, dict) else None
+        for k, v in (scores or {}).items() if isinstance(scores, dict) else ():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out.setdefault(f"{metric}.{k}", float(v))
     summary = _read_json(run_dir / "summary.json")
     for k, v in (summary.get("final") or {}).items():
         if k not in ("step", "epoch", "phase") and isinstance(v, (int, float)) and math.isfinite(v):
