@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -67,3 +68,15 @@ def test_data_describe_and_preview(tmp_path, capsys):
 def test_no_command_prints_usage():
     r = run_cli()
     assert r.returncode == 2 and "usage" in r.stderr.lower()
+
+
+def test_import_shortens_openmp_spin_wait_unless_the_user_set_it():
+    """``import gatedvae`` sets libgomp's GOMP_SPINCOUNT to 1000 when unset (a 2-thread step under
+    one competing process: 1.7x faster, docs/performance.md) and leaves a user's value alone."""
+    code = "import os, gatedvae; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1000"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "42"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "42"
