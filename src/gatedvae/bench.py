@@ -282,8 +282,8 @@ class Spec:
     ``adam``: extra Adam keyword arguments (``(("fused", False), ("foreach", True))``);
     ``threads``: torch threads during the step (0 = the process's setting); ``dense_first``:
     turn the MLP's sparse first layer off; ``channels_first``: conv weights and inputs in
-    NCHW (the trainer keeps them NHWC on the CPU); ``loader``: feed batches from a per-item DataLoader with this many workers (None =
-    the trainer's batcher).
+    NCHW (the trainer keeps them NHWC on the CPU); ``loader``: feed batches from a per-item
+    DataLoader with this many workers (None = the trainer's batcher).
     """
 
     label: str
