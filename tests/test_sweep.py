@@ -28,6 +28,7 @@ from gatedvae.sweep import (
     sweep_status,
     write_manifest,
 )
+from gatedvae.sweep.runner import run_one
 
 PARTS = [
     {"name": "position", "size": 2, "factors": ["x", "y"]},
@@ -302,8 +303,10 @@ def pooled(tmp_path_factory):
     at_kill = sweep_status(sweep_dir)
     finished = {r["id"] for r in at_kill["runs"] if r["state"] == "done"}
     before = {i: files_of(sweep_dir / "runs" / i) for i in finished}
+    records = {i: json.loads((sweep_dir / "runs" / i / "sweep.json").read_text()) for i in finished}
     res = run_sweep(sweep_dir, workers=2, progress=False, tensorboard=False)
-    return {"dir": sweep_dir, "rc": killed_rc, "orphans": orphans, "finished": finished, "before": before, "res": res}
+    return {"dir": sweep_dir, "rc": killed_rc, "orphans": orphans, "finished": finished, "before": before,
+            "records": records, "res": res}
 
 
 def test_killed_sweep_leaves_no_orphans(pooled):
@@ -316,7 +319,13 @@ def test_rerun_after_sigkill_finishes_only_the_missing_runs(pooled):
     assert 1 <= len(finished) < 8
     assert res["skipped"] == len(finished) and res["done"] == 8 and res["failed"] == 0
     assert {o["id"] for o in res["outcomes"]} == {e["id"] for e in read_manifest(sweep_dir)["runs"]} - finished
-    assert {i: files_of(sweep_dir / "runs" / i) for i in finished} == pooled["before"]  # finished runs untouched
+    for i in finished:  # finished runs untouched; the record only if the kill came before it was closed
+        after = files_of(sweep_dir / "runs" / i)
+        if pooled["records"][i]["state"] == "done":
+            assert after == pooled["before"][i]
+        else:
+            after.pop("sweep.json"), pooled["before"][i].pop("sweep.json")
+            assert after == pooled["before"][i]
     resumed = [o for o in res["outcomes"] if o["action"].startswith("resumed")]
     assert resumed and all(o["resumed_from"] > 0 for o in resumed)  # half-finished runs continue from a checkpoint
     for o in resumed:
@@ -421,6 +430,34 @@ def test_index_and_shard_run_their_part_only(tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
     assert main(["sweep", "status", str(sweep_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["complete"] is True
+
+
+def test_run_killed_after_its_evaluation_is_done_and_its_record_closed(tmp_path):
+    """SIGKILL between writing metrics.json and closing sweep.json: the files say done, the record
+    says running. A re-run neither trains nor evaluates it again, and closes the record."""
+    path = write_spec(tmp_path / "s.yaml", {"name": "late", "base": tiny_base(steps=10), "seeds": 1,
+                                            "evaluate": {"metrics": ["mig"], "figures": False}})
+    sweep_dir = tmp_path / "sw"
+    assert main(["sweep", "plan", str(path), "--out", str(sweep_dir)]) == 0
+    assert run_sweep(sweep_dir, progress=False, tensorboard=False)["done"] == 1
+    run = sweep_dir / "runs" / read_manifest(sweep_dir)["runs"][0]["id"]
+    rec = json.loads((run / "sweep.json").read_text())
+    rec["state"] = "running"
+    rec["history"][-1] = {k: v for k, v in rec["history"][-1].items() if k in ("started", "host", "pid", "from_state")}
+    rec["history"][-1]["outcome"] = "running"
+    (run / "sweep.json").write_text(json.dumps(rec))
+    assert sweep_status(sweep_dir)["runs"][0]["state"] == "done"  # the files decide
+    before = files_of(run)
+    res = run_sweep(sweep_dir, progress=False, tensorboard=False)
+    assert res["skipped"] == 1 and res["done"] == 1 and res["outcomes"] == []
+    after = files_of(run)
+    assert after.pop("sweep.json") != before.pop("sweep.json") and after == before  # only the record changed
+    rec = json.loads((run / "sweep.json").read_text())
+    assert rec["state"] == "done" and len(rec["history"]) == 1
+    assert rec["history"][0]["outcome"] == "done" and "recorded" in rec["history"][0]
+    settled = files_of(run)
+    assert run_one(sweep_dir, read_manifest(sweep_dir)["runs"][0])["action"] == "skipped"
+    assert files_of(run) == settled  # a closed record is left alone
 
 
 @pytest.mark.slow  # a third real sweep process; the SIGKILL of the whole sweep above is in the default suite

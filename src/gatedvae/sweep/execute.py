@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, GatedVAEError
 from .local import available_cores, run_local
-from .runner import STATES, inspect_run, run_dir_of
+from .runner import STATES, inspect_run, run_dir_of, settle_record
 from .spec import read_manifest
 
 __all__ = ["run_sweep", "sweep_status", "select_runs", "parse_shard", "format_status"]
@@ -165,6 +165,8 @@ def run_sweep(
         state = inspect_run(run_dir_of(d, e), e)["state"]
         if state == "done" or (state == "failed" and not retry_failed):
             skipped.append((e, state))
+            if state == "done":
+                settle_record(run_dir_of(d, e), e)  # a worker killed after evaluating left it "running"
         else:
             todo.append(e)
     counts: Counter[str] = Counter(state for _, state in skipped)

@@ -165,6 +165,38 @@ def inspect_run(run_dir: str | os.PathLike, entry: dict[str, Any], check_lock: b
     return out
 
 
+def settle_record(run_dir: str | os.PathLike, entry: dict[str, Any]) -> bool:
+    """Bring ``sweep.json`` in line with a run whose files say ``done``; True if it was changed.
+
+    A worker killed between writing ``metrics.json`` and updating ``sweep.json`` leaves a finished
+    run whose record still says ``running``. The files are the truth (see :func:`inspect_run`);
+    this closes the record: the interrupted attempt's outcome becomes ``done`` (``recorded`` says
+    when that was noticed). Nothing else of the run is touched. A run another process holds is
+    left alone.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / RECORD).is_file() or _read_json(run_dir / RECORD).get("state") == "done":
+        return False
+    with _locked(run_dir) as got:
+        if not got or inspect_run(run_dir, entry, check_lock=False)["state"] != "done":
+            return False
+        return _settle(run_dir)
+
+
+def _settle(run_dir: Path) -> bool:
+    """:func:`settle_record` for a run known to be done, with its lock held."""
+    record = _read_json(run_dir / RECORD)
+    if not record or record.get("state") == "done":
+        return False
+    hist = record.setdefault("history", [])
+    if hist and hist[-1].get("outcome") in ("running", "interrupted"):
+        hist[-1].update(outcome="done", recorded=_now())
+    record.update(state="done", error=None, updated=_now())
+    _atomic_json(run_dir / RECORD, record)
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    return True
+
+
 def record_failure(run_dir: str | os.PathLike, message: str, details: str = "") -> None:
     """Mark a run failed with a one-line ``message`` (``details``: a traceback for error.txt)."""
     run_dir = Path(run_dir)
@@ -256,6 +288,8 @@ def run_one(
         info = inspect_run(run_dir, entry, check_lock=False)
         if info["state"] == "done" or (info["state"] == "failed" and not retry_failed):
             out.update(state=info["state"], error=info["error"])
+            if info["state"] == "done":
+                _settle(run_dir)
             return out
         record = _read_json(run_dir / RECORD)
         record.update(id=entry["id"], name=entry["name"], state="running", error=None, updated=_now())
