@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .runner import inspect_run, run_dir_of
+from .runner import _read_json, inspect_run, run_dir_of
 from .spec import read_manifest
 
 __all__ = ["RunRecord", "ConfigRow", "Comparison", "Collected", "collect", "write_csv", "markdown", "fmt",
@@ -102,14 +102,6 @@ class Collected:
         for r in self.runs:
             out[r.state] = out.get(r.state, 0) + 1
         return out
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _scores(run_dir: Path) -> tuple[dict[str, float], list[str]]:
