@@ -6,7 +6,7 @@ Sections (``--only``, default all but ``quickstart``):
 
 * ``train``: the fp32 matmul roofline (a large square product = the machine's peak, and
   exactly the products one training step of each network performs); training images/s and
-  achieved GFLOP/s (FLOPs counted analytically, :func:`step_flops`) of ``mlp`` hidden 1200
+  achieved GFLOP/s (FLOPs of the layers a real step calls, :func:`traced_gemms`) of ``mlp`` hidden 1200
   (the Gated-VAE paper's dSprites preset, ``000_fc03c6fb001bc541.txt`` IV-A2, with
   beta-VAE's width), ``mlp`` hidden 256 and ``conv64``, gated and un-gated, one row per model
   family; the same models fed by a conventional per-item ``torch.utils.data.DataLoader``
@@ -58,6 +58,7 @@ __all__ = [
     "conv64_gemms",
     "network_gemms",
     "step_flops",
+    "traced_gemms",
     "gemm_products",
     "matmul_step",
     "Spec",
@@ -125,7 +126,9 @@ class Gemm:
     """One layer as a matrix product ``(rows, inner) @ (inner, cols)``.
 
     ``input_grad``: whether backward computes the gradient w.r.t. the layer's input (False
-    for a network's first layer, whose input, the images, needs no gradient).
+    for a network's first layer, whose input, the images, needs no gradient). ``weight_grad``:
+    whether it computes the weight gradient (False for a network used frozen, as FactorVAE's
+    discriminator inside the VAE loss, or under ``no_grad``).
     """
 
     layer: str
@@ -133,6 +136,7 @@ class Gemm:
     inner: int
     cols: int
     input_grad: bool = True
+    weight_grad: bool = True
 
     @property
     def flops(self) -> int:
@@ -191,7 +195,47 @@ def network_gemms(config: Config, image_shape: tuple[int, int, int], cond_dim: i
 
 def step_flops(gemms: list[Gemm]) -> int:
     """FLOPs of one training step: forward + weight gradients + input gradients."""
-    return sum(g.flops * (3 if g.input_grad else 2) for g in gemms)
+    return sum(g.flops * (1 + g.input_grad + g.weight_grad) for g in gemms)
+
+
+def traced_gemms(runner: StepRunner) -> list[Gemm]:
+    """The products of one real step of ``runner``, read off the layers it calls.
+
+    Every ``nn.Linear``, ``nn.Conv2d`` and ``nn.ConvTranspose2d`` of the model (auxiliary
+    networks included: FactorVAE's discriminator, InfoGAN's generator and discriminator) is
+    hooked for one step; each call is a :class:`Gemm` named after the module, with the input
+    and weight gradients it will need (input or weight requiring grad, grad mode on). This
+    counts what the analytic lists (:func:`mlp_gemms`, :func:`conv64_gemms`) count for the VAE
+    networks, plus the auxiliary networks they leave out. Not counted: double backward (the
+    gradient penalty of InfoWGAN-GP), small batched products (a full-covariance sample).
+    The step is a real one: it advances the runner like any other call.
+    """
+    calls: list[Gemm] = []
+    names = {m: n for n, m in runner.model.named_modules()}
+
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        x = args[0]
+        grad = torch.is_grad_enabled()
+        ig, wg = bool(grad and x.requires_grad), bool(grad and module.weight.requires_grad)
+        name = names.get(module, type(module).__name__)
+        if isinstance(module, torch.nn.Linear):
+            calls.append(Gemm(name, x.numel() // x.shape[-1], module.in_features, module.out_features, ig, wg))
+        elif isinstance(module, torch.nn.ConvTranspose2d):  # (B H_in W_in, C_in) @ (C_in, C_out k k), then col2im
+            kk = module.kernel_size[0] * module.kernel_size[1]
+            calls.append(Gemm(name, x.shape[0] * x.shape[2] * x.shape[3], module.in_channels, module.out_channels * kk, ig, wg))
+        else:  # Conv2d as its im2col GEMM: (B H_out W_out, C_in k k) @ (C_in k k, C_out)
+            kk = module.kernel_size[0] * module.kernel_size[1]
+            calls.append(Gemm(name, output.shape[0] * output.shape[2] * output.shape[3], module.in_channels * kk,
+                              module.out_channels, ig, wg))
+
+    kinds = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    handles = [m.register_forward_hook(hook) for m in runner.model.modules() if isinstance(m, kinds)]
+    try:
+        runner()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
 
 
 def gemm_products(gemms: list[Gemm]) -> list[tuple[str, int, int, int, str]]:
@@ -201,7 +245,8 @@ def gemm_products(gemms: list[Gemm]) -> list[tuple[str, int, int, int, str]]:
         out.append((f"{g.layer} fwd", g.rows, g.inner, g.cols, "fwd"))  # X (rows, K) @ W^T (K, N)
         if g.input_grad:
             out.append((f"{g.layer} dX", g.rows, g.cols, g.inner, "dx"))  # G (rows, N) @ W (N, K)
-        out.append((f"{g.layer} dW", g.cols, g.rows, g.inner, "dw"))  # G^T (N, rows) @ X (rows, K)
+        if g.weight_grad:
+            out.append((f"{g.layer} dW", g.cols, g.rows, g.inner, "dw"))  # G^T (N, rows) @ X (rows, K)
     return out
 
 
@@ -255,18 +300,24 @@ class _SparseFirstLayer:
         self.layer(x).backward(self.grad)
 
 
-def linalg_step(gemms: list[Gemm], first: torch.nn.Module | None, batches: list[torch.Tensor], seed: int = 0) -> Callable[[], None]:
+def linalg_step(gemms: list[Gemm], first: torch.nn.Module | None, batches: list[torch.Tensor], seed: int = 0,
+                first_name: str | None = None) -> Callable[[], None]:
     """The linear algebra of one real step alone: the dense products, with the first layer's
-    forward and weight gradient done the way the model does them (sparse for binary inputs)."""
+    forward and weight gradient done the way the model does them (sparse for binary inputs).
+
+    ``first_name``: the first layer's name in ``gemms`` (default: the first product's)."""
+    first_name = first_name or gemms[0].layer
     if first is None or not getattr(first, "sparse_binary", False):
         return matmul_step(gemms, seed)
-    dense = matmul_step(gemms, seed, skip=(gemms[0].layer,))
+    calls = sum(1 for g in gemms if g.layer == first_name)
+    dense = matmul_step(gemms, seed, skip=(first_name,))
     layer = type(first)(first.in_features, first.out_features)  # a private copy: the model's grads stay untouched
     layer.load_state_dict(first.state_dict())
     sparse = _SparseFirstLayer(layer, batches, torch.Generator().manual_seed(seed + 1))
 
     def run_all() -> None:
-        sparse()
+        for _ in range(calls):
+            sparse()
         dense()
 
     return run_all
@@ -506,8 +557,10 @@ def build_runner(spec: Spec, batch: int, dataset, split: bool = False):
 
     config = make_config(spec, batch)
     prep = prepare(config, device=torch.device("cpu"), dataset=dataset)
-    gemms = network_gemms(config, dataset.image_shape, prep.cond_dim)
-    return StepRunner(prep, spec, split), gemms
+    runner = StepRunner(prep, spec, split)
+    gemms = traced_gemms(runner)
+    runner.step_no, runner.records, runner.sums = 0, [], {}  # the traced step does not count
+    return runner, gemms
 
 
 def counted_flops(runner: StepRunner) -> int | None:
@@ -717,7 +770,8 @@ def measure_train(o: BenchOptions, log: Callable[[str], None] = print) -> dict[s
                 rng = np.random.default_rng(o.seed)
                 batches = [dataset.images(rng.integers(0, len(dataset), o.batch)) for _ in range(8)]
                 linalg_names[gk] = f"linalg {spec.label}" + ("" if spec.model == "beta_vae" else f" {spec.model}")
-                items[linalg_names[gk]] = linalg_step(gemm_lists[spec.key], first, batches, o.seed)
+                first_name = next(n for n, m in runners[spec.key].model.named_modules() if m is first)
+                items[linalg_names[gk]] = linalg_step(gemm_lists[spec.key], first, batches, o.seed, first_name)
         items[spec.key] = runners[spec.key]
     for group in ("loaders", "variants"):
         for spec in specs[group]:
