@@ -106,7 +106,7 @@ def test_binary_input_linear_matches_linear():
     torch.manual_seed(3)
     layer = BinaryInputLinear(64, 12)
     assert torch.equal(layer.weight, ref.weight) and torch.equal(layer.bias, ref.bias)  # same initialisation
-    assert layer.weight.t().is_contiguous()
+    assert layer.weight_t.is_contiguous() and [n for n, _ in layer.named_parameters()] == ["weight_t", "bias"]
     x = (torch.rand(10, 64, generator=torch.Generator().manual_seed(0)) < 0.1).float()
     x[4] = 0  # an empty image: an empty bag
     g = torch.randn(10, 12, generator=torch.Generator().manual_seed(1))
@@ -118,18 +118,23 @@ def test_binary_input_linear_matches_linear():
         y.backward(g)
         y_ref.backward(g)
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(layer.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.weight_t.grad.t(), ref.weight.grad, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(layer.bias.grad, ref.bias.grad)
-        assert layer.weight.grad.stride() == layer.weight.stride()  # no layout copy before Adam
+        assert layer.weight_t.grad.is_contiguous()  # the fused Adam kernel needs no layout copy
     layer.sparse_binary = True
     gray = x * 0.5  # not binary: the dense path, exactly nn.Linear's product
     torch.testing.assert_close(layer(gray), ref(gray))
     dense = torch.ones(3, 64)  # binary but dense: the dense path
     torch.testing.assert_close(layer(dense), ref(dense))
     state = {k: v.contiguous() for k, v in layer.state_dict().items()}
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in ref.state_dict().items()}  # nn.Linear's
     other = BinaryInputLinear(64, 12)
     other.load_state_dict(state)
-    assert torch.equal(other.weight, layer.weight) and other.weight.stride() == layer.weight.stride()
+    assert torch.equal(other.weight, layer.weight) and other.weight_t.is_contiguous()
+    ref.load_state_dict(layer.state_dict())  # and the other way
+    assert torch.equal(ref.weight, layer.weight)
+    with pytest.raises(RuntimeError, match="weight"):
+        other.load_state_dict({"bias": state["bias"]})
 
 
 def test_quick_run_sections(quick, tmp_path):

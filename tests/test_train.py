@@ -85,6 +85,33 @@ def test_resume_in_process_is_bitwise(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 40
 
 
+def test_first_layer_moments_are_saved_in_linear_layout_and_restored_contiguous(tmp_path):
+    """The MLP's first layer trains ``weight_t`` (in, out) so that fused Adam needs no layout copy;
+    checkpoints keep nn.Linear's (out, in) for the weight and for its Adam moments (one format
+    with runs saved before), and a restore gives the moments back in the parameter's layout."""
+    from gatedvae.train import prepare
+    from gatedvae.train.checkpoint import load_checkpoint
+    from gatedvae.train.loop import _optimizers
+
+    cfg = small_config(steps=10)
+    run = _trained(tmp_path / "run", cfg)
+    step, path = latest_checkpoint(run / "checkpoints")
+    saved = load_file(str(path))
+    prep = prepare(cfg)
+    first = prep.model.encoder.trunk.layers[0][0]
+    name = next(n for n, m in prep.model.named_modules() if m is first)
+    w = saved[f"model/{name}.weight"]
+    assert w.shape == (first.out_features, first.in_features)
+    moments = {k: v for k, v in saved.items() if k.startswith("optim/main/state/0/exp_avg")}
+    assert len(moments) == 2 and all(v.shape == w.shape and v.is_contiguous() for v in moments.values())
+    opts = _optimizers(prep.model, 1e-3, prep.device)
+    load_checkpoint(path, prep.model, opts)
+    st = opts["main"].state[first.weight_t]
+    assert st["exp_avg"].shape == first.weight_t.shape and st["exp_avg"].is_contiguous()
+    assert torch.equal(st["exp_avg"], saved["optim/main/state/0/exp_avg"].t())
+    assert torch.equal(first.weight, w)
+
+
 def test_conv_weights_are_channels_last_on_cpu_and_resume_is_bitwise(tmp_path):
     """The trainer keeps conv64's weights NHWC on the CPU; checkpoints hold them contiguous and a
     resumed run (weights and Adam moments restored into that layout) equals an uninterrupted one."""

@@ -216,7 +216,8 @@ def traced_gemms(runner: StepRunner) -> list[Gemm]:
     def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
         x = args[0]
         grad = torch.is_grad_enabled()
-        ig, wg = bool(grad and x.requires_grad), bool(grad and module.weight.requires_grad)
+        weight = module.weight_t if hasattr(module, "weight_t") else module.weight
+        ig, wg = bool(grad and x.requires_grad), bool(grad and weight.requires_grad)
         name = names.get(module, type(module).__name__)
         if isinstance(module, torch.nn.Linear):
             calls.append(Gemm(name, x.numel() // x.shape[-1], module.in_features, module.out_features, ig, wg))
@@ -296,7 +297,7 @@ class _SparseFirstLayer:
     def __call__(self) -> None:
         x = self.batches[self.i % len(self.batches)]
         self.i += 1
-        self.layer.weight.grad = None
+        self.layer.zero_grad(set_to_none=True)
         self.layer(x).backward(self.grad)
 
 

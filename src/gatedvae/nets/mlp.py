@@ -26,9 +26,16 @@ class BinaryInputLinear(nn.Linear):
     dSprites images are binary and about 95% black (4.7% of pixels on, at most 10%), so
     ``x @ W^T`` is a sum of the weight columns of the lit pixels: ``embedding_bag`` over the
     nonzero indices does the forward and the weight gradient (``X^T G``, scattered into the
-    lit rows) in a fraction of the dense products' time (docs/performance.md). The weight is
-    stored column-major, i.e. ``W^T`` contiguous, which ``embedding_bag`` needs; its shape,
-    values, initialisation and state_dict are those of ``nn.Linear``.
+    lit rows) in a fraction of the dense products' time (docs/performance.md).
+
+    ``embedding_bag`` needs ``W^T`` contiguous, so the parameter is ``weight_t`` ``(in, out)``
+    and ``weight`` is its transposed view ``(out, in)``, with ``nn.Linear``'s shape, values and
+    initialisation. Storing the view itself as the parameter (a column-major ``(out, in)``
+    tensor) made the fused Adam kernel copy it to a contiguous tensor and back every step
+    (2.7x its update time; docs/performance.md). The state_dict holds ``weight`` ``(out, in)``
+    as ``nn.Linear``'s does; :mod:`gatedvae.train.checkpoint` saves the optimiser moments of a
+    parameter marked ``stored_transposed`` in that same ``(out, in)`` form, so checkpoints
+    keep one format.
 
     The sparse path is taken when the batch is on the CPU (finding the nonzeros would be a
     host synchronisation on an accelerator), needs no input gradient, is binary (every
@@ -41,18 +48,40 @@ class BinaryInputLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features)
-        self.weight = nn.Parameter(self.weight.detach().t().contiguous().t())  # (out, in), W^T contiguous
+        weight, bias = self.weight.detach(), self.bias.detach()
+        del self.weight, self.bias  # re-registered in nn.Linear's order: the optimiser's parameter order stays
+        self.weight_t = nn.Parameter(weight.t().contiguous())  # (in, out)
+        self.weight_t.stored_transposed = True  # type: ignore[attr-defined]
+        self.bias = nn.Parameter(bias)  # (out,)
         self.sparse_binary = True
 
+    @property  # type: ignore[override]
+    def weight(self) -> torch.Tensor:
+        """``(out, in)``: the transposed view of the parameter ``weight_t``."""
+        return self.weight_t.t()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        w = self.weight_t if keep_vars else self.weight_t.detach()
+        destination[prefix + "weight"] = w.t()  # (out, in), as nn.Linear's
+        destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+        if prefix + "weight" in state_dict:  # a copy made by load_state_dict: renaming the key is ours to do
+            w = state_dict.pop(prefix + "weight")
+            state_dict[prefix + "weight_t"] = w.t() if w.dim() == 2 else w  # a wrong shape is reported below
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if prefix + "weight_t" in missing_keys:
+            missing_keys[missing_keys.index(prefix + "weight_t")] = prefix + "weight"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wt = self.weight.t()  # (in, out)
+        wt = self.weight_t  # (in, out)
         if self.sparse_binary and x.device.type == "cpu" and not x.requires_grad and x.dim() == 2:
             if int(torch.count_nonzero(x)) <= self.max_density * x.numel():
                 nz = x.nonzero()  # (nnz, 2), row-major order: rows sorted
                 if bool(x[nz[:, 0], nz[:, 1]].eq(1).all()):
                     starts = torch.searchsorted(nz[:, 0].contiguous(), torch.arange(x.shape[0]))  # (B,) bag offsets
                     return F.embedding_bag(nz[:, 1], wt, starts, mode="sum") + self.bias  # (B, out)
-        return torch.addmm(self.bias, x, wt)  # (B, out); the weight gradient comes out in W's layout
+        return torch.addmm(self.bias, x, wt)  # (B, out); the gradient comes out in weight_t's layout
 
 
 class MLPEncoder(nn.Module):

@@ -33,13 +33,28 @@ class CheckpointError(GatedVAEError):
     """A checkpoint file is missing, truncated, foreign or unsafe."""
 
 
+def _params_by_id(opt: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
+    """The optimiser's parameters under the integer ids its ``state_dict`` uses (in order)."""
+    return dict(enumerate(p for group in opt.param_groups for p in group["params"]))
+
+
+def _transposed(p: torch.Tensor | None, value: torch.Tensor) -> bool:
+    """Whether ``value`` is a per-element state of a parameter stored as its transpose
+    (``stored_transposed``, :class:`gatedvae.nets.mlp.BinaryInputLinear`): saved in the
+    ``(out, in)`` form of ``nn.Linear`` so that checkpoints have one format."""
+    return p is not None and getattr(p, "stored_transposed", False) and value.dim() == 2
+
+
 def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd = opt.state_dict()
+    params = _params_by_id(opt)
     tensors: dict[str, torch.Tensor] = {}
     meta_state: dict[str, dict[str, Any]] = {}
     for pid, state in sd["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
+                if _transposed(params.get(pid), value) and value.shape == params[pid].shape:
+                    value = value.t()  # (in, out) -> (out, in)
                 tensors[f"{prefix}/state/{pid}/{key}"] = value.detach().cpu().clone().contiguous()
             else:
                 meta_state.setdefault(str(pid), {})[key] = value
@@ -49,16 +64,21 @@ def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[st
 def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     state: dict[int, dict[str, Any]] = {}
     pat = re.compile(rf"^{re.escape(prefix)}/state/(\d+)/(.+)$")
+    params = _params_by_id(opt)
     for name, value in tensors.items():
         m = pat.match(name)
         if m:
-            state.setdefault(int(m.group(1)), {})[m.group(2)] = value
+            pid = int(m.group(1))
+            p = params.get(pid)
+            if _transposed(p, value) and value.shape == p.shape[::-1]:  # type: ignore[union-attr]
+                value = value.t().contiguous()  # (out, in) -> the parameter's (in, out)
+            state.setdefault(pid, {})[m.group(2)] = value
     for pid, extra in meta.get("state", {}).items():
         state.setdefault(int(pid), {}).update(extra)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    # Saved moments are contiguous; a parameter stored in another layout (nets/mlp.py keeps W^T
-    # contiguous) needs its moments in that layout too: the fused Adam kernel walks the storage of
-    # parameter and moments in step, so mismatched strides would pair the wrong elements.
+    # Saved moments are contiguous; a parameter stored in another (non-contiguous) layout needs
+    # its moments in that layout too: the fused Adam kernel walks the storage of parameter and
+    # moments in step, so mismatched strides would pair the wrong elements.
     for group in opt.param_groups:
         for p in group["params"]:
             st = opt.state.get(p, {})
