@@ -1,12 +1,17 @@
 """Optimisation candidates that are not part of the trainer, measured against its step.
 
-Run: .venv/bin/python benchmarks/experiments.py [--only compile,prealloc,pinning] [--seconds 2] [--rounds 5]
+Run: .venv/bin/python benchmarks/experiments.py [--only compile,prealloc,pinning,layout] [--seconds 2] [--rounds 5]
      [--hidden 256] [--json experiments.json]
 
 * ``compile``: ``torch.compile`` (inductor, CPU) of the encoder and the decoder of the gated
   beta-VAE step; compile time and step time against the eager step, interleaved.
 * ``prealloc``: the batch's input and target images gathered into two preallocated buffers
   (``ImageStore.gather(..., out=)``) instead of fresh tensors, inside the real step.
+* ``layout``: the MLP's sparse first layer with its parameter stored the earlier way, an
+  ``(out, in)`` parameter in column-major layout (which the fused Adam kernel copies to a
+  contiguous tensor and back every step), against the trainer's ``weight_t`` ``(in, out)``,
+  in one process, interleaved; ``--hidden`` sets the width (docs/performance.md used 1200
+  and 256, ``--seconds 40 --rounds 8``).
 * ``pinning``: the same step in fresh processes with ``OMP_PROC_BIND=close OMP_PLACES=cores``
   (threads pinned to cores) and without, alternated.
 
@@ -74,6 +79,42 @@ def exp_prealloc(args, dataset, log) -> dict:
             "relative_step_time": bench._ratio(times["preallocated"], times["fresh"]), "loadavg_per_round": loads}
 
 
+class _ColumnMajorFirstLayer(torch.nn.Linear):
+    """The sparse first layer as it was before ``weight_t``: the ``(out, in)`` parameter itself
+    stored column-major (``W^T`` contiguous underneath), the same sparse forward."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__(n_in, n_out)
+        self.weight = torch.nn.Parameter(self.weight.detach().t().contiguous().t())  # (out, in), column-major
+        self.sparse_binary = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wt = self.weight.t()  # (in, out), contiguous
+        if not x.requires_grad and x.dim() == 2 and int(torch.count_nonzero(x)) <= 0.25 * x.numel():
+            nz = x.nonzero()  # (nnz, 2), rows sorted
+            if bool(x[nz[:, 0], nz[:, 1]].eq(1).all()):
+                starts = torch.searchsorted(nz[:, 0].contiguous(), torch.arange(x.shape[0]))  # (B,)
+                return torch.nn.functional.embedding_bag(nz[:, 1], wt, starts, mode="sum") + self.bias
+        return torch.addmm(self.bias, x, wt)
+
+
+def exp_layout(args, dataset, log) -> dict:
+    from gatedvae.train.loop import _optimizers
+
+    ours, _ = bench.build_runner(_spec(args.hidden), 128, dataset)
+    before, _ = bench.build_runner(_spec(args.hidden), 128, dataset)
+    block = before.model.encoder.trunk.layers[0]
+    old = _ColumnMajorFirstLayer(block[0].in_features, block[0].out_features)
+    old.load_state_dict(block[0].state_dict())
+    block[0] = old
+    before.optimizers = _optimizers(before.model, before.config.train.lr, torch.device("cpu"))
+    assert not old.weight.is_contiguous() and ours.first_layer().weight_t.is_contiguous()
+    times, loads = bench.interleaved({"weight_t": ours, "column-major": before}, args.seconds, args.rounds, warmup=3)
+    return {"hidden": args.hidden, "weight_t_ms": bench._median(times["weight_t"]) * 1e3,
+            "column_major_ms": bench._median(times["column-major"]) * 1e3,
+            "relative_step_time": bench._ratio(times["weight_t"], times["column-major"]), "loadavg_per_round": loads}
+
+
 _CHILD = """
 import sys, time, json, torch
 from gatedvae import bench
@@ -117,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(DataConfig(name="dsprites"))
     doc = {"machine": bench.machine_info(), "loadavg_start": list(os.getloadavg())}
     for name in [s.strip() for s in args.only.split(",") if s.strip()]:
-        doc[name] = {"compile": exp_compile, "prealloc": exp_prealloc, "pinning": exp_pinning}[name](args, dataset, log)
+        doc[name] = {"compile": exp_compile, "prealloc": exp_prealloc, "pinning": exp_pinning,
+                     "layout": exp_layout}[name](args, dataset, log)
         log(f"{name}: {json.dumps({k: v for k, v in doc[name].items() if k != 'loadavg_per_round'}, default=float)}")
     doc["loadavg_end"] = list(os.getloadavg())
     with open(args.json, "w", encoding="utf-8") as f:
