@@ -216,8 +216,7 @@ def traced_gemms(runner: StepRunner) -> list[Gemm]:
     def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
         x = args[0]
         grad = torch.is_grad_enabled()
-        weight = module.weight_t if hasattr(module, "weight_t") else module.weight
-        ig, wg = bool(grad and x.requires_grad), bool(grad and weight.requires_grad)
+        ig, wg = bool(grad and x.requires_grad), bool(grad and module.weight.requires_grad)
         name = names.get(module, type(module).__name__)
         if isinstance(module, torch.nn.Linear):
             calls.append(Gemm(name, x.numel() // x.shape[-1], module.in_features, module.out_features, ig, wg))
