@@ -744,8 +744,8 @@ def measure_train(o: BenchOptions, log: Callable[[str], None] = print) -> dict[s
     for group in ("rows", "loaders", "variants"):
         for spec in specs[group]:
             try:
+                # build_runner traces one real step: a model that cannot run fails here, not in the rounds
                 runners[spec.key], gemm_lists[spec.key] = build_runner(spec, o.batch, dataset)
-                runners[spec.key]()  # fails here rather than in the middle of the rounds
             except Exception as exc:  # noqa: BLE001 - a model that cannot run the step is reported, not fatal
                 errors[spec.key] = f"{type(exc).__name__}: {exc}"
                 runners.pop(spec.key, None)
