@@ -104,22 +104,26 @@ class Collected:
         return out
 
 
+def _finite(v: Any) -> bool:
+    """A JSON number (not a bool) that is finite."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _scores(run_dir: Path) -> tuple[dict[str, float], list[str]]:
     out: dict[str, float] = {}
     doc = _read_json(run_dir / "metrics.json")
-    for k, v in (doc.get("headline") or {}).items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out[k] = float(v)
+    out.update({k: float(v) for k, v in (doc.get("headline") or {}).items() if _finite(v)})
     # Every other scalar score of each metric too (e.g. reconstruction.squared_error), so a sweep's
     # report can show any of them, not only the headline ones.
     for metric, res in (doc.get("results") or {}).items():
         scores = res.get("scores") if isinstance(res, dict) else None
-        for k, v in (scores or {}).items() if isinstance(scores, dict) else ():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out.setdefault(f"{metric}.{k}", float(v))
+        if isinstance(scores, dict):
+            for k, v in scores.items():
+                if _finite(v):
+                    out.setdefault(f"{metric}.{k}", float(v))
     summary = _read_json(run_dir / "summary.json")
     for k, v in (summary.get("final") or {}).items():
-        if k not in ("step", "epoch", "phase") and isinstance(v, (int, float)) and math.isfinite(v):
+        if k not in ("step", "epoch", "phase") and _finite(v):
             out[f"loss.{k}"] = float(v)
     if isinstance(summary.get("seconds"), (int, float)):
         out["train.seconds"] = float(summary["seconds"])
