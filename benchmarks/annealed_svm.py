@@ -36,8 +36,12 @@ def main() -> None:
     for run in args.runs:
         prep, _, _ = load_trained(run)
         t0 = time.perf_counter()
-        s = beta_vae_score(representation_fn(prep), list(prep.dataset.factor_space.sizes),
-                           np.random.default_rng(args.seed), classifier="linear_svc")
+        s = beta_vae_score(
+            representation_fn(prep),
+            list(prep.dataset.factor_space.sizes),
+            np.random.default_rng(args.seed),
+            classifier="linear_svc",
+        )
         meta = Path(run) / "sweep.json"
         name = json.loads(meta.read_text())["name"] if meta.is_file() else str(run)
         out[name] = s["eval_accuracy"]

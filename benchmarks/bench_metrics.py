@@ -34,21 +34,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    o = BenchOptions(sections=("metrics",), metrics_run=args.run_dir, metrics_steps=args.steps, hidden_small=args.hidden,
-                     stride=args.stride, presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
-                     metrics=args.metrics, seed=args.seed)
+    o = BenchOptions(
+        sections=("metrics",),
+        metrics_run=args.run_dir,
+        metrics_steps=args.steps,
+        hidden_small=args.hidden,
+        stride=args.stride,
+        presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
+        metrics=args.metrics,
+        seed=args.seed,
+    )
     res = run_bench(o, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_report(res))
     if args.json:  # the layout this script has always written
         me = res["metrics"]
         presets = {
-            name: {"total_seconds": p["total_seconds"], "codes_sample_seconds": p["codes_seconds"], "codes_sample": p["codes"],
-                   "encoded_images": p["encoded_images"], "encode_seconds": p["encode_seconds"], "load_average": p["loadavg"][0],
-                   "metrics": p["metrics"], "scores": p["scores"]}
+            name: {
+                "total_seconds": p["total_seconds"],
+                "codes_sample_seconds": p["codes_seconds"],
+                "codes_sample": p["codes"],
+                "encoded_images": p["encoded_images"],
+                "encode_seconds": p["encode_seconds"],
+                "load_average": p["loadavg"][0],
+                "metrics": p["metrics"],
+                "scores": p["scores"],
+            }
             for name, p in me["presets"].items()
         }
-        doc = {"run": me["run"], "step": me["step"], "images": me["images"], "stride": args.stride, "hidden": args.hidden,
-               "threads": res["machine"]["threads"], "presets": presets}
+        doc = {
+            "run": me["run"],
+            "step": me["step"],
+            "images": me["images"],
+            "stride": args.stride,
+            "hidden": args.hidden,
+            "threads": res["machine"]["threads"],
+            "presets": presets,
+        }
         Path(args.json).write_text(json.dumps(doc, indent=2, default=float) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -51,9 +51,14 @@ def exp_compile(args, dataset, log) -> dict:
     compile_s = time.perf_counter() - t0
     log(f"compile: first 3 steps took {compile_s:.1f} s")
     times, loads = bench.interleaved({"eager": eager, "compiled": compiled}, args.seconds, args.rounds, warmup=2)
-    return {"hidden": args.hidden, "compile_seconds": compile_s, "eager_ms": bench._median(times["eager"]) * 1e3,
-            "compiled_ms": bench._median(times["compiled"]) * 1e3, "relative_step_time": bench._ratio(times["compiled"], times["eager"]),
-            "loadavg_per_round": loads}
+    return {
+        "hidden": args.hidden,
+        "compile_seconds": compile_s,
+        "eager_ms": bench._median(times["eager"]) * 1e3,
+        "compiled_ms": bench._median(times["compiled"]) * 1e3,
+        "relative_step_time": bench._ratio(times["compiled"], times["eager"]),
+        "loadavg_per_round": loads,
+    }
 
 
 def exp_prealloc(args, dataset, log) -> dict:
@@ -75,8 +80,13 @@ def exp_prealloc(args, dataset, log) -> dict:
     b = draw(0, np.random.default_rng(0))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     times, loads = bench.interleaved({"fresh": fresh, "preallocated": pre}, args.seconds, args.rounds, warmup=2)
-    return {"hidden": args.hidden, "fresh_ms": bench._median(times["fresh"]) * 1e3, "preallocated_ms": bench._median(times["preallocated"]) * 1e3,
-            "relative_step_time": bench._ratio(times["preallocated"], times["fresh"]), "loadavg_per_round": loads}
+    return {
+        "hidden": args.hidden,
+        "fresh_ms": bench._median(times["fresh"]) * 1e3,
+        "preallocated_ms": bench._median(times["preallocated"]) * 1e3,
+        "relative_step_time": bench._ratio(times["preallocated"], times["fresh"]),
+        "loadavg_per_round": loads,
+    }
 
 
 class _ColumnMajorFirstLayer(torch.nn.Linear):
@@ -110,9 +120,13 @@ def exp_layout(args, dataset, log) -> dict:
     before.optimizers = _optimizers(before.model, before.config.train.lr, torch.device("cpu"))
     assert not old.weight.is_contiguous() and ours.first_layer().weight_t.is_contiguous()
     times, loads = bench.interleaved({"weight_t": ours, "column-major": before}, args.seconds, args.rounds, warmup=3)
-    return {"hidden": args.hidden, "weight_t_ms": bench._median(times["weight_t"]) * 1e3,
-            "column_major_ms": bench._median(times["column-major"]) * 1e3,
-            "relative_step_time": bench._ratio(times["weight_t"], times["column-major"]), "loadavg_per_round": loads}
+    return {
+        "hidden": args.hidden,
+        "weight_t_ms": bench._median(times["weight_t"]) * 1e3,
+        "column_major_ms": bench._median(times["column-major"]) * 1e3,
+        "relative_step_time": bench._ratio(times["weight_t"], times["column-major"]),
+        "loadavg_per_round": loads,
+    }
 
 
 _CHILD = """
@@ -130,13 +144,21 @@ print(json.dumps({"ms": (time.perf_counter() - t0) / n * 1e3}))
 
 
 def exp_pinning(args, dataset, log) -> dict:
-    envs = {"default": {}, "pinned (OMP_PROC_BIND=close, OMP_PLACES=cores)": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}}
+    envs = {
+        "default": {},
+        "pinned (OMP_PROC_BIND=close, OMP_PLACES=cores)": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"},
+    }
     ms: dict[str, list[float]] = {k: [] for k in envs}
     for r in range(args.rounds):
         for name, extra in envs.items():
             env = {**os.environ, **extra}
-            out = subprocess.run([sys.executable, "-c", _CHILD, str(args.hidden), str(args.seconds)], env=env,
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", _CHILD, str(args.hidden), str(args.seconds)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             ms[name].append(json.loads(out.stdout.strip().splitlines()[-1])["ms"])
         log(f"pinning: round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in ms.items()))
     names = list(envs)
@@ -158,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(DataConfig(name="dsprites"))
     doc = {"machine": bench.machine_info(), "loadavg_start": list(os.getloadavg())}
     for name in [s.strip() for s in args.only.split(",") if s.strip()]:
-        doc[name] = {"compile": exp_compile, "prealloc": exp_prealloc, "pinning": exp_pinning,
-                     "layout": exp_layout}[name](args, dataset, log)
+        doc[name] = {"compile": exp_compile, "prealloc": exp_prealloc, "pinning": exp_pinning, "layout": exp_layout}[
+            name
+        ](args, dataset, log)
         log(f"{name}: {json.dumps({k: v for k, v in doc[name].items() if k != 'loadavg_per_round'}, default=float)}")
     doc["loadavg_end"] = list(os.getloadavg())
     with open(args.json, "w", encoding="utf-8") as f:

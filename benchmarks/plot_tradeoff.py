@@ -27,8 +27,11 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="PNG to write")
     ap.add_argument("--x", default="reconstruction.squared_error")
     ap.add_argument("--y", default="factor_vae.eval_accuracy")
-    ap.add_argument("--split-prefix", action="store_true",
-                    help="one panel per configuration-name prefix before the first '_' (e.g. dsprites_, ellipses_)")
+    ap.add_argument(
+        "--split-prefix",
+        action="store_true",
+        help="one panel per configuration-name prefix before the first '_' (e.g. dsprites_, ellipses_)",
+    )
     args = ap.parse_args()
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     with open(args.runs_csv, newline="", encoding="utf-8") as f:
@@ -46,11 +49,18 @@ def main() -> None:
     for ax, panel in zip(axes[0], panels):
         for conf in sorted(c for c in points if c.startswith(panel)):
             p = np.array(points[conf])
-            label = conf[len(panel) + 1:] if panel else conf
+            label = conf[len(panel) + 1 :] if panel else conf
             dots = ax.scatter(p[:, 0], p[:, 1], s=18, alpha=0.5)
-            ax.errorbar(p[:, 0].mean(), p[:, 1].mean(), xerr=p[:, 0].std(ddof=1) if len(p) > 1 else None,
-                        yerr=p[:, 1].std(ddof=1) if len(p) > 1 else None, fmt="o", ms=8,
-                        color=dots.get_facecolor()[0][:3], label=f"{label} (n={len(p)})")
+            ax.errorbar(
+                p[:, 0].mean(),
+                p[:, 1].mean(),
+                xerr=p[:, 0].std(ddof=1) if len(p) > 1 else None,
+                yerr=p[:, 1].std(ddof=1) if len(p) > 1 else None,
+                fmt="o",
+                ms=8,
+                color=dots.get_facecolor()[0][:3],
+                label=f"{label} (n={len(p)})",
+            )
         ax.set_xlabel(args.x)
         ax.set_ylabel(args.y)
         ax.set_title(panel or "runs")

@@ -70,9 +70,14 @@ def time_steps(points: dict[str, Config], dataset, seconds: float, rounds: int, 
     for name, cfg in points.items():
         s, lin, dense = times[f"step {name}"], times[f"linalg {name}"], times[f"dense {name}"]
         out[name] = {
-            "batch": cfg.train.batch_size, "hidden": cfg.model.hidden, "latent": cfg.model.latent_dim,
-            "step_ms": bench._median(s) * 1e3, "linalg_ms": bench._median(lin) * 1e3, "dense_matmul_ms": bench._median(dense) * 1e3,
-            "non_matmul_fraction": 1 - bench._ratio(lin, s), "flops_per_step": flops[name],
+            "batch": cfg.train.batch_size,
+            "hidden": cfg.model.hidden,
+            "latent": cfg.model.latent_dim,
+            "step_ms": bench._median(s) * 1e3,
+            "linalg_ms": bench._median(lin) * 1e3,
+            "dense_matmul_ms": bench._median(dense) * 1e3,
+            "non_matmul_fraction": 1 - bench._ratio(lin, s),
+            "flops_per_step": flops[name],
             "gflops": bench._median(flops[name] / x / 1e9 for x in s),
         }
     return {"points": out, "loadavg_per_round": loads}
@@ -88,7 +93,9 @@ def sweep_steps(kind: str, args, dataset, log) -> dict:
         points = {f"mlp-{h} B=128": step_config(h, 16 if args.quick else 128) for h in widths}
     else:
         latents = [4, 8] if args.quick else [4, 8, 16, 32, 64]
-        points = {f"mlp-256 M={m}": step_config(32 if args.quick else 256, 16 if args.quick else 128, m) for m in latents}
+        points = {
+            f"mlp-256 M={m}": step_config(32 if args.quick else 256, 16 if args.quick else 128, m) for m in latents
+        }
     log(f"{kind}: {len(points)} configurations")
     return time_steps(points, dataset, args.seconds, args.rounds, log)
 
@@ -117,7 +124,13 @@ def sweep_metrics(args, log) -> dict:
     if args.metric_names:
         names = [n for n in names if n in args.metric_names.split(",")]
     rng = np.random.default_rng(0)
-    out: dict = {"model": prep.model.describe(), "step": step, "sizes": sizes, "encode_seconds": [], "metrics": {n: [] for n in names}}
+    out: dict = {
+        "model": prep.model.describe(),
+        "step": step,
+        "sizes": sizes,
+        "encode_seconds": [],
+        "metrics": {n: [] for n in names},
+    }
     capped: set[str] = set()
     for n in sizes:
         idx = np.sort(rng.choice(len(ds), n, replace=False))
@@ -154,15 +167,34 @@ def sweep_memory(args, log) -> dict:
         data = {"name": "dsprites", "stride": {"posX": s, "posY": s} if s > 1 else {}}
         log(f"memory: dsprites stride {s}")
         d = bench._child_json("data", {"data": data, "seconds": 0.1}, args.threads)
-        m = bench._child_json("memory", {"data": data, "hidden": 256, "steps": 20, "batch": 128, "evaluate": "none",
-                                         "threads": args.threads}, args.threads)
-        rows.append({"dataset": "dsprites", "images": d["images"], "store_mb": d["store_bytes"] / 1e6, "build_peak_rss_mb": d["peak_rss_mb"],
-                     "baseline_rss_mb": d["baseline_rss_mb"], "train_peak_rss_mb": m["peak_rss_mb"]})
-    for size in ([5000] if args.quick else [25_000, 50_000, 100_000, 200_000]):
+        m = bench._child_json(
+            "memory",
+            {"data": data, "hidden": 256, "steps": 20, "batch": 128, "evaluate": "none", "threads": args.threads},
+            args.threads,
+        )
+        rows.append(
+            {
+                "dataset": "dsprites",
+                "images": d["images"],
+                "store_mb": d["store_bytes"] / 1e6,
+                "build_peak_rss_mb": d["peak_rss_mb"],
+                "baseline_rss_mb": d["baseline_rss_mb"],
+                "train_peak_rss_mb": m["peak_rss_mb"],
+            }
+        )
+    for size in [5000] if args.quick else [25_000, 50_000, 100_000, 200_000]:
         log(f"memory: ellipses {size}")
         d = bench._child_json("data", {"data": {"name": "ellipses", "size": size}, "seconds": 0.1}, args.threads)
-        rows.append({"dataset": "ellipses", "images": d["images"], "store_mb": d["store_bytes"] / 1e6, "build_peak_rss_mb": d["peak_rss_mb"],
-                     "baseline_rss_mb": d["baseline_rss_mb"], "train_peak_rss_mb": None})
+        rows.append(
+            {
+                "dataset": "ellipses",
+                "images": d["images"],
+                "store_mb": d["store_bytes"] / 1e6,
+                "build_peak_rss_mb": d["peak_rss_mb"],
+                "baseline_rss_mb": d["baseline_rss_mb"],
+                "train_peak_rss_mb": None,
+            }
+        )
     return {"rows": rows}
 
 
@@ -209,18 +241,36 @@ def plot_all(doc: dict, out_dir: Path) -> list[Path]:
     written = []
     if "batch" in doc:
         p = out_dir / "perf_batch.png"
-        _plot_steps(doc["batch"], "batch", "batch size", f"Gated beta-VAE step vs batch size (dSprites, 1-min load {load:.1f})",
-                    p, lambda name, pt: name.split()[0])
+        _plot_steps(
+            doc["batch"],
+            "batch",
+            "batch size",
+            f"Gated beta-VAE step vs batch size (dSprites, 1-min load {load:.1f})",
+            p,
+            lambda name, pt: name.split()[0],
+        )
         written.append(p)
     if "hidden" in doc:
         p = out_dir / "perf_hidden.png"
-        _plot_steps(doc["hidden"], "hidden", "hidden width", "Gated beta-VAE step vs MLP hidden width (batch 128)",
-                    p, lambda name, pt: "mlp")
+        _plot_steps(
+            doc["hidden"],
+            "hidden",
+            "hidden width",
+            "Gated beta-VAE step vs MLP hidden width (batch 128)",
+            p,
+            lambda name, pt: "mlp",
+        )
         written.append(p)
     if "latent" in doc:
         p = out_dir / "perf_latent.png"
-        _plot_steps(doc["latent"], "latent", "latent size M (4 equal partitions)", "Gated beta-VAE step vs latent size (mlp-256, batch 128)",
-                    p, lambda name, pt: "mlp-256")
+        _plot_steps(
+            doc["latent"],
+            "latent",
+            "latent size M (4 equal partitions)",
+            "Gated beta-VAE step vs latent size (mlp-256, batch 128)",
+            p,
+            lambda name, pt: "mlp-256",
+        )
         written.append(p)
     if "metrics" in doc:
         m = doc["metrics"]
@@ -253,7 +303,12 @@ def plot_all(doc: dict, out_dir: Path) -> list[Path]:
             ax.plot(n, [x["store_mb"] for x in r], marker + ":", label=f"{ds}: image store")
             ax.plot(n, [x["build_peak_rss_mb"] for x in r], marker + "-", label=f"{ds}: peak RSS, building")
             if all(x["train_peak_rss_mb"] for x in r):
-                ax.plot(n, [x["train_peak_rss_mb"] for x in r], marker + "--", label=f"{ds}: peak RSS, building + training (mlp-256)")
+                ax.plot(
+                    n,
+                    [x["train_peak_rss_mb"] for x in r],
+                    marker + "--",
+                    label=f"{ds}: peak RSS, building + training (mlp-256)",
+                )
         base = rows[0]["baseline_rss_mb"] if rows else 0
         ax.axhline(base, color="gray", lw=0.8, label=f"python + torch imported ({base:.0f} MB)")
         ax.set_xscale("log")
@@ -279,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-run", help="a trained run for the metrics sweep (trained there if empty)")
     ap.add_argument("--metrics-steps", type=int, default=2000)
     ap.add_argument("--metric-names", help="comma-separated subset of the array metrics")
-    ap.add_argument("--metric-cap", type=float, default=60.0, help="stop growing a metric's sample once it takes this long")
+    ap.add_argument(
+        "--metric-cap", type=float, default=60.0, help="stop growing a metric's sample once it takes this long"
+    )
     ap.add_argument("--out-dir", default=str(ROOT / "docs" / "img"))
     ap.add_argument("--json", default="scaling.json")
     ap.add_argument("--plot-only", action="store_true", help="re-plot from --json without measuring")

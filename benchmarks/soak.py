@@ -91,9 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=20.0, help="how long to train (default 20)")
     ap.add_argument("--interval", type=float, default=60.0, help="seconds between memory samples (default 60)")
     ap.add_argument("--warmup", type=float, default=3.0, help="minutes of warm-up not judged (default 3)")
-    ap.add_argument("--tolerance-mb", type=float, default=32.0, help="allowed RSS growth after warm-up, MB (default 32)")
-    ap.add_argument("--tolerance", type=float, default=0.03, help="allowed RSS growth after warm-up, fraction (default 0.03)")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="config to train (default: the paper's gated beta-VAE)")
+    ap.add_argument(
+        "--tolerance-mb", type=float, default=32.0, help="allowed RSS growth after warm-up, MB (default 32)"
+    )
+    ap.add_argument(
+        "--tolerance", type=float, default=0.03, help="allowed RSS growth after warm-up, fraction (default 0.03)"
+    )
+    ap.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="config to train (default: the paper's gated beta-VAE)"
+    )
     ap.add_argument("--set", nargs="*", default=[], metavar="key=value", help="more overrides, after the soak's own")
     ap.add_argument("--run-dir", help="where the run goes (default: a temporary directory, removed afterwards)")
     ap.add_argument("--out", help="write the samples and the verdict as JSON here")
@@ -107,7 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="gatedvae-soak-")
         run = Path(tmp.name) / "run"
-    cmd = [sys.executable, "-m", "gatedvae", "train", args.config, *DEFAULT_OVERRIDES, *args.set, "--run-dir", str(run), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gatedvae",
+        "train",
+        args.config,
+        *DEFAULT_OVERRIDES,
+        *args.set,
+        "--run-dir",
+        str(run),
+        "--quiet",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     print("soak: " + " ".join(cmd[2:]), flush=True)
     log = tempfile.TemporaryFile(mode="w+")  # the child's output (a pipe could fill up and stall it)
@@ -121,11 +138,19 @@ def main(argv: list[str] | None = None) -> int:
                 log.seek(0)
                 raise SystemExit(f"soak: the training process ended early (status {proc.returncode}):\n{log.read()}")
             rss, hwm = rss_mb(proc.pid)
-            sample = {"minute": round(elapsed / 60.0, 3), "rss_mb": round(rss, 1), "peak_mb": round(hwm, 1),
-                      "step": last_step(run), "run_dir_mb": round(dir_mb(run), 2) if run.exists() else 0.0}
+            sample = {
+                "minute": round(elapsed / 60.0, 3),
+                "rss_mb": round(rss, 1),
+                "peak_mb": round(hwm, 1),
+                "step": last_step(run),
+                "run_dir_mb": round(dir_mb(run), 2) if run.exists() else 0.0,
+            }
             samples.append(sample)
-            print(f"  {sample['minute']:6.2f} min  RSS {rss:8.1f} MB  peak {hwm:8.1f} MB  step {sample['step']:>8}  "
-                  f"run dir {sample['run_dir_mb']:7.2f} MB", flush=True)
+            print(
+                f"  {sample['minute']:6.2f} min  RSS {rss:8.1f} MB  peak {hwm:8.1f} MB  step {sample['step']:>8}  "
+                f"run dir {sample['run_dir_mb']:7.2f} MB",
+                flush=True,
+            )
             if elapsed >= args.minutes * 60.0:
                 break
             time.sleep(min(args.interval, args.minutes * 60.0 - elapsed))
@@ -167,10 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": cmd[2:],
         "samples": samples,
     }
-    print(f"soak: RSS {base:.1f} MB after {args.warmup:g} min of warm-up, at most {worst:.1f} MB after it "
-          f"(growth {growth:+.1f} MB, allowed {allowed:.1f}); slope {mb_per_min:+.3f} MB/min; "
-          f"{verdict['steps']} steps; checkpoints kept {len(ckpts)}; resumable {resumable}; "
-          f"{'PASSED' if verdict['passed'] else 'FAILED'}")
+    print(
+        f"soak: RSS {base:.1f} MB after {args.warmup:g} min of warm-up, at most {worst:.1f} MB after it "
+        f"(growth {growth:+.1f} MB, allowed {allowed:.1f}); slope {mb_per_min:+.3f} MB/min; "
+        f"{verdict['steps']} steps; checkpoints kept {len(ckpts)}; resumable {resumable}; "
+        f"{'PASSED' if verdict['passed'] else 'FAILED'}"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(verdict, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")

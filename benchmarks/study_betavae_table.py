@@ -37,27 +37,47 @@ from gatedvae.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 LECTURE = {  # BetaVAE metric (%), lecture table; FactorVAE metric, lecture (Kim and Mnih)
-    "ground_truth": (100.0, None), "raw_pixels": (45.75, None), "pca": (84.9, None), "ica": (42.03, None),
-    "dcign": (99.3, None), "infogan": (73.5, None), "untrained_vae": (44.14, None), "vae": (61.58, None),
-    "beta_vae": (99.23, 0.814), "factor_vae": (None, 0.889),
+    "ground_truth": (100.0, None),
+    "raw_pixels": (45.75, None),
+    "pca": (84.9, None),
+    "ica": (42.03, None),
+    "dcign": (99.3, None),
+    "infogan": (73.5, None),
+    "untrained_vae": (44.14, None),
+    "vae": (61.58, None),
+    "beta_vae": (99.23, 0.814),
+    "factor_vae": (None, 0.889),
 }
 VAE_COMMON = ["model.net=mlp", "model.hidden=256", "train.batch_size=128", "train.lr=1e-3"]
 GAN_COMMON = ["model.net=mlp", "model.hidden=256"]
 
 #: row -> (label, config file, overrides); "{steps}" is filled in.
 TRAINED = {
-    "dcign": ("DC-IGN (our clamp mode, VAE, 4 partitions)", "dsprites_beta_vae_gated.yaml",
-              VAE_COMMON + ["model.name=vae", "model.beta=1.0", "gating.mode=clamp"]),
+    "dcign": (
+        "DC-IGN (our clamp mode, VAE, 4 partitions)",
+        "dsprites_beta_vae_gated.yaml",
+        VAE_COMMON + ["model.name=vae", "model.beta=1.0", "gating.mode=clamp"],
+    ),
     "infogan": ("InfoGAN", "dsprites_infogan.yaml", GAN_COMMON),
     "infowgan_gp": ("InfoWGAN-GP", "dsprites_infowgan_gp.yaml", GAN_COMMON),
     "vae": ("VAE", "dsprites_vae.yaml", VAE_COMMON + ["model.latent_dim=10"]),
     "beta_vae": ("beta-VAE (beta 4)", "dsprites_beta_vae.yaml", VAE_COMMON + ["model.latent_dim=10"]),
-    "beta_vae_gated": ("Gated beta-VAE (beta 4, 4 partitions, KL gated)", "dsprites_beta_vae_gated.yaml",
-                       VAE_COMMON + ["gating.gate_kl=true"]),
+    "beta_vae_gated": (
+        "Gated beta-VAE (beta 4, 4 partitions, KL gated)",
+        "dsprites_beta_vae_gated.yaml",
+        VAE_COMMON + ["gating.gate_kl=true"],
+    ),
     "factor_vae": ("FactorVAE (gamma 35)", "dsprites_factor_vae.yaml", VAE_COMMON + ["model.latent_dim=10"]),
-    "beta_tcvae": ("beta-TCVAE (beta 6)", "dsprites_vae.yaml", VAE_COMMON + ["model.name=beta_tcvae", "model.latent_dim=10"]),
-    "annealed_vae": ("annealed capacity (C to 20 nats over the run)", "dsprites_annealed_vae.yaml",
-                     VAE_COMMON + ["model.latent_dim=10", "model.c_steps={steps}"]),
+    "beta_tcvae": (
+        "beta-TCVAE (beta 6)",
+        "dsprites_vae.yaml",
+        VAE_COMMON + ["model.name=beta_tcvae", "model.latent_dim=10"],
+    ),
+    "annealed_vae": (
+        "annealed capacity (C to 20 nats over the run)",
+        "dsprites_annealed_vae.yaml",
+        VAE_COMMON + ["model.latent_dim=10", "model.c_steps={steps}"],
+    ),
     "info_vae": ("InfoVAE (lambda 500)", "dsprites_info_vae.yaml", VAE_COMMON + ["model.latent_dim=10"]),
     "dip_vae_ii": ("DIP-VAE-II (250, 250)", "dsprites_dip_vae_ii.yaml", VAE_COMMON + ["model.latent_dim=10"]),
     "chyvae": ("CHyVAE (nu 13000)", "dsprites_chyvae.yaml", VAE_COMMON + ["model.latent_dim=10"]),
@@ -69,11 +89,32 @@ BASELINE_ROWS = {
     "pca": ("PCA (10 components)", "pca", {"latent_dim": 10}),
     "ica": ("ICA (10 components)", "ica", {"latent_dim": 10}),
     "untrained_vae": ("VAE untrained (batch-norm statistics of data)", "untrained_vae", {"latent_dim": 10}),
-    "untrained_vae_init_bn": ("VAE untrained (batch norm at init: identity)", "untrained_vae", {"latent_dim": 10, "bn_stats": False}),
+    "untrained_vae_init_bn": (
+        "VAE untrained (batch norm at init: identity)",
+        "untrained_vae",
+        {"latent_dim": 10, "bn_stats": False},
+    ),
 }
-ORDER = ["ground_truth", "raw_pixels", "pca", "ica", "dcign", "infogan", "infowgan_gp", "untrained_vae",
-         "untrained_vae_init_bn", "vae", "beta_vae", "beta_vae_gated", "factor_vae", "beta_tcvae", "annealed_vae",
-         "info_vae", "dip_vae_ii", "chyvae"]
+ORDER = [
+    "ground_truth",
+    "raw_pixels",
+    "pca",
+    "ica",
+    "dcign",
+    "infogan",
+    "infowgan_gp",
+    "untrained_vae",
+    "untrained_vae_init_bn",
+    "vae",
+    "beta_vae",
+    "beta_vae_gated",
+    "factor_vae",
+    "beta_tcvae",
+    "annealed_vae",
+    "info_vae",
+    "dip_vae_ii",
+    "chyvae",
+]
 METRICS = "beta_vae,factor_vae"
 
 
@@ -84,8 +125,14 @@ def log(msg: str) -> None:
 def run_trained(row: str, seed: int, steps: int, preset: str, out: Path, dataset) -> dict:
     label, cfg_file, overrides = TRAINED[row]
     ov = [o.format(steps=steps) for o in overrides] + [
-        f"train.steps={steps}", f"train.seed={seed}", "train.threads=1", "train.finetune_steps=0", "train.log_every=250",
-        f"train.checkpoint_every={max(steps // 4, 1)}", "train.image_every=0", "train.evaluate=none",
+        f"train.steps={steps}",
+        f"train.seed={seed}",
+        "train.threads=1",
+        "train.finetune_steps=0",
+        "train.log_every=250",
+        f"train.checkpoint_every={max(steps // 4, 1)}",
+        "train.image_every=0",
+        "train.evaluate=none",
     ]
     config = load_config(ROOT / "configs" / cfg_file, ov)
     run = out / "runs" / f"{row}_s{seed}"
@@ -99,18 +146,36 @@ def run_trained(row: str, seed: int, steps: int, preset: str, out: Path, dataset
         summary = train(config, run, quiet=True, tensorboard=False, dataset=dataset)
     t_train = time.perf_counter() - t0
     doc = evaluate_run(run, metrics=METRICS, preset=preset, seed=seed, progress=False, figures=True)
-    return {"row": row, "label": label, "seed": seed, "kind": "trained", "config": f"configs/{cfg_file}",
-            "overrides": ov, "headline": doc["headline"], "train_seconds": round(t_train, 1),
-            "train_summary": {k: summary.get(k) for k in ("steps", "seconds", "final")},
-            "eval_seconds": round(doc["timing"]["elapsed_seconds"], 1), "run": str(run)}
+    return {
+        "row": row,
+        "label": label,
+        "seed": seed,
+        "kind": "trained",
+        "config": f"configs/{cfg_file}",
+        "overrides": ov,
+        "headline": doc["headline"],
+        "train_seconds": round(t_train, 1),
+        "train_summary": {k: summary.get(k) for k in ("steps", "seconds", "final")},
+        "eval_seconds": round(doc["timing"]["elapsed_seconds"], 1),
+        "run": str(run),
+    }
 
 
 def run_baseline(row: str, seed: int, preset: str, dataset) -> dict:
     label, name, kw = BASELINE_ROWS[row]
     t0 = time.perf_counter()
-    doc = evaluate_baseline(name, DataConfig(name="dsprites"), metrics=METRICS, preset=preset, seed=seed, dataset=dataset, **kw)
-    return {"row": row, "label": label, "seed": seed, "kind": "baseline", "baseline": doc["baseline"],
-            "headline": doc["headline"], "eval_seconds": round(time.perf_counter() - t0, 1)}
+    doc = evaluate_baseline(
+        name, DataConfig(name="dsprites"), metrics=METRICS, preset=preset, seed=seed, dataset=dataset, **kw
+    )
+    return {
+        "row": row,
+        "label": label,
+        "seed": seed,
+        "kind": "baseline",
+        "baseline": doc["baseline"],
+        "headline": doc["headline"],
+        "eval_seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _fmt(values: list[float], scale: float, digits: int) -> str:
@@ -128,8 +193,10 @@ def table(out: Path) -> str:
     for f in sorted((out / "results").glob("*.json")):
         r = json.loads(f.read_text())
         results.setdefault(r["row"], []).append(r)
-    lines = ["| model | lecture BetaVAE | ours BetaVAE (%) | lecture FactorVAE | ours FactorVAE | seeds |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | lecture BetaVAE | ours BetaVAE (%) | lecture FactorVAE | ours FactorVAE | seeds |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for row in ORDER:
         if row not in results:
             continue
@@ -137,8 +204,10 @@ def table(out: Path) -> str:
         lb, lf = LECTURE.get(row, (None, None))
         bv = _fmt([r["headline"].get("beta_vae.eval_accuracy") for r in rs], 100.0, 1)
         fv = _fmt([r["headline"].get("factor_vae.eval_accuracy") for r in rs], 1.0, 3)
-        lines.append(f"| {rs[0]['label']} | {'-' if lb is None else f'{lb}%'} | {bv} | {'-' if lf is None else lf} | {fv} | "
-                     f"{','.join(str(r['seed']) for r in rs)} |")
+        lines.append(
+            f"| {rs[0]['label']} | {'-' if lb is None else f'{lb}%'} | {bv} | {'-' if lf is None else lf} | {fv} | "
+            f"{','.join(str(r['seed']) for r in rs)} |"
+        )
     return "\n".join(lines)
 
 
@@ -173,13 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     log("building dSprites")
     dataset = build_dataset(DataConfig(name="dsprites"))
     for row in rows:
-        seeds = args.seeds if row in TRAINED else (args.baseline_seeds if row in ("pca", "ica", "untrained_vae") else "0")
+        seeds = (
+            args.seeds if row in TRAINED else (args.baseline_seeds if row in ("pca", "ica", "untrained_vae") else "0")
+        )
         for seed in (int(s) for s in seeds.split(",")):
             path = out / "results" / f"{row}_s{seed}.json"
             if path.exists():
                 continue
             log(f"{row} seed {seed}")
-            r = run_trained(row, seed, args.steps, args.preset, out, dataset) if row in TRAINED else run_baseline(row, seed, args.preset, dataset)
+            r = (
+                run_trained(row, seed, args.steps, args.preset, out, dataset)
+                if row in TRAINED
+                else run_baseline(row, seed, args.preset, dataset)
+            )
             r.update(steps=args.steps if row in TRAINED else None, preset=args.preset)
             path.write_text(json.dumps(r, indent=1) + "\n", encoding="utf-8")
             log(f"{row} seed {seed}: {r['headline']}")

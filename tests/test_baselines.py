@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import grid_dataset
 from gatedvae.baselines import BASELINES, build_baseline, evaluate_baseline, fit_sample, prepare_baseline
 from gatedvae.cli import main
 from gatedvae.config import DataConfig, ModelConfig
 from gatedvae.errors import ConfigError, GatedVAEError
 from gatedvae.metrics.adapter import CodeCache, evaluate_model
 from gatedvae.models import build_model
-
-from conftest import grid_dataset
 
 SIZES = (1, 3, 4, 5, 6)  # 360 images of 8x8 (64 pixels)
 
@@ -26,7 +25,9 @@ def ds():
     return grid_dataset(SIZES)
 
 
-@pytest.mark.parametrize("name, latent, width", [("raw_pixels", 10, 64), ("pca", 5, 5), ("ica", 4, 4), ("untrained_vae", 3, 3)])
+@pytest.mark.parametrize(
+    "name, latent, width", [("raw_pixels", 10, 64), ("pca", 5, 5), ("ica", 4, 4), ("untrained_vae", 3, 3)]
+)
 def test_codes_have_the_declared_size(ds, name, latent, width):
     module = build_baseline(name, ds, latent_dim=latent, seed=0, fit_size=300, hidden=16)
     assert module.latent_dim == width
@@ -57,8 +58,11 @@ def test_pca_and_ica_agree_with_scikit_learn(ds):
     mod = build_baseline("ica", ds, latent_dim=4, seed=3, fit_size=300)
     sources = ica.transform(white.transform(flat))
     np.testing.assert_allclose(mod.encode(probe).mu.numpy(), sources, atol=1e-3)
-    np.testing.assert_allclose(mod.decode(mod.encode(probe).mu).sigmoid().flatten(1).numpy(),
-                               np.clip(white.inverse_transform(ica.inverse_transform(sources)), 1e-4, 1 - 1e-4), atol=1e-3)
+    np.testing.assert_allclose(
+        mod.decode(mod.encode(probe).mu).sigmoid().flatten(1).numpy(),
+        np.clip(white.inverse_transform(ica.inverse_transform(sources)), 1e-4, 1 - 1e-4),
+        atol=1e-3,
+    )
     assert mod.encode(ds.images(np.arange(len(ds)))).mu.std(0).numpy() == pytest.approx(np.ones(4), abs=0.2)
     assert mod.info["fit_size"] == 300 and isinstance(mod.info["converged"], bool)
 
@@ -81,7 +85,9 @@ def test_untrained_vae_is_the_registered_model_at_init(ds):
     assert all(torch.equal(a, b) for a, b in zip(mod.parameters(), ref.parameters()))  # weights untouched
     # Batch-norm statistics: the mean and (unbiased) variance of the first layer's pre-activations on the sample.
     idx, pix = fit_sample(ds, 300, 5)
-    pre = torch.from_numpy(pix) @ ref.encoder.trunk.layers[0][0].weight.T + ref.encoder.trunk.layers[0][0].bias  # (300, 16)
+    pre = (
+        torch.from_numpy(pix) @ ref.encoder.trunk.layers[0][0].weight.T + ref.encoder.trunk.layers[0][0].bias
+    )  # (300, 16)
     bn = mod.encoder.trunk.layers[0][1]
     torch.testing.assert_close(bn.running_mean, pre.mean(0), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(bn.running_var, pre.var(0), atol=1e-4, rtol=1e-3)
@@ -115,7 +121,9 @@ def test_raw_pixels_scores_through_evaluate_model_without_a_cache(ds, monkeypatc
 
 
 def test_ground_truth_scores_perfectly(ds):
-    doc = evaluate_baseline("ground_truth", DataConfig(), dataset=ds, metrics="beta_vae,factor_vae,mig,recon", preset="fast")
+    doc = evaluate_baseline(
+        "ground_truth", DataConfig(), dataset=ds, metrics="beta_vae,factor_vae,mig,recon", preset="fast"
+    )
     assert doc["headline"]["beta_vae.eval_accuracy"] == 1.0
     assert doc["headline"]["factor_vae.eval_accuracy"] == 1.0
     assert doc["headline"]["mig.mig"] > 0.99
@@ -132,14 +140,34 @@ def test_errors(ds, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("{}")
     with pytest.raises(GatedVAEError, match="training run directory"):
-        evaluate_baseline("pca", DataConfig(), dataset=ds, out_dir=tmp_path / "run", latent_dim=2, metrics="mig", preset="fast")
+        evaluate_baseline(
+            "pca", DataConfig(), dataset=ds, out_dir=tmp_path / "run", latent_dim=2, metrics="mig", preset="fast"
+        )
     assert set(BASELINES) == {"raw_pixels", "pca", "ica", "untrained_vae", "ground_truth"}
 
 
 def test_command_writes_metrics_json(tmp_path, capsys):
     out = tmp_path / "pca"
-    rc = main(["baseline", "pca", "ellipses", "size=300", "levels=8", "--latent-dim", "3", "--fit-size", "200",
-               "--metrics", "beta_vae,mig", "--preset", "fast", "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "baseline",
+            "pca",
+            "ellipses",
+            "size=300",
+            "levels=8",
+            "--latent-dim",
+            "3",
+            "--fit-size",
+            "200",
+            "--metrics",
+            "beta_vae,mig",
+            "--preset",
+            "fast",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     doc = json.loads((out / "metrics.json").read_text())
     spec = json.loads((out / "baseline.json").read_text())

@@ -142,9 +142,23 @@ def test_quick_run_sections(quick, tmp_path):
     assert set(res) >= {"machine", "options", "train", "data", "pairs", "metrics", "memory", "targets"}
     tr = res["train"]
     assert tr["peak"]["gflops"] > 0 and tr["shapes"] and all(s["gflops"] > 0 for s in tr["shapes"])
-    keys = {"images_per_s", "steps_per_s", "gflops", "flops_per_step", "flops_counted", "roofline_gflops",
-            "fraction_of_roofline", "fraction_of_peak", "linalg_ms"}
-    assert {(r["net"], r["gated"]) for r in tr["rows"]} == {("mlp", False), ("mlp", True), ("conv64", False), ("conv64", True)}
+    keys = {
+        "images_per_s",
+        "steps_per_s",
+        "gflops",
+        "flops_per_step",
+        "flops_counted",
+        "roofline_gflops",
+        "fraction_of_roofline",
+        "fraction_of_peak",
+        "linalg_ms",
+    }
+    assert {(r["net"], r["gated"]) for r in tr["rows"]} == {
+        ("mlp", False),
+        ("mlp", True),
+        ("conv64", False),
+        ("conv64", True),
+    }
     for row in tr["rows"]:
         assert keys <= set(row) and all(row[k] > 0 for k in keys), row
         assert row["non_matmul_fraction"] < 1
@@ -159,7 +173,9 @@ def test_quick_run_sections(quick, tmp_path):
         assert pr["step_ms"] > 0 and pr["categories_ms"]["matmul"] > 0
     assert not tr["errors"]
     da = res["data"]
-    assert da["images"] == 46_080 and da["store_bytes"] == 46_080 * 512 and da["peak_rss_mb"] >= da["baseline_rss_mb"] > 0
+    assert (
+        da["images"] == 46_080 and da["store_bytes"] == 46_080 * 512 and da["peak_rss_mb"] >= da["baseline_rss_mb"] > 0
+    )
     assert {r["sampler"] for r in res["pairs"]["rows"]} >= {"identity", "exact (posX, posY)"}
     assert all(r["image_pairs_per_s"] > 0 for r in res["pairs"]["rows"])
     me = res["metrics"]

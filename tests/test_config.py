@@ -107,7 +107,9 @@ def test_partition_rules():
 
 
 def test_overrides_are_typed():
-    c = apply_overrides(Config(), ["model.beta=4", "data.name=ellipses", "train.lr=1e-3", "train.steps=50", "gating.gate_kl=true"])
+    c = apply_overrides(
+        Config(), ["model.beta=4", "data.name=ellipses", "train.lr=1e-3", "train.steps=50", "gating.gate_kl=true"]
+    )
     assert c.model.beta == 4.0 and isinstance(c.model.beta, float)
     assert c.data.name == "ellipses" and c.train.lr == 1e-3 and c.train.steps == 50 and c.gating.gate_kl is True
     # Unchanged input (frozen, functional update).
@@ -115,8 +117,10 @@ def test_overrides_are_typed():
 
 
 def test_overrides_into_dicts_lists_and_collections():
-    c = apply_overrides(gated_config(), ["data.stride.orientation=4", "gating.partitions.1.noise=0.25",
-                                         "gating.partitions.0.factors=[shape, scale]"])
+    c = apply_overrides(
+        gated_config(),
+        ["data.stride.orientation=4", "gating.partitions.1.noise=0.25", "gating.partitions.0.factors=[shape, scale]"],
+    )
     assert c.data.stride == {"posX": 4, "posY": 4, "orientation": 4}
     assert c.gating.partitions[1].noise == 0.25
     assert c.gating.partitions[0].factors == ("shape", "scale")

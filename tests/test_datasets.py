@@ -105,9 +105,20 @@ def test_sprites_stay_inside_the_image():
     # a blank border in the sprite canvas: even the largest rotated sprite is whole at posX/posY 0 and 31
     assert not bank[..., 0, :].any() and not bank[..., -1, :].any()
     assert not bank[..., :, 0].any() and not bank[..., :, -1].any()
-    corners = np.array([[0, s, k, o, x, y] for s in range(3) for k in range(6) for o in range(0, 40, 3) for x in (0, 31) for y in (0, 31)])
+    corners = np.array(
+        [
+            [0, s, k, o, x, y]
+            for s in range(3)
+            for k in range(6)
+            for o in range(0, 40, 3)
+            for x in (0, 31)
+            for y in (0, 31)
+        ]
+    )
     im = render_dsprites(corners)
-    np.testing.assert_array_equal(im.sum(axis=(1, 2)), bank[corners[:, 1], corners[:, 2], corners[:, 3]].sum(axis=(1, 2)))
+    np.testing.assert_array_equal(
+        im.sum(axis=(1, 2)), bank[corners[:, 1], corners[:, 2], corners[:, 3]].sum(axis=(1, 2))
+    )
 
 
 def test_square_is_about_20px_and_ellipse_elongated():
@@ -499,12 +510,16 @@ def test_images_errors_are_one_line(tmp_path, image_folder):
         load_images(folder, labels=labels, factor_columns=("shpe",))
     assert_one_line(e, "shpe", "did you mean 'shape'", "file, shape, size, pose")
 
-    nan = _write_csv(tmp_path / "nan.csv", ["file", "pose"], [["a.png", 1], ["b.png", "nan"], ["c.jpg", 0], ["d.bmp", 0]])
+    nan = _write_csv(
+        tmp_path / "nan.csv", ["file", "pose"], [["a.png", 1], ["b.png", "nan"], ["c.jpg", 0], ["d.bmp", 0]]
+    )
     with pytest.raises(DataError) as e:
         load_images(folder, labels=nan, weak_columns=("pose",))
     assert_one_line(e, "'pose'", "line 3")
 
-    text = _write_csv(tmp_path / "t.csv", ["file", "pose"], [["a.png", 1], ["b.png", 2], ["c.jpg", "left"], ["d.bmp", 0]])
+    text = _write_csv(
+        tmp_path / "t.csv", ["file", "pose"], [["a.png", 1], ["b.png", 2], ["c.jpg", "left"], ["d.bmp", 0]]
+    )
     with pytest.raises(DataError) as e:
         load_images(folder, labels=text, weak_columns=("pose",))
     assert_one_line(e, "'pose'", "left", "line 4")
@@ -670,7 +685,13 @@ def test_full_official_format_file_is_a_grid(tmp_path):
             header = {"descr": "|u1", "fortran_order": False, "shape": (n, 64, 64)}
             np.lib.format.write_array_header_1_0(fh, header)
             for s in range(0, n, 65536):
-                fh.write(full.store.gather_uint8(np.arange(s, min(s + 65536, n)))[:, 0].numpy().astype(bool).astype(np.uint8).tobytes())
+                fh.write(
+                    full.store.gather_uint8(np.arange(s, min(s + 65536, n)))[:, 0]
+                    .numpy()
+                    .astype(bool)
+                    .astype(np.uint8)
+                    .tobytes()
+                )
     ds = load_dsprites_npz(file)
     assert ds.is_grid and ds.factor_space == DSPRITES_SPACE
     assert np.array_equal(ds.store.packed.numpy(), full.store.packed.numpy())

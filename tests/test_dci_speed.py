@@ -35,7 +35,9 @@ def _same(a: dict, b: dict) -> None:
     np.testing.assert_array_equal(a["informativeness_test_per_factor"], b["informativeness_test_per_factor"])
 
 
-@pytest.mark.parametrize("backend", ["gbt", pytest.param("sklearn", marks=pytest.mark.slow)])  # joblib processes: slow to start
+@pytest.mark.parametrize(
+    "backend", ["gbt", pytest.param("sklearn", marks=pytest.mark.slow)]
+)  # joblib processes: slow to start
 def test_n_jobs_does_not_change_the_result(backend):
     z, f = _data()
     serial = dci_classifier(z, f, np.random.default_rng(3), n_estimators=5, max_train=200, n_jobs=1, backend=backend)
@@ -75,7 +77,9 @@ def test_presets_and_reference_settings():
     assert DCI_CLASSIFIER_REFERENCE["max_train"] is None and DCI_CLASSIFIER_REFERENCE["n_estimators"] == 100
 
 
-@pytest.mark.parametrize("kw", [{"max_train": 1}, {"max_train": 2.5}, {"n_jobs": 0}, {"n_jobs": True}, {"backend": "xgb"}])
+@pytest.mark.parametrize(
+    "kw", [{"max_train": 1}, {"max_train": 2.5}, {"n_jobs": 0}, {"n_jobs": True}, {"backend": "xgb"}]
+)
 def test_bad_speed_options_raise(kw):
     z, f = _data(n=100)
     with pytest.raises(ConfigError):

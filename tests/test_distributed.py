@@ -38,7 +38,17 @@ def tiny_config(steps: int = 30, model: str = "beta_vae", batch_size: int = 16, 
         data=DataConfig(name="ellipses", size=400, levels=8),
         model=ModelConfig(name=model, latent_dim=4, hidden=24),
         gating=GatingConfig(enabled=True, partitions=PARTS),
-        train=TrainConfig(**{"steps": steps, "batch_size": batch_size, "lr": 1e-3, "log_every": 5, "checkpoint_every": 10, "threads": 1, **train_kw}),
+        train=TrainConfig(
+            **{
+                "steps": steps,
+                "batch_size": batch_size,
+                "lr": 1e-3,
+                "log_every": 5,
+                "checkpoint_every": 10,
+                "threads": 1,
+                **train_kw,
+            }
+        ),
     )
 
 
@@ -67,7 +77,11 @@ def freeze_biases_feeding_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
         if isinstance(seq, torch.nn.Sequential):
             mods = list(seq)
             for a, b in zip(mods, mods[1:]):
-                if isinstance(a, torch.nn.Linear) and isinstance(b, torch.nn.modules.batchnorm._BatchNorm) and a.bias is not None:
+                if (
+                    isinstance(a, torch.nn.Linear)
+                    and isinstance(b, torch.nn.modules.batchnorm._BatchNorm)
+                    and a.bias is not None
+                ):
                     a.bias.register_hook(torch.zeros_like)  # (requires_grad would be reset by the trainer)
     return model
 
@@ -117,26 +131,42 @@ def _sync_batchnorm(rank: int, out: Path) -> dict:
         wgrad = torch.cat([bn.weight.grad, bn.bias.grad])
         torch.distributed.all_reduce(wgrad)  # the sum over processes = the gradient of the global sum
         tag = "bn1d" if len(dims) == 2 else "bn2d"
-        save_file({"y": y.detach(), "xgrad": x.grad, "wgrad": wgrad, "running_mean": bn.running_mean,
-                   "running_var": bn.running_var}, str(out / f"{tag}_rank{rank}.safetensors"))
+        save_file(
+            {
+                "y": y.detach(),
+                "xgrad": x.grad,
+                "wgrad": wgrad,
+                "running_mean": bn.running_mean,
+                "running_var": bn.running_var,
+            },
+            str(out / f"{tag}_rank{rank}.safetensors"),
+        )
         results[tag] = True
     return results
 
 
 def _worker(rank: int, port: int, out: str) -> None:
     out_p = Path(out)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from gatedvae.errors import ConfigError
-    from gatedvae.train import TrainingDiverged
-    from gatedvae.train import loop
+    from gatedvae.train import TrainingDiverged, loop
 
     writes: list[str] = []
 
     def audit(event: str, args: tuple) -> None:  # every file this process creates, changes or removes
-        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and args[1] and any(m in str(args[1]) for m in "wax+"):
+        if (
+            event == "open"
+            and isinstance(args[0], (str, bytes, os.PathLike))
+            and args[1]
+            and any(m in str(args[1]) for m in "wax+")
+        ):
             writes.append(os.fsdecode(args[0]))
-        elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "os.truncate") and isinstance(args[0], (str, bytes, os.PathLike)):
+        elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "os.truncate") and isinstance(
+            args[0], (str, bytes, os.PathLike)
+        ):
             writes.append(os.fsdecode(args[0]))
             if event == "os.rename":
                 writes.append(os.fsdecode(args[1]))
@@ -167,7 +197,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         train(tiny_config(10, model="factor_vae"), out_p / "fvae", quiet=True, tensorboard=False)
     finally:
         loop.prepare = original_prepare
-    save_file({k: v.contiguous() for k, v in captured[0].model.state_dict().items()}, str(out_p / f"fvae_rank{rank}.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in captured[0].model.state_dict().items()},
+        str(out_p / f"fvae_rank{rank}.safetensors"),
+    )
 
     # 4. NaN in one process only, checked every step (the CPU path) and deferred (the CUDA path).
     for name, devices in (("nan", ("cpu",)), ("nan_deferred", ())):
@@ -270,11 +303,25 @@ def test_only_rank_zero_writes_the_run_directory(spawned):
     out, reports = spawned
     assert reports[1]["writes"] == []
     ours = reports[0]["writes"]
-    for written in ("ddp/config.yaml", "ddp/status.json", "ddp/metrics.jsonl", "ddp/checkpoints/step-000000030.safetensors",
-                    "ddp/summary.json", "ddp/tensorboard", "stopped/checkpoints/step-000000013.safetensors"):
+    for written in (
+        "ddp/config.yaml",
+        "ddp/status.json",
+        "ddp/metrics.jsonl",
+        "ddp/checkpoints/step-000000030.safetensors",
+        "ddp/summary.json",
+        "ddp/tensorboard",
+        "stopped/checkpoints/step-000000013.safetensors",
+    ):
         assert str(out / written) in ours, written
     run = out / "ddp"
-    assert {p.name for p in run.iterdir()} >= {"config.yaml", "status.json", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard"}
+    assert {p.name for p in run.iterdir()} >= {
+        "config.yaml",
+        "status.json",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints",
+        "tensorboard",
+    }
     assert json.loads((run / "status.json").read_text()) == {"status": "finished", "step": 30, "total_steps": 30}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["backend"] == "gloo"
@@ -340,13 +387,28 @@ def test_sharded_draws_are_rows_of_the_global_draw():
             assert torch.equal(g.get_state(), state)  # every process advances its generator identically
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(), reason="torchrun is not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+    reason="torchrun is not installed",
+)
 def test_torchrun_command_line(tmp_path, spawned):
     cfg = tmp_path / "cfg.yaml"
     save_config(tiny_config(30), cfg)
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun) if torchrun.exists() else "torchrun", "--standalone", "--nproc_per_node", str(WORLD),
-           "-m", "gatedvae", "train", str(cfg), "--run-dir", str(tmp_path / "run"), "--quiet", "--no-tensorboard"]
+    cmd = [
+        str(torchrun) if torchrun.exists() else "torchrun",
+        "--standalone",
+        "--nproc_per_node",
+        str(WORLD),
+        "-m",
+        "gatedvae",
+        "train",
+        str(cfg),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--no-tensorboard",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import grid_dataset, labelled_dataset
 from gatedvae.cli import main
 from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig, save_config
 from gatedvae.errors import ConfigError, DataError, GatedVAEError
@@ -39,8 +40,6 @@ from gatedvae.viz.diagnostics import (
     traversal_order,
 )
 from gatedvae.viz.hinton import hinton_figure, hinton_squares, unit_spans
-
-from conftest import grid_dataset, labelled_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PARTS = (
@@ -84,7 +83,9 @@ def _numbers(node):
 
 
 def test_metrics_json_has_every_score_with_parameters(run, doc):
-    on_disk = json.loads((run / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    on_disk = json.loads(
+        (run / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")
+    )
     assert on_disk == doc
     assert doc["format"] == "gatedvae-metrics-1" and doc["checkpoint_step"] == 40
     assert doc["checkpoint"] == "step-000000040.safetensors"
@@ -97,9 +98,17 @@ def test_metrics_json_has_every_score_with_parameters(run, doc):
     assert doc["results"]["dci_lasso"]["params"]["alpha"] == 0.02
     assert doc["results"]["factor_vae"]["samples"]["n_train"] == 1000  # the fast preset
     assert doc["samples"]["codes"] == 400  # the whole (small) dataset
-    for key in ("dci_lasso.disentanglement", "dci_random_forest.completeness", "mig.mig", "sap.sap",
-                "factor_vae.eval_accuracy", "beta_vae.eval_accuracy", "modularity_explicitness.explicitness",
-                "reconstruction.nll", "reconstruction.sharpness_data"):
+    for key in (
+        "dci_lasso.disentanglement",
+        "dci_random_forest.completeness",
+        "mig.mig",
+        "sap.sap",
+        "factor_vae.eval_accuracy",
+        "beta_vae.eval_accuracy",
+        "modularity_explicitness.explicitness",
+        "reconstruction.nll",
+        "reconstruction.sharpness_data",
+    ):
         assert isinstance(doc["headline"][key], float) and math.isfinite(doc["headline"][key]), key
     for name in ("dci_lasso", "dci_random_forest", "dci_classifier", "mig", "sap", "factor_vae", "beta_vae"):
         assert all(math.isfinite(x) for x in _numbers(doc["results"][name]["scores"])), name
@@ -128,8 +137,17 @@ def test_partition_scores(doc):
 
 def test_figures_exist_and_are_png(run, doc):
     names = {Path(p).name for p in doc["figures"]}
-    expected = {"hinton_dci_lasso.png", "hinton_dci_lasso_partitions.png", "traversals.png", "reconstructions.png",
-                "kl_per_dim.png", "training_curves.png", "swap_position.png", "swap_scale.png", "swap_orientation.png"}
+    expected = {
+        "hinton_dci_lasso.png",
+        "hinton_dci_lasso_partitions.png",
+        "traversals.png",
+        "reconstructions.png",
+        "kl_per_dim.png",
+        "training_curves.png",
+        "swap_position.png",
+        "swap_scale.png",
+        "swap_orientation.png",
+    }
     assert expected <= names
     for rel in doc["figures"]:
         path = run / rel
@@ -157,13 +175,20 @@ def _foreign(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("case,expected", [
-    ("missing", "does not exist"),
-    ("foreign", "is not a gatedvae run directory"),
-    ("untrained", "has no checkpoint yet; train it first"),
-])
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing", "does not exist"),
+        ("foreign", "is not a gatedvae run directory"),
+        ("untrained", "has no checkpoint yet; train it first"),
+    ],
+)
 def test_evaluate_bad_run_dir_is_one_line_error(tmp_path, case, expected):
-    path = {"missing": lambda: tmp_path / "nope", "foreign": lambda: _foreign(tmp_path), "untrained": lambda: _untrained(tmp_path)}[case]()
+    path = {
+        "missing": lambda: tmp_path / "nope",
+        "foreign": lambda: _foreign(tmp_path),
+        "untrained": lambda: _untrained(tmp_path),
+    }[case]()
     with pytest.raises(GatedVAEError) as info:
         evaluate_run(path, preset="fast", progress=False)
     assert expected in str(info.value) and "\n" not in str(info.value)
@@ -172,7 +197,11 @@ def test_evaluate_bad_run_dir_is_one_line_error(tmp_path, case, expected):
 
 @pytest.mark.parametrize("case", ["missing", "foreign", "untrained"])
 def test_cli_bad_run_dir_exits_2_without_traceback(tmp_path, capsys, case):
-    path = {"missing": lambda: tmp_path / "nope", "foreign": lambda: _foreign(tmp_path), "untrained": lambda: _untrained(tmp_path)}[case]()
+    path = {
+        "missing": lambda: tmp_path / "nope",
+        "foreign": lambda: _foreign(tmp_path),
+        "untrained": lambda: _untrained(tmp_path),
+    }[case]()
     assert main(["evaluate", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
@@ -180,8 +209,12 @@ def test_cli_bad_run_dir_exits_2_without_traceback(tmp_path, capsys, case):
 
 def test_cli_subprocess_untrained_run(tmp_path):
     run = _untrained(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "gatedvae", "evaluate", str(run), "--preset", "fast", "--quiet"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gatedvae", "evaluate", str(run), "--preset", "fast", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: run {run} has no checkpoint yet; train it first"
     assert "Traceback" not in proc.stderr
@@ -259,8 +292,10 @@ def test_representation_fn_grid_and_labelled(grid_prep):
     np.testing.assert_allclose(fn(ds.factors_of(idx)), encode(grid_prep, idx), rtol=1e-6)
 
     lab = labelled_dataset(n=40)  # 40 images over 3 x 4 x 5 = 60 combinations: some are missing
-    prep = prepare(Config(model=ModelConfig(name="vae", latent_dim=2, hidden=8), train=TrainConfig(batch_size=8, device="cpu")),
-                   dataset=lab)
+    prep = prepare(
+        Config(model=ModelConfig(name="vae", latent_dim=2, hidden=8), train=TrainConfig(batch_size=8, device="cpu")),
+        dataset=lab,
+    )
     cache = CodeCache(prep)
     fn = representation_fn(prep, rng=np.random.default_rng(0), cache=cache)
     want = lab.factors[:5]  # (5, 3)
@@ -279,10 +314,18 @@ def test_weak_label_dataset_scores_what_needs_no_factors():
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(64, 1, 8, 8), dtype=np.uint8)
-    ds = FactorDataset("weak", Uint8Store(images), FactorSpace([], []), factors=np.zeros((64, 0), dtype=np.int64),
-                       weak=rng.normal(size=(64, 1)), weak_names=["pose"])
-    prep = prepare(Config(model=ModelConfig(name="vae", latent_dim=2, hidden=8), train=TrainConfig(batch_size=8, device="cpu")),
-                   dataset=ds)
+    ds = FactorDataset(
+        "weak",
+        Uint8Store(images),
+        FactorSpace([], []),
+        factors=np.zeros((64, 0), dtype=np.int64),
+        weak=rng.normal(size=(64, 1)),
+        weak_names=["pose"],
+    )
+    prep = prepare(
+        Config(model=ModelConfig(name="vae", latent_dim=2, hidden=8), train=TrainConfig(batch_size=8, device="cpu")),
+        dataset=ds,
+    )
     res = evaluate_model(prep, None, "fast", rng=np.random.default_rng(0))
     assert set(res["results"]) == {"unsupervised", "reconstruction"}
     assert set(res["skipped"]) == set(EVAL_METRICS) - {"unsupervised", "reconstruction"}
@@ -311,7 +354,9 @@ def test_sharpness_blurred_below_sharp():
     s, b = laplacian_sharpness(sharp), laplacian_sharpness(blurred)
     assert s.shape == (2,) and np.all(b < 0.5 * s)
     assert laplacian_sharpness(np.full((1, 8, 8), 0.3))[0] == pytest.approx(0.0, abs=1e-9)
-    np.testing.assert_allclose(laplacian_sharpness(torch.as_tensor(0.5 * sharp)), s / 4)  # variance scales with contrast^2
+    np.testing.assert_allclose(
+        laplacian_sharpness(torch.as_tensor(0.5 * sharp)), s / 4
+    )  # variance scales with contrast^2
     # one bright pixel in the middle of a dark 5x5 image: Laplacian -4*255 there, +255 at 4 neighbours
     img = np.zeros((1, 5, 5))
     img[0, 2, 2] = 1.0
@@ -336,7 +381,12 @@ def test_assigned_importance_fraction_hand_made():
 
 
 def test_to_jsonable():
-    data = {"a": np.array([1.0, np.nan, np.inf]), (0, 1): np.float32(2.5), "b": np.bool_(True), "c": (np.int64(3), -math.inf)}
+    data = {
+        "a": np.array([1.0, np.nan, np.inf]),
+        (0, 1): np.float32(2.5),
+        "b": np.bool_(True),
+        "c": (np.int64(3), -math.inf),
+    }
     out = to_jsonable(data)
     assert out == {"a": [1.0, None, "inf"], "0,1": 2.5, "b": True, "c": [3, "-inf"]}
     json.dumps(out, allow_nan=False)
@@ -354,8 +404,14 @@ def test_hinton_arrays():
 
 
 def test_hinton_figure_writes_png(tmp_path):
-    path = hinton_figure(np.random.default_rng(0).random((4, 3)), tmp_path / "h.png", factor_names=["a", "b", "c"],
-                         partitions=[[0, 1], [2, 3]], partition_names=["p", "q"], highlight=[(0, 2, 0)])
+    path = hinton_figure(
+        np.random.default_rng(0).random((4, 3)),
+        tmp_path / "h.png",
+        factor_names=["a", "b", "c"],
+        partitions=[[0, 1], [2, 3]],
+        partition_names=["p", "q"],
+        highlight=[(0, 2, 0)],
+    )
     assert path.read_bytes()[:8] == PNG
     with pytest.raises(DataError):
         hinton_figure(np.ones((2, 2)), partitions=[[0], [1]], partition_names=["only one"])
@@ -371,8 +427,10 @@ def test_diagnostics_arrays(tmp_path):
         latent_groups(3, [[0, 1], [1]])
 
     log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 5, "epoch": 0.1, "phase": "train", "recon": 3.0, "kl": 1.0}\n'
-                   '{"step": 10, "epoch": 0.2, "phase": "finetune", "recon": 2.0}\n{"step": 15, "re')
+    log.write_text(
+        '{"step": 5, "epoch": 0.1, "phase": "train", "recon": 3.0, "kl": 1.0}\n'
+        '{"step": 10, "epoch": 0.2, "phase": "finetune", "recon": 2.0}\n{"step": 15, "re'
+    )
     lines = read_training_log(log)
     assert len(lines) == 2 and read_training_log(tmp_path / "absent.jsonl") == []
     curves = training_curves(lines)

@@ -79,11 +79,17 @@ def test_every_factor_changes_the_image_where_it_should():
                 assert np.abs(imgs[a] - imgs[b]).sum() > 0, (FACE_SPACE.names[k], a, b)
     # mouth and smile act on the lower face, brows and eyes on the upper face
     rows = {}
-    for name, k, lo, hi in (("smile", 2, -1.0, 1.0), ("mouth", 3, 0.0, 1.0), ("brow", 4, -1.0, 1.0), ("eyes", 5, 0.0, 1.0)):
+    for name, k, lo, hi in (
+        ("smile", 2, -1.0, 1.0),
+        ("mouth", 3, 0.0, 1.0),
+        ("brow", 4, -1.0, 1.0),
+        ("eyes", 5, 0.0, 1.0),
+    ):
         a, b = render_faces(vary(k, [lo, hi]))[:, 0].astype(np.int64)
         rows[name] = centroid(a - b)[0]
     assert min(rows["smile"], rows["mouth"]) > 36 > 30 > max(rows["brow"], rows["eyes"])
     assert rows["brow"] < rows["eyes"]
+
     # the crops are aligned like a tracker's: the eyes stay put while the head turns around them;
     # yaw +40 (the nose turns to the viewer's right) moves the head left, pitch +20 (the head
     # tilts down) moves it up
@@ -178,7 +184,21 @@ def test_faces_through_the_config_and_the_cli(capsys):
     assert np.allclose(yaw, ds.factor_space.to_values(ds.factors)[:, 0])
     with pytest.raises(ConfigError, match="pose_noise"):
         DataConfig(name="faces", pose_noise=-1.0)
-    assert main(["data", "describe", "faces", "stride.yaw=4", "stride.pitch=4", "stride.smile=4", "stride.mouth=3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "describe",
+                "faces",
+                "stride.yaw=4",
+                "stride.pitch=4",
+                "stride.smile=4",
+                "stride.mouth=3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "faces: 5,832 images of 1x64x64" in out and "weak   AU12_r" in out
 
@@ -211,9 +231,18 @@ def folder_run(tmp_path_factory):
     written = export_faces(root / "faces", root / "faces.csv", n=64, seed=5)
     config = load_config(
         "configs/faces_from_labels.yaml",
-        [f"data.path={root / 'faces'}", f"data.labels={root / 'faces.csv'}", "gating.partitions.0.clusters=4",
-         "gating.partitions.1.clusters=6", "train.steps=4", "train.batch_size=16", "train.checkpoint_every=4",
-         "train.log_every=2", "train.threads=1", "model.hidden=64"],
+        [
+            f"data.path={root / 'faces'}",
+            f"data.labels={root / 'faces.csv'}",
+            "gating.partitions.0.clusters=4",
+            "gating.partitions.1.clusters=6",
+            "train.steps=4",
+            "train.batch_size=16",
+            "train.checkpoint_every=4",
+            "train.log_every=2",
+            "train.threads=1",
+            "model.hidden=64",
+        ],
     )
     run = root / "run"
     summary = train(config, run, quiet=True, tensorboard=False)
@@ -280,8 +309,15 @@ def test_partition_scores_on_hand_made_codes():
     rng = np.random.default_rng(0)
     n = 3000
     factors = rng.integers(0, 5, size=(n, 3)).astype(np.float64)  # (n, 3): pose-like, expression-like, identity-like
-    codes = np.concatenate([factors[:, :1] + 0.05 * rng.normal(size=(n, 1)), rng.normal(size=(n, 1)),
-                            factors[:, 1:2] + 0.05 * rng.normal(size=(n, 1)), rng.normal(size=(n, 2))], axis=1)  # (n, 5)
+    codes = np.concatenate(
+        [
+            factors[:, :1] + 0.05 * rng.normal(size=(n, 1)),
+            rng.normal(size=(n, 1)),
+            factors[:, 1:2] + 0.05 * rng.normal(size=(n, 1)),
+            rng.normal(size=(n, 2)),
+        ],
+        axis=1,
+    )  # (n, 5)
     units = [np.array([0, 1]), np.array([2, 3, 4])]
     info = partition_informativeness(codes, factors, units, rng)
     assert info["r2"].shape == (2, 3)
@@ -300,10 +336,13 @@ def test_face_study_scores_a_run(small, tmp_path, capsys):
     config = Config(
         data=DataConfig(name="faces", stride=SMALL, pose_noise=4.0, au_noise=0.5, seed=3),
         model=ModelConfig(name="vae", net="mlp", latent_dim=8, hidden=32),
-        gating=GatingConfig(enabled=True, partitions=(
-            PartitionConfig(name="pose", size=2, factors=("pose_Rx", "pose_Ry"), sampler="cluster", clusters=9),
-            PartitionConfig(name="expression", size=6, factors=AU_COLUMNS, sampler="cluster", clusters=20),
-        )),
+        gating=GatingConfig(
+            enabled=True,
+            partitions=(
+                PartitionConfig(name="pose", size=2, factors=("pose_Rx", "pose_Ry"), sampler="cluster", clusters=9),
+                PartitionConfig(name="expression", size=6, factors=AU_COLUMNS, sampler="cluster", clusters=20),
+            ),
+        ),
         train=TrainConfig(steps=3, batch_size=16, checkpoint_every=3, log_every=1, threads=1),
     )
     run = tmp_path / "faces_gated_s0"

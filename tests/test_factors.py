@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import grid_dataset
 from gatedvae.data import FactorSpace, PackedBinaryStore, Uint8Store
 from gatedvae.errors import DataError
-
-from conftest import grid_dataset
 
 
 @pytest.mark.parametrize("sizes", [(1, 3, 6, 40, 32, 32), (2,), (1,), (5, 1, 7), (1, 1, 1)])
@@ -77,8 +76,10 @@ def test_resample_keeps_exactly_the_kept_factors():
     for k in (0, 2):
         # A free factor matches only by chance: about 1/size of the time.
         assert abs((f[:, k] == g[:, k]).mean() - 1 / space.sizes[k]) < 0.03
-    assert np.array_equal(space.resample(f, keep=[], rng=np.random.default_rng(1)),
-                          space.resample(f, keep=[], rng=np.random.default_rng(1)))
+    assert np.array_equal(
+        space.resample(f, keep=[], rng=np.random.default_rng(1)),
+        space.resample(f, keep=[], rng=np.random.default_rng(1)),
+    )
 
 
 def test_subspace_is_a_grid_of_kept_classes():

@@ -117,8 +117,12 @@ class ForkServer:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         extra = [str(p) for p in warm_up] if warm_up else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, env=env,
+            [sys.executable, "-c", SERVER, *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
         self.live: set[int] = set()
 
@@ -224,9 +228,15 @@ def _wait_for(path: Path, timeout: float = 60.0) -> None:
 
 # Trials 0..10: a random moment; 11..19: inside the write of a chosen checkpoint.
 HOOKED = {
-    11: ("partial", 10), 12: ("partial", 50), 13: ("partial", 90),
-    14: ("written", 10), 15: ("written", 60), 16: ("written", 100),
-    17: ("renamed", 20), 18: ("renamed", 70), 19: ("renamed", 100),
+    11: ("partial", 10),
+    12: ("partial", 50),
+    13: ("partial", 90),
+    14: ("written", 10),
+    15: ("written", 60),
+    16: ("written", 100),
+    17: ("renamed", 20),
+    18: ("renamed", 70),
+    19: ("renamed", 100),
 }
 
 
@@ -247,7 +257,9 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(server, re
         if fresh:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gatedvae", *_train_args(reference["config"], run)],
-                env=dict(os.environ, OMP_NUM_THREADS="1", **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=dict(os.environ, OMP_NUM_THREADS="1", **env),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             _wait_for(run / "status.json")  # past the ~2 s of importing torch: training has begun
         else:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch.distributions import Categorical, Normal, Uniform
@@ -47,8 +46,11 @@ def test_l_i_is_code_entropy_minus_cross_entropy_hand_made():
     h = 2 * math.log(2.0) + math.log(3.0) + math.log(2.0)
     assert codes.entropy() == pytest.approx(h)
     # H(c) from torch.distributions: Unif(-1, 1) has log 2 nats, Cat(K, 1/K) has log K.
-    h_dist = 2 * Uniform(-1.0, 1.0).entropy().item() + Categorical(probs=torch.ones(3) / 3).entropy().item() \
+    h_dist = (
+        2 * Uniform(-1.0, 1.0).entropy().item()
+        + Categorical(probs=torch.ones(3) / 3).entropy().item()
         + Categorical(probs=torch.ones(2) / 2).entropy().item()
+    )
     assert codes.entropy() == pytest.approx(h_dist, rel=1e-6)
     torch.testing.assert_close(info_lower_bound(ce, codes.entropy()), h - expected)
 
@@ -173,8 +175,17 @@ def _tiny(**train_kw) -> Config:
     return Config(
         data=DataConfig(name="ellipses", size=300, levels=8),
         model=ModelConfig(name="infowgan_gp", latent_dim=5, hidden=24, categorical=(2,), noise_dim=4),
-        train=TrainConfig(**{"steps": 30, "batch_size": 16, "lr": 1e-3, "log_every": 10, "checkpoint_every": 15,
-                             "device": "cpu", **train_kw}),
+        train=TrainConfig(
+            **{
+                "steps": 30,
+                "batch_size": 16,
+                "lr": 1e-3,
+                "log_every": 10,
+                "checkpoint_every": 15,
+                "device": "cpu",
+                **train_kw,
+            }
+        ),
     )
 
 

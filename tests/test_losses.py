@@ -578,7 +578,7 @@ def _cases():
         t = L.chyvae_terms(mu, tril, z2, nu)
         psi = L.chyvae_psi(p, nu)
         outs = [t["kl_z"], t["kl_sigma"], L.chyvae_regulariser(mu, tril, z2, nu)]
-        sig = (tril @ tril.transpose(-1, -2) + torch.eye(p))
+        sig = tril @ tril.transpose(-1, -2) + torch.eye(p)
         outs.append(L.invwishart_log_density(sig, psi, nu))
         outs.append(L.kl_invwishart(sig, nu + 1, psi, nu))
         outs.append(L.expected_kl_normal_under_invwishart(mu, tril, psi, nu))

@@ -60,9 +60,12 @@ def _heap(tree, size: int):
 
 
 def _assert_same_model(x, y, x_eval, stages: int, seed: int, depth: int = 3, lr: float = 0.1) -> None:
-    ref = GradientBoostingClassifier(n_estimators=stages, max_depth=depth, learning_rate=lr, random_state=seed).fit(x, y)
-    model, pred_tr, pred_ev = fit_gbt(x, y, random_state=seed, n_estimators=stages, max_depth=depth,
-                                      learning_rate=lr, eval_x=x_eval)
+    ref = GradientBoostingClassifier(n_estimators=stages, max_depth=depth, learning_rate=lr, random_state=seed).fit(
+        x, y
+    )
+    model, pred_tr, pred_ev = fit_gbt(
+        x, y, random_state=seed, n_estimators=stages, max_depth=depth, learning_rate=lr, eval_x=x_eval
+    )
     size = model.split.shape[2]
     for s in range(stages):
         for k in range(model.split.shape[1]):

@@ -49,8 +49,12 @@ SCALARS = {
     "dci_random_forest": ("disentanglement", "completeness", "informativeness"),
     "mig": ("mig",),
 }
-FNS = {"dci_lasso": dci_lasso, "dci_random_forest": dci_random_forest, "mig": mig,
-       "dci_classifier": lambda z, f, rng: dci_classifier(z, f, rng, n_estimators=20)}
+FNS = {
+    "dci_lasso": dci_lasso,
+    "dci_random_forest": dci_random_forest,
+    "mig": mig,
+    "dci_classifier": lambda z, f, rng: dci_classifier(z, f, rng, n_estimators=20),
+}
 # Lasso: solver tolerance; trees: a permutation changes which of two equally good splits the
 # feature order picks first, and a sign flip mirrors the thresholds
 TOL = {"dci_lasso": 1e-3, "dci_random_forest": 0.02, "mig": 1e-9, "dci_classifier": 0.02}
@@ -103,10 +107,13 @@ def duplicated():
     return np.concatenate([f, f], axis=1).astype(float), f  # (N, 2K)
 
 
-@pytest.mark.parametrize("fn,kw,key", [
-    (dci_random_forest, {}, "completeness"),
-    (dci_classifier, {"n_estimators": 20}, "completeness_mean"),
-])
+@pytest.mark.parametrize(
+    "fn,kw,key",
+    [
+        (dci_random_forest, {}, "completeness"),
+        (dci_classifier, {"n_estimators": 20}, "completeness_mean"),
+    ],
+)
 def test_duplicated_codes_split_importance_evenly(fn, kw, key, duplicated):
     codes, factors = duplicated
     r = fn(codes, factors, np.random.default_rng(0), **kw)
@@ -136,9 +143,11 @@ def test_array_metrics_silent_on_degenerate_codes(kind, data):
 
     codes, factors = data
     rng = np.random.default_rng(1)
-    z = {"constant": np.concatenate([codes[:, :4], np.zeros((codes.shape[0], 1))], axis=1),
-         "noise": rng.normal(size=codes.shape),
-         "duplicated": np.concatenate([codes[:, :4], codes[:, :4]], axis=1)}[kind]
+    z = {
+        "constant": np.concatenate([codes[:, :4], np.zeros((codes.shape[0], 1))], axis=1),
+        "noise": rng.normal(size=codes.shape),
+        "duplicated": np.concatenate([codes[:, :4], codes[:, :4]], axis=1),
+    }[kind]
     for name in sorted(n for n, k in KINDS.items() if k == "arrays"):
         kw = {"max_samples": 1000, "n_estimators": 10} if name == "dci_classifier" else {}
         with warnings.catch_warnings():

@@ -27,7 +27,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_impl as ref  # noqa: E402
-
 from gatedvae.metrics import (  # noqa: E402
     beta_vae_score_from_features,
     dci_classifier,
@@ -290,7 +289,8 @@ def test_beta_vae_matches_reference(kind):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs may stop at 100 iterations, in both
         theirs = ref.beta_vae_accuracies(x_tr, y_tr, x_ev, y_ev)
-    ours = beta_vae_score_from_features(x_tr, y_tr, x_ev, y_ev, np.random.default_rng(0),
-                                        classifier="logistic", c=1.0, max_iter=100)
+    ours = beta_vae_score_from_features(
+        x_tr, y_tr, x_ev, y_ev, np.random.default_rng(0), classifier="logistic", c=1.0, max_iter=100
+    )
     assert abs(ours["train_accuracy"] - theirs["train_accuracy"]) < EXACT
     assert abs(ours["eval_accuracy"] - theirs["eval_accuracy"]) < EXACT

@@ -171,7 +171,9 @@ def test_array_metric_bounds(name, kind, data):
     result = _run(name, codes[kind], factors, **OVERRIDES.get(name, {}))
     assert _all_finite(result), f"{name} on {kind} codes produced NaN/inf"
     for key, lo, hi in EXPECT[name][kind]:
-        assert lo <= result[key] <= hi, f"{name}[{key}] on {kind} codes = {result[key]:.4f}, expected [{lo:.3f}, {hi:.3f}]"
+        assert lo <= result[key] <= hi, (
+            f"{name}[{key}] on {kind} codes = {result[key]:.4f}, expected [{lo:.3f}, {hi:.3f}]"
+        )
 
 
 @pytest.mark.parametrize("name", ARRAY_METRICS)
@@ -266,8 +268,11 @@ def test_dci_from_importance_closed_forms():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 6)),
-           elements=st.one_of(st.just(0.0), st.floats(1e-6, 10.0))),
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 6), st.integers(1, 6)),
+        elements=st.one_of(st.just(0.0), st.floats(1e-6, 10.0)),
+    ),
     st.randoms(use_true_random=False),
 )
 def test_importance_scores_bounded_and_permutation_invariant(r, prng):
@@ -343,8 +348,7 @@ def test_partition_dci_groups_latents():
 
 def test_dci_classifier_partition_and_keys():
     factors, codes = make_codes(n=1200, seed=5)
-    r = dci_classifier(codes["perfect"], factors, np.random.default_rng(0), n_estimators=10,
-                       units=[[0, 1], [2, 3, 4]])
+    r = dci_classifier(codes["perfect"], factors, np.random.default_rng(0), n_estimators=10, units=[[0, 1], [2, 3, 4]])
     assert {"informativeness_train", "informativeness_test", "completeness_mean"} <= set(r)
     assert "informativeness" not in r  # accuracy, not NRMSE: a different key on purpose
     assert r["partition"]["importance"].shape == (2, 5)
@@ -462,8 +466,9 @@ def test_sampler_metric_reproducible(name):
 
 
 def test_beta_vae_linear_svm_option():
-    r = beta_vae_score(_repr_fns()["perfect"], SIZES, np.random.default_rng(0), n_train=500, n_eval=200,
-                       classifier="linear_svc")
+    r = beta_vae_score(
+        _repr_fns()["perfect"], SIZES, np.random.default_rng(0), n_train=500, n_eval=200, classifier="linear_svc"
+    )
     assert r["eval_accuracy"] == 1.0 and r["chance"] == pytest.approx(0.2)
 
 
@@ -562,8 +567,10 @@ def test_spearman_matches_scipy():
 
 
 def test_udr_kl_mask_partners_and_errors():
-    models = [np.concatenate([c, np.random.default_rng(s).normal(size=(2000, 2)) * 0.01], 1)
-              for s, c in enumerate(_seed_models("disentangled"))]
+    models = [
+        np.concatenate([c, np.random.default_rng(s).normal(size=(2000, 2)) * 0.01], 1)
+        for s, c in enumerate(_seed_models("disentangled"))
+    ]
     kl = [np.r_[np.ones(5), 0.0, 0.0] for _ in models]
     masked = udr(models, np.random.default_rng(0), kl=kl)
     unmasked = udr(models, np.random.default_rng(0))
@@ -617,8 +624,10 @@ def test_gaussian_tc_matches_entropy_difference():
     rng = np.random.default_rng(2)
     z = rng.normal(size=(3000, 4)) @ rng.normal(size=(4, 4))
     cov = np.cov(z, rowvar=False)
-    expected = sum(multivariate_normal(0, cov[i, i]).entropy() for i in range(4)) - multivariate_normal(
-        np.zeros(4), cov).entropy()
+    expected = (
+        sum(multivariate_normal(0, cov[i, i]).entropy() for i in range(4))
+        - multivariate_normal(np.zeros(4), cov).entropy()
+    )
     assert gaussian_total_correlation(z) == pytest.approx(expected, rel=1e-8)
 
 

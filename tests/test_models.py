@@ -18,7 +18,11 @@ MASK = torch.tensor([False, False, True, True, False, False])
 
 
 def make(name: str, net: str = "mlp", seed: int = 0, **kw):
-    cond = ("f1",) if MODELS[name].cls.__dict__.get("conditional") or getattr(MODELS[name].cls, "conditional", False) else ()
+    cond = (
+        ("f1",)
+        if MODELS[name].cls.__dict__.get("conditional") or getattr(MODELS[name].cls, "conditional", False)
+        else ()
+    )
     cfg = ModelConfig(name=name, net=net, latent_dim=LATENT, hidden=16, condition=cond, **kw)
     return build_model(cfg, IMAGE, dataset_size=500, cond_dim=3 if cond else 0, seed=seed)
 
@@ -37,10 +41,13 @@ def test_forward_backward_every_parameter_finite_gradient(name, gated):
     if gated and not model.reconstructs:
         pytest.skip("a GAN has no reconstruction to gate (the trainer refuses gating it)")
     x, cond = batch(model)
-    out = model.loss(x, x.flip(0), step=5, generator=torch.Generator().manual_seed(1), cond=cond,
-                     gate_mask=MASK if gated else None)
+    out = model.loss(
+        x, x.flip(0), step=5, generator=torch.Generator().manual_seed(1), cond=cond, gate_mask=MASK if gated else None
+    )
     assert out.total.ndim == 0 and torch.isfinite(out.total)
-    assert set(out.terms) >= ({"recon"} if model.reconstructs else set()) and all(v.ndim == 0 for v in out.terms.values())
+    assert set(out.terms) >= ({"recon"} if model.reconstructs else set()) and all(
+        v.ndim == 0 for v in out.terms.values()
+    )
     out.total.backward()
     # Auxiliary modules (FactorVAE's discriminator) get their gradient in their own step.
     aux = {n: torch.optim.SGD(m.parameters(), lr=0.0) for n, m in model.auxiliary_modules().items()}
@@ -112,7 +119,9 @@ def test_save_load_gives_equal_tensors(name, tmp_path):
             assert torch.equal(torch.as_tensor(sa[pid][key]), torch.as_tensor(sb[pid][key]))
 
 
-@pytest.mark.parametrize("name", ["beta_vae", "info_vae", "dip_vae_ii", "factor_vae", "beta_tcvae", "chyvae", "annealed_vae"])
+@pytest.mark.parametrize(
+    "name", ["beta_vae", "info_vae", "dip_vae_ii", "factor_vae", "beta_tcvae", "chyvae", "annealed_vae"]
+)
 def test_gate_blocks_reconstruction_gradient_outside_the_active_partition(name):
     model = make(name)
     x, cond = batch(model)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import grid_dataset, labelled_dataset
 from gatedvae.config import PartitionConfig
 from gatedvae.data import ClusterPairSampler, ExactPairSampler, IdentityPairSampler, make_sampler
 from gatedvae.errors import PartitionError
-
-from conftest import grid_dataset, labelled_dataset
 
 N_PAIRS = 10_000
 
@@ -127,7 +126,9 @@ def test_sampler_errors_are_clear():
     with pytest.raises(PartitionError, match="unknown label column 'pos'"):
         ClusterPairSampler(ds, ["pos"], 4, np.random.default_rng(0))
     with pytest.raises(PartitionError, match="lacks"):
-        make_sampler(grid_dataset(), PartitionConfig(name="shape", size=2, factors=("shape",)), np.random.default_rng(0))
+        make_sampler(
+            grid_dataset(), PartitionConfig(name="shape", size=2, factors=("shape",)), np.random.default_rng(0)
+        )
     with pytest.raises(PartitionError):
         ExactPairSampler(grid_dataset(), ["f1"], noise=1.5)
 
@@ -135,7 +136,11 @@ def test_sampler_errors_are_clear():
 def test_make_sampler_dispatch():
     ds = labelled_dataset()
     rng = np.random.default_rng(0)
-    assert isinstance(make_sampler(ds, PartitionConfig(name="free", size=2, sampler="identity"), rng), IdentityPairSampler)
+    assert isinstance(
+        make_sampler(ds, PartitionConfig(name="free", size=2, sampler="identity"), rng), IdentityPairSampler
+    )
     assert isinstance(make_sampler(ds, PartitionConfig(name="a", size=2, factors=("a",)), rng), ExactPairSampler)
-    s = make_sampler(ds, PartitionConfig(name="p", size=2, factors=("pose",), sampler="cluster", clusters=5, noise=0.1), rng)
+    s = make_sampler(
+        ds, PartitionConfig(name="p", size=2, factors=("pose",), sampler="cluster", clusters=5, noise=0.1), rng
+    )
     assert isinstance(s, ClusterPairSampler) and s.noise == 0.1

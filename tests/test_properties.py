@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from conftest import grid_dataset
 from gatedvae.config import (
     Config,
     DataConfig,
@@ -29,11 +30,16 @@ from gatedvae.config import (
     save_config,
     to_dict,
 )
-from gatedvae.data import ClusterPairSampler, ExactPairSampler, FactorDataset, FactorSpace, IdentityPairSampler, Uint8Store
+from gatedvae.data import (
+    ClusterPairSampler,
+    ExactPairSampler,
+    FactorDataset,
+    FactorSpace,
+    IdentityPairSampler,
+    Uint8Store,
+)
 from gatedvae.errors import GatedVAEError
 from gatedvae.metrics import KINDS, METRICS, compute
-
-from conftest import grid_dataset
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -53,7 +59,10 @@ def test_factor_space_index_factor_round_trip(sizes, data):
     assert ((factors >= 0) & (factors < np.array(sizes))).all()
     assert np.array_equal(space.to_index(factors), index)
     # The other direction, and the row-major order numpy uses.
-    classes = np.stack([np.array(data.draw(st.lists(st.integers(0, s - 1), min_size=len(index), max_size=len(index)))) for s in sizes], axis=1)
+    classes = np.stack(
+        [np.array(data.draw(st.lists(st.integers(0, s - 1), min_size=len(index), max_size=len(index)))) for s in sizes],
+        axis=1,
+    )
     assert np.array_equal(space.to_factors(space.to_index(classes)), classes)
     assert np.array_equal(space.to_index(classes), np.ravel_multi_index(tuple(classes.T), tuple(sizes)))
 
@@ -89,14 +98,21 @@ def grid_and_partition(draw):
 
 
 @settings(max_examples=40, **SETTINGS)
-@given(dp=grid_and_partition(), seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 64), noise=st.sampled_from([0.0, 0.0, 0.3, 1.0]))
+@given(
+    dp=grid_and_partition(),
+    seed=st.integers(0, 2**32 - 1),
+    batch=st.integers(1, 64),
+    noise=st.sampled_from([0.0, 0.0, 0.3, 1.0]),
+)
 def test_exact_sampler_on_a_grid(dp, seed, batch, noise):
     ds, shared = dp
     sampler = ExactPairSampler(ds, shared, noise=noise)
     pairs = sampler.sample(batch, np.random.default_rng(seed))
     keep = ds.factor_space.positions(shared)
     assert pairs.input.shape == pairs.target.shape == (batch,) and pairs.input.dtype == pairs.target.dtype == np.int64
-    assert ((pairs.input >= 0) & (pairs.input < len(ds))).all() and ((pairs.target >= 0) & (pairs.target < len(ds))).all()
+    assert ((pairs.input >= 0) & (pairs.input < len(ds))).all() and (
+        (pairs.target >= 0) & (pairs.target < len(ds))
+    ).all()
     assert pairs.shared.tolist() == [k in keep for k in range(ds.factor_space.num_factors)]  # exactly the partition's
     clean = ~pairs.noisy
     fi, ft = ds.factors_of(pairs.input[clean]), ds.factors_of(pairs.target[clean])
@@ -120,8 +136,14 @@ def labelled_and_partition(draw):
     space = FactorSpace([f"g{k}" for k in range(len(sizes))], sizes)
     factors = space.sample(n, rng)  # (N, K) with repeats: not a grid
     weak = rng.normal(size=(n, 2))  # (N, 2)
-    ds = FactorDataset("labelled", Uint8Store(rng.integers(0, 256, size=(n, 1, 4, 4), dtype=np.uint8)), space,
-                       factors=factors, weak=weak, weak_names=["u", "v"])
+    ds = FactorDataset(
+        "labelled",
+        Uint8Store(rng.integers(0, 256, size=(n, 1, 4, 4), dtype=np.uint8)),
+        space,
+        factors=factors,
+        weak=weak,
+        weak_names=["u", "v"],
+    )
     shared = draw(st.lists(st.sampled_from(list(space.names)), min_size=1, max_size=len(sizes), unique=True))
     return ds, shared
 
@@ -158,7 +180,9 @@ def test_cluster_and_identity_samplers(dp, seed, batch, data):
 
 
 # --------------------------------------------------------------------------- config overrides
-names_st = st.text(st.characters(whitelist_categories=("Ll", "Lu", "Nd"), whitelist_characters="_-"), min_size=1, max_size=12)
+names_st = st.text(
+    st.characters(whitelist_categories=("Ll", "Lu", "Nd"), whitelist_characters="_-"), min_size=1, max_size=12
+)
 partition_st = st.builds(
     PartitionConfig,
     name=names_st,
@@ -189,10 +213,17 @@ def configs(draw):
             beta=draw(st.none() | st.floats(0.0, 1e3)),
             c_steps=draw(st.none() | st.integers(1, 10**6)),
         ),
-        gating=GatingConfig(enabled=bool(parts) and draw(st.booleans()), partitions=tuple(parts),
-                            schedule=draw(st.sampled_from(["cyclic", "random"]))),
-        train=TrainConfig(steps=draw(st.integers(0, 10**7)), batch_size=draw(st.integers(2, 4096)),
-                          lr=draw(st.floats(1e-8, 1.0)), seed=draw(st.integers(0, 2**31))),
+        gating=GatingConfig(
+            enabled=bool(parts) and draw(st.booleans()),
+            partitions=tuple(parts),
+            schedule=draw(st.sampled_from(["cyclic", "random"])),
+        ),
+        train=TrainConfig(
+            steps=draw(st.integers(0, 10**7)),
+            batch_size=draw(st.integers(2, 4096)),
+            lr=draw(st.floats(1e-8, 1.0)),
+            seed=draw(st.integers(0, 2**31)),
+        ),
     )
 
 
@@ -256,7 +287,9 @@ def test_a_string_override_stays_the_string_typed(text):
 
 
 @settings(max_examples=60, **SETTINGS)
-@given(value=st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8), st.booleans()))
+@given(
+    value=st.one_of(st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8), st.booleans())
+)
 def test_a_typed_override_is_accepted_only_when_it_fits(value):
     """``train.steps`` takes exactly the non-negative integers (and integral floats); anything else
     is a one-line GatedVAEError, never a crash or a silent coercion."""
@@ -308,7 +341,9 @@ def codes_and_factors(draw):
     codes = draw(arrays(np.float64, (n, d), elements=element)) * scale  # (N, D)
     columns = []
     for c in classes:
-        base = np.concatenate([np.repeat(np.arange(c), 8), draw(arrays(np.int64, (n - 8 * c,), elements=st.integers(0, c - 1)))])
+        base = np.concatenate(
+            [np.repeat(np.arange(c), 8), draw(arrays(np.int64, (n - 8 * c,), elements=st.integers(0, c - 1)))]
+        )
         columns.append(np.array(draw(st.permutations(base.tolist())), dtype=np.int64))  # (N,)
     return codes, np.stack(columns, axis=1)  # (N, D), (N, K)
 
@@ -341,7 +376,11 @@ def test_sampler_metrics_give_finite_scores_for_any_finite_representation(sizes,
         return factors.astype(np.float64) @ mix[:k] + const
 
     for name in ("factor_vae", "beta_vae"):
-        kw = {"n_train": 60, "n_eval": 30, "n_variance": 200, "batch_size": 16} if name == "factor_vae" else {"n_train": 60, "n_eval": 30, "batch_size": 16}
+        kw = (
+            {"n_train": 60, "n_eval": 30, "n_variance": 200, "batch_size": 16}
+            if name == "factor_vae"
+            else {"n_train": 60, "n_eval": 30, "batch_size": 16}
+        )
         try:
             result = compute(name, representation, sizes, np.random.default_rng(seed), preset="fast", **kw)
         except GatedVAEError as exc:
@@ -372,7 +411,9 @@ def test_code_only_and_multi_model_metrics(cf, seed):
         assert np.isfinite(result["variance"]).all()
         live = codes[:, codes.std(axis=0) > 1e-12 * np.maximum(1.0, np.abs(codes).max(axis=0))]  # (N, D')
         if live.shape[1] < 2 or np.linalg.matrix_rank(live - live.mean(axis=0)) == live.shape[1]:
-            assert math.isfinite(result["gaussian_total_correlation"]) or np.linalg.cond(np.cov(live, rowvar=False)) > 1e12
+            assert (
+                math.isfinite(result["gaussian_total_correlation"]) or np.linalg.cond(np.cov(live, rowvar=False)) > 1e12
+            )
     other = codes[:, ::-1] * 2.0 + 1.0
     assert _finite(compute("udr", [codes, other], rng, preset="fast"))
 

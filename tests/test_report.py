@@ -20,7 +20,6 @@ from scipy import stats
 from gatedvae.cli import main
 from gatedvae.errors import ConfigError
 from gatedvae.sweep import collect, plan_sweep, read_manifest, run_sweep, write_manifest, write_report
-
 from test_sweep import tiny_base, write_spec
 
 INJECT = "<script>window.__pwned = 1; document.title = 'pwned';</script>"
@@ -38,8 +37,13 @@ def fake_sweep(root: Path, scores: dict[tuple[bool, int], dict[str, float]], mis
     """A planned sweep (un-gated/gated x seeds) whose run directories are written by hand with
     the given headline scores, as ``gatedvae evaluate`` writes them. ``missing``: (gated, seed) left pending."""
     seeds = sorted({s for _, s in scores} | {s for _, s in missing})
-    spec = {"name": "fake", "base": tiny_base(), "grid": {"gating.enabled": [False, True]}, "seeds": seeds,
-            "evaluate": {"metrics": ["mig", "dci_lasso"], "preset": "fast", "figures": True}}
+    spec = {
+        "name": "fake",
+        "base": tiny_base(),
+        "grid": {"gating.enabled": [False, True]},
+        "seeds": seeds,
+        "evaluate": {"metrics": ["mig", "dci_lasso"], "preset": "fast", "figures": True},
+    }
     sweep_dir = root / "sw"
     write_manifest(plan_sweep(write_spec(root / "fake.yaml", spec)), sweep_dir)
     for e in read_manifest(sweep_dir)["runs"]:
@@ -52,11 +56,21 @@ def fake_sweep(root: Path, scores: dict[tuple[bool, int], dict[str, float]], mis
         _png(run / "figures" / "traversals.png", e["seed"] + 100)
         total = e["config"]["train"]["steps"]
         (run / "status.json").write_text(json.dumps({"status": "finished", "step": total, "total_steps": total}))
-        (run / "summary.json").write_text(json.dumps({"final": {"step": total, "recon": 100.0 + e["seed"], "kl": 2.0},
-                                                      "seconds": 1.5}))
-        (run / "metrics.json").write_text(json.dumps({
-            "preset": "fast", "seed": 0, "checkpoint_step": total, "metrics": ["dci_lasso", "mig"],
-            "figures": ["figures/hinton_dci_lasso.png", "figures/traversals.png"], "headline": scores[key]}))
+        (run / "summary.json").write_text(
+            json.dumps({"final": {"step": total, "recon": 100.0 + e["seed"], "kl": 2.0}, "seconds": 1.5})
+        )
+        (run / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "preset": "fast",
+                    "seed": 0,
+                    "checkpoint_step": total,
+                    "metrics": ["dci_lasso", "mig"],
+                    "figures": ["figures/hinton_dci_lasso.png", "figures/traversals.png"],
+                    "headline": scores[key],
+                }
+            )
+        )
     return sweep_dir
 
 
@@ -91,9 +105,10 @@ def test_scalar_scores_beyond_the_headline_are_collected(tmp_path):
     sweep_dir = fake_sweep(tmp_path, SCORES)
     for i, run in enumerate(sorted((sweep_dir / "runs").iterdir())):
         doc = json.loads((run / "metrics.json").read_text())
-        doc["results"] = {"reconstruction": {"scores": {"squared_error": 10.0 + i, "nll_std": float("nan"),
-                                                        "per_image": [1.0, 2.0]}},
-                          "mig": {"scores": {"mig": -1.0}}}
+        doc["results"] = {
+            "reconstruction": {"scores": {"squared_error": 10.0 + i, "nll_std": float("nan"), "per_image": [1.0, 2.0]}},
+            "mig": {"scores": {"mig": -1.0}},
+        }
         (run / "metrics.json").write_text(json.dumps(doc))
     col = collect(sweep_dir)
     for row in col.rows:
@@ -113,7 +128,9 @@ def test_gated_vs_ungated_welch_test_matches_scipy(tmp_path):
         t = c.tests[score]
         assert t["t"] == pytest.approx(ref.statistic) and t["p_value"] == pytest.approx(ref.pvalue)
         # Welch's statistic written out: (mean_b - mean_a) / sqrt(var_a/n_a + var_b/n_b).
-        assert t["t"] == pytest.approx((np.mean(b) - np.mean(a)) / math.sqrt(np.var(a, ddof=1) / 3 + np.var(b, ddof=1) / 3))
+        assert t["t"] == pytest.approx(
+            (np.mean(b) - np.mean(a)) / math.sqrt(np.var(a, ddof=1) / 3 + np.var(b, ddof=1) / 3)
+        )
         assert t["difference"] == pytest.approx(np.mean(b) - np.mean(a))
     assert c.tests["dci_lasso.disentanglement"]["p_value"] < 0.01
 
@@ -156,7 +173,10 @@ def test_report_columns_and_formats_are_checked(tmp_path, capsys):
         write_report(sweep_dir, formats=["pdf"])
     assert main(["report", str(sweep_dir), "--metrics", "mig.mig", "--format", "md", "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "| ungated | no | 3/3 | 0.120 ± 0.020 |" in md and "dci_lasso.disentanglement" not in md.split("## Configurations")[1].split("\n\n")[1]
+    assert (
+        "| ungated | no | 3/3 | 0.120 ± 0.020 |" in md
+        and "dci_lasso.disentanglement" not in md.split("## Configurations")[1].split("\n\n")[1]
+    )
 
 
 def test_html_escapes_every_string(tmp_path):
@@ -220,8 +240,16 @@ def _browser():
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
     profile = tempfile.mkdtemp(prefix="gatedvae-chromium-")
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=driver), options=opts), profile
 
@@ -231,7 +259,7 @@ def test_html_report_in_headless_chromium(real):
     try:
         drv.get((real / "report" / "report.html").resolve().as_uri())
         assert drv.execute_script("return document.readyState") == "complete"
-        assert drv.title == f"Sweep report"
+        assert drv.title == "Sweep report"
         got = drv.execute_script("""
             const imgs = Array.from(document.images);
             return {
@@ -256,8 +284,14 @@ def test_html_report_in_headless_chromium(real):
 
 
 def test_report_of_a_sweep_with_nothing_finished(tmp_path):
-    spec = {"name": "new", "base": tiny_base(), "grid": {"gating.enabled": [False, True]}, "seeds": 2,
-            "evaluate": {"metrics": ["mig"], "figures": False}, "report": {"metrics": ["mig.mig", "dci_lasso.completeness"]}}
+    spec = {
+        "name": "new",
+        "base": tiny_base(),
+        "grid": {"gating.enabled": [False, True]},
+        "seeds": 2,
+        "evaluate": {"metrics": ["mig"], "figures": False},
+        "report": {"metrics": ["mig.mig", "dci_lasso.completeness"]},
+    }
     sweep_dir = tmp_path / "sw"
     write_manifest(plan_sweep(write_spec(tmp_path / "n.yaml", spec)), sweep_dir)
     files = write_report(sweep_dir)["files"]

@@ -32,8 +32,7 @@ import yaml
 
 from gatedvae import cli
 from gatedvae.config import Config, PartitionConfig, apply_overrides, load_config
-from gatedvae.errors import ConfigError
-from gatedvae.errors import GatedVAEError
+from gatedvae.errors import ConfigError, GatedVAEError
 from gatedvae.train import CheckpointError, load_checkpoint
 from gatedvae.train.checkpoint import read_header
 
@@ -73,7 +72,9 @@ def _one_line(err: str) -> str:
 def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("safety")
     (root / "cfg.yaml").write_text(yaml.safe_dump(BASE))
-    assert cli.main(["train", str(root / "cfg.yaml"), "--run-dir", str(root / "run"), "--quiet", "--no-tensorboard"]) == 0
+    assert (
+        cli.main(["train", str(root / "cfg.yaml"), "--run-dir", str(root / "run"), "--quiet", "--no-tensorboard"]) == 0
+    )
     return root / "run"
 
 
@@ -105,7 +106,10 @@ def test_a_pickled_checkpoint_is_refused_and_never_unpickled(trained, tmp_path, 
         evil.write_bytes(len(body).to_bytes(8, "little") + body)
     before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
-    for argv in (["train", "--resume", str(run), "--quiet", "--no-tensorboard"], ["evaluate", str(run), "--preset", "fast", "--quiet"]):
+    for argv in (
+        ["train", "--resume", str(run), "--quiet", "--no-tensorboard"],
+        ["evaluate", str(run), "--preset", "fast", "--quiet"],
+    ):
         assert cli.main(argv) == 2
         err = _one_line(capsys.readouterr().err)
         assert "step-000000015.safetensors" in err and "not a gatedvae checkpoint" in err, err
@@ -117,6 +121,7 @@ def test_a_pickled_checkpoint_is_refused_and_never_unpickled(trained, tmp_path, 
 
 def test_checkpoint_loading_needs_no_pickle(trained, monkeypatch):
     """Loading a real checkpoint (and evaluating a run) works with pickle switched off entirely."""
+
     def forbidden(*a, **k):
         raise AssertionError("something unpickled")
 
@@ -166,7 +171,9 @@ def test_dsprites_archive_pickled_metadata_is_never_opened(tmp_path, capsys):
     assert "30 images" in capsys.readouterr().out
     assert not marker.exists()
     # Pickled *images* are refused.
-    np.savez(tmp_path / "e.npz", imgs=meta.reshape(1), latents_values=np.zeros((1, 6)), latents_classes=np.zeros((1, 6), int))
+    np.savez(
+        tmp_path / "e.npz", imgs=meta.reshape(1), latents_values=np.zeros((1, 6)), latents_classes=np.zeros((1, 6), int)
+    )
     assert cli.main(["data", "describe", "dsprites_file", f"path={tmp_path / 'e.npz'}", "--quiet"]) == 2
     _one_line(capsys.readouterr().err)
     assert not marker.exists()
@@ -186,7 +193,12 @@ def test_yaml_python_tags_are_refused_in_config_files(tmp_path, capsys):
     assert rc == 2 and "is not valid YAML" in err and "python/object/apply" in err
     assert not marker.exists() and not (tmp_path / "r").exists()
     # The same tag in a plain top-level position, and the other dangerous tags.
-    for tag in (_python_tag(marker), f"!!python/name:os.system", "!!python/module:os", f"!!python/object/new:builtins.open [{json.dumps(str(marker))}, w]"):
+    for tag in (
+        _python_tag(marker),
+        "!!python/name:os.system",
+        "!!python/module:os",
+        f"!!python/object/new:builtins.open [{json.dumps(str(marker))}, w]",
+    ):
         cfg.write_text(f"train: {tag}\n")
         with pytest.raises(ConfigError, match="is not valid YAML"):
             load_config(cfg)
@@ -233,23 +245,44 @@ def test_no_unsafe_loader_in_the_source():
                 f = node.func
                 name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
                 owner = getattr(f.value, "id", "") if isinstance(f, ast.Attribute) else ""
-                if (owner, name) in {("pickle", "load"), ("pickle", "loads"), ("torch", "load"), ("yaml", "load"),
-                                     ("yaml", "unsafe_load"), ("yaml", "full_load"), ("np", "load"), ("numpy", "load")} or (isinstance(f, ast.Name) and f.id in ("eval", "exec")):
+                if (owner, name) in {
+                    ("pickle", "load"),
+                    ("pickle", "loads"),
+                    ("torch", "load"),
+                    ("yaml", "load"),
+                    ("yaml", "unsafe_load"),
+                    ("yaml", "full_load"),
+                    ("np", "load"),
+                    ("numpy", "load"),
+                } or (isinstance(f, ast.Name) and f.id in ("eval", "exec")):
                     kw = {k.arg: k.value for k in node.keywords}
-                    if owner in ("np", "numpy") and isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is False:
+                    if (
+                        owner in ("np", "numpy")
+                        and isinstance(kw.get("allow_pickle"), ast.Constant)
+                        and kw["allow_pickle"].value is False
+                    ):
                         continue
-                    if owner == "torch" and isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True:
+                    if (
+                        owner == "torch"
+                        and isinstance(kw.get("weights_only"), ast.Constant)
+                        and kw["weights_only"].value is True
+                    ):
                         continue
                     bad.append(f"{path.relative_to(SRC)}:{node.lineno} {owner}.{name}")
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                mods = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                mods = [a.name for a in node.names] + (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                )
                 if any(m in ("pickle", "dill", "cloudpickle", "marshal", "shelve") for m in mods):
                     bad.append(f"{path.relative_to(SRC)}:{node.lineno} import {mods}")
     assert not bad, bad
 
 
 # --------------------------------------------------------------------------- names that become paths
-@pytest.mark.parametrize("name", ["../escape", "../../etc/passwd", "/tmp/abs", "a/b", "..", ".", ".hidden", "C:\\x", "a\\b", "x\ny", "nul\0l"])
+@pytest.mark.parametrize(
+    "name",
+    ["../escape", "../../etc/passwd", "/tmp/abs", "a/b", "..", ".", ".hidden", "C:\\x", "a\\b", "x\ny", "nul\0l"],
+)
 def test_partition_names_cannot_be_paths(name):
     with pytest.raises(ConfigError, match="must be a plain name"):
         PartitionConfig(name=name, size=1, factors=("x",))
@@ -316,7 +349,12 @@ def test_a_subprocess_never_unpickles_either(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     torch.save({"x": Payload(marker)}, run / "checkpoints" / "step-000000020.safetensors")
-    r = subprocess.run([sys.executable, "-m", "gatedvae", "evaluate", str(run), "--preset", "fast", "--quiet"],
-                       capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run(
+        [sys.executable, "-m", "gatedvae", "evaluate", str(run), "--preset", "fast", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert r.returncode == 2 and "not a gatedvae checkpoint" in r.stderr and len(r.stderr.splitlines()) == 1
     assert not marker.exists()

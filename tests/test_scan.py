@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
+from conftest import grid_dataset, labelled_dataset
 from gatedvae.cli import main
 from gatedvae.config import Config, DataConfig, ModelConfig, TrainConfig
 from gatedvae.errors import ConfigError, DataError, GatedVAEError
@@ -27,17 +28,19 @@ from gatedvae.scan import (
 )
 from gatedvae.train import train
 
-from conftest import grid_dataset, labelled_dataset
-
 
 # --------------------------------------------------------------------------- the grounding KL
 def test_kl_diag_gaussians_closed_form_and_torch_distributions():
     # KL(N(0, 1) || N(1, 4)) = log 2 + (1 + 1) / 8 - 1/2.
-    one = kl_diag_gaussians(torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), torch.tensor([[math.log(4.0)]]))
+    one = kl_diag_gaussians(
+        torch.tensor([[0.0]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), torch.tensor([[math.log(4.0)]])
+    )
     assert one.item() == pytest.approx(math.log(2.0) + 0.25 - 0.5, abs=1e-6)
     g = torch.Generator().manual_seed(0)
     mp, lp, mq, lq = (torch.randn(7, 5, generator=g) for _ in range(4))
-    ref = kl_divergence(Independent(Normal(mp, torch.exp(0.5 * lp)), 1), Independent(Normal(mq, torch.exp(0.5 * lq)), 1))
+    ref = kl_divergence(
+        Independent(Normal(mp, torch.exp(0.5 * lp)), 1), Independent(Normal(mq, torch.exp(0.5 * lq)), 1)
+    )
     torch.testing.assert_close(kl_diag_gaussians(mp, lp, mq, lq), ref)
 
 
@@ -45,7 +48,10 @@ def test_scan_grounding_term_is_the_forward_kl_from_vision_to_symbols():
     torch.manual_seed(0)
     scan = SCAN(vocab_size=6, latent_dim=3, hidden=8)
     y = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 1]], dtype=torch.float32)
-    mu_x, logvar_x = torch.tensor([[1.0, -0.5, 0.0], [0.2, 0.3, -1.0]]), torch.tensor([[-3.0, -3.0, -3.0], [-2.0, -1.0, 0.0]])
+    mu_x, logvar_x = (
+        torch.tensor([[1.0, -0.5, 0.0], [0.2, 0.3, -1.0]]),
+        torch.tensor([[-3.0, -3.0, -3.0], [-2.0, -1.0, 0.0]]),
+    )
     terms = scan.loss(y, mu_x, logvar_x, beta=2.0, lam=10.0, generator=torch.Generator().manual_seed(1))
     mu_y, logvar_y = scan.encode(y)
     q_x = Independent(Normal(mu_x, torch.exp(0.5 * logvar_x)), 1)
@@ -64,7 +70,9 @@ def test_forward_kl_prefers_a_broad_concept_latent_over_varied_images():
     logvar_x = torch.full((4000, 1), math.log(0.01))  # each image is sharp
     best = min(
         ((m, lv) for m in np.linspace(-1, 1, 21) for lv in np.linspace(-5, 1, 61)),
-        key=lambda p: kl_diag_gaussians(mu_x, logvar_x, torch.full_like(mu_x, p[0]), torch.full_like(mu_x, p[1])).mean().item(),
+        key=lambda p: (
+            kl_diag_gaussians(mu_x, logvar_x, torch.full_like(mu_x, p[0]), torch.full_like(mu_x, p[1])).mean().item()
+        ),
     )
     assert abs(best[0]) < 0.11 and abs(math.exp(best[1]) - 1.01) < 0.1  # the moment match: N(0, ~1), the prior
 
@@ -81,11 +89,17 @@ def _hand_made():
 def test_reference_operators_on_hand_made_gaussians():
     mu, lv, narrow = _hand_made()
     m, v = reference_operator(mu[0:1], lv[0:1], mu[2:3], lv[2:3], "and")  # {a, b} AND {d}
-    assert torch.equal(m, torch.tensor([[1.5, -1.5, 0.0, 2.0]])) and torch.equal(v, torch.tensor([[narrow, narrow, 0.0, narrow]]))
+    assert torch.equal(m, torch.tensor([[1.5, -1.5, 0.0, 2.0]])) and torch.equal(
+        v, torch.tensor([[narrow, narrow, 0.0, narrow]])
+    )
     m, v = reference_operator(mu[0:1], lv[0:1], mu[1:2], lv[1:2], "in_common")  # {a, b} IN COMMON {b, c} = {b}
-    assert torch.equal(m, torch.tensor([[0.0, -1.5, 0.0, 0.0]])) and torch.equal(v, torch.tensor([[0.0, narrow, 0.0, 0.0]]))
+    assert torch.equal(m, torch.tensor([[0.0, -1.5, 0.0, 0.0]])) and torch.equal(
+        v, torch.tensor([[0.0, narrow, 0.0, 0.0]])
+    )
     m, v = reference_operator(mu[0:1], lv[0:1], mu[1:2], lv[1:2], "ignore")  # {a, b} IGNORE {b, c} = {a}
-    assert torch.equal(m, torch.tensor([[1.5, 0.0, 0.0, 0.0]])) and torch.equal(v, torch.tensor([[narrow, 0.0, 0.0, 0.0]]))
+    assert torch.equal(m, torch.tensor([[1.5, 0.0, 0.0, 0.0]])) and torch.equal(
+        v, torch.tensor([[narrow, 0.0, 0.0, 0.0]])
+    )
     with pytest.raises(ConfigError, match="unknown operator"):
         reference_operator(mu, lv, mu, lv, "or")
 
@@ -99,7 +113,9 @@ def test_learned_operators_match_the_closed_form_on_hand_made_gaussians():
     opt = torch.optim.Adam(psi.parameters(), lr=1e-2)
 
     def concept(named, values):
-        return torch.where(named, values, torch.zeros_like(values)), torch.where(named, torch.full_like(values, sharp), torch.zeros_like(values))
+        return torch.where(named, values, torch.zeros_like(values)), torch.where(
+            named, torch.full_like(values, sharp), torch.zeros_like(values)
+        )
 
     for _ in range(400):
         b = 192
@@ -121,20 +137,42 @@ def test_learned_operators_match_the_closed_form_on_hand_made_gaussians():
     mu, lv, _ = _hand_made()
     with torch.no_grad():
         for op, (i, j) in (("and", (0, 2)), ("in_common", (0, 1)), ("ignore", (0, 1))):
-            m_ref, v_ref = reference_operator(mu[i:i + 1], lv[i:i + 1], mu[j:j + 1], lv[j:j + 1], op)
-            m, v = psi(mu[i:i + 1], lv[i:i + 1], mu[j:j + 1], lv[j:j + 1], torch.tensor([("and", "in_common", "ignore").index(op)]))
+            m_ref, v_ref = reference_operator(mu[i : i + 1], lv[i : i + 1], mu[j : j + 1], lv[j : j + 1], op)
+            m, v = psi(
+                mu[i : i + 1],
+                lv[i : i + 1],
+                mu[j : j + 1],
+                lv[j : j + 1],
+                torch.tensor([("and", "in_common", "ignore").index(op)]),
+            )
             named = v_ref < -1
             assert torch.allclose(m[named], m_ref[named], atol=0.25), (op, m, m_ref)
             assert torch.all(v[named] < math.log(0.1)), (op, v)  # narrow where the result names the latent
-            assert torch.all(v[~named].abs() < 0.5) and torch.all(m[~named].abs() < 0.3), (op, m, v)  # ~N(0, 1) where open
+            assert torch.all(v[~named].abs() < 0.5) and torch.all(m[~named].abs() < 0.3), (
+                op,
+                m,
+                v,
+            )  # ~N(0, 1) where open
 
 
 def test_combine_concepts_lecture_examples():
     # attributes (size, shape, colour); -1 = open.
     small, round_, red = 0, 1, 2
-    assert combine_concepts(np.array([small, -1, -1]), np.array([-1, round_, -1]), "and").tolist() == [small, round_, -1]
-    assert combine_concepts(np.array([small, round_, -1]), np.array([-1, round_, red]), "in_common").tolist() == [-1, round_, -1]
-    assert combine_concepts(np.array([small, round_, -1]), np.array([-1, round_, -1]), "ignore").tolist() == [small, -1, -1]
+    assert combine_concepts(np.array([small, -1, -1]), np.array([-1, round_, -1]), "and").tolist() == [
+        small,
+        round_,
+        -1,
+    ]
+    assert combine_concepts(np.array([small, round_, -1]), np.array([-1, round_, red]), "in_common").tolist() == [
+        -1,
+        round_,
+        -1,
+    ]
+    assert combine_concepts(np.array([small, round_, -1]), np.array([-1, round_, -1]), "ignore").tolist() == [
+        small,
+        -1,
+        -1,
+    ]
     with pytest.raises(ConfigError, match="orthogonal"):
         combine_concepts(np.array([small, round_, -1]), np.array([-1, round_, -1]), "and")
 
@@ -180,12 +218,25 @@ def test_accuracy_and_diversity_on_hand_made_predictions():
 # --------------------------------------------------------------------------- end to end
 def test_run_scan_on_a_tiny_vae(tmp_path, capsys):
     ds = grid_dataset((1, 3, 4, 5, 6))
-    cfg = Config(data=DataConfig(name="dsprites"), model=ModelConfig(name="beta_vae", latent_dim=4, hidden=32),
-                 train=TrainConfig(steps=60, batch_size=32, lr=3e-3, device="cpu", log_every=20, checkpoint_every=60))
+    cfg = Config(
+        data=DataConfig(name="dsprites"),
+        model=ModelConfig(name="beta_vae", latent_dim=4, hidden=32),
+        train=TrainConfig(steps=60, batch_size=32, lr=3e-3, device="cpu", log_every=20, checkpoint_every=60),
+    )
     run = tmp_path / "run"
     train(cfg, run, quiet=True, tensorboard=False, dataset=ds)
-    doc = run_scan(run, tmp_path / "scan", attributes=["f1", "f2:2", "f4:2"], steps=150, operator_steps=60,
-                   classifier_steps=100, batch_size=32, samples=8, seed=0, dataset=ds)
+    doc = run_scan(
+        run,
+        tmp_path / "scan",
+        attributes=["f1", "f2:2", "f4:2"],
+        steps=150,
+        operator_steps=60,
+        classifier_steps=100,
+        batch_size=32,
+        samples=8,
+        seed=0,
+        dataset=ds,
+    )
     s = doc["scores"]
     for key in ("train_symbols", "test_symbols", "test_operators"):
         assert 0.0 <= s[key]["accuracy"] <= 1.0 and s[key]["concepts"] > 0

@@ -43,8 +43,15 @@ def tiny_base(steps: int = 20, checkpoint_every: int = 10) -> dict:
         "data": {"name": "ellipses", "size": 300, "levels": 8},
         "model": {"name": "beta_vae", "latent_dim": 4, "hidden": 16},
         "gating": {"partitions": PARTS},
-        "train": {"steps": steps, "batch_size": 16, "lr": 1e-3, "log_every": 5, "checkpoint_every": checkpoint_every,
-                  "device": "cpu", "threads": 1},
+        "train": {
+            "steps": steps,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "log_every": 5,
+            "checkpoint_every": checkpoint_every,
+            "device": "cpu",
+            "threads": 1,
+        },
     }
 
 
@@ -93,7 +100,8 @@ def test_plan_resolves_the_grid_with_stable_ids_and_names(tmp_path):
         assert r.config.train.evaluate == "none"  # evaluation is the sweep's (no double evaluation)
         assert r.evaluate is not None and r.evaluate.metrics == ("mig",)
     assert {(r.config.model.name, r.config.gating.enabled) for r in plan.runs} == {
-        (m, g) for m in ("beta_vae", "info_vae") for g in (False, True)}
+        (m, g) for m in ("beta_vae", "info_vae") for g in (False, True)
+    }
     # The same file plans to the same ids; the manifest rebuilds every config exactly.
     assert [r.id for r in plan_sweep(path).runs] == [r.id for r in plan.runs]
     write_manifest(plan, tmp_path / "sw")
@@ -124,21 +132,29 @@ def test_plan_base_file_relative_to_the_sweep_file(tmp_path):
     (tmp_path / "configs" / "sweeps").mkdir()
     path = write_spec(tmp_path / "configs" / "sweeps" / "s.yaml", {"base": "../base.yaml", "seeds": 2})
     plan = plan_sweep(path)
-    assert [r.config for r in plan.runs][0] == from_dict(Config, {**tiny_base(), "train": {**tiny_base()["train"], "seed": 0}})
+    assert [r.config for r in plan.runs][0] == from_dict(
+        Config, {**tiny_base(), "train": {**tiny_base()["train"], "seed": 0}}
+    )
     assert plan.name == "s" and len(plan.runs) == 2
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"grid": {"model.betta": [1, 4]}}, ["run 'betta=1", "model.betta", "did you mean 'beta'"]),
-    ({"overrides": ["train.stpes=3"]}, ["run '", "train.stpes", "did you mean 'steps'"]),
-    ({"grid": {"model.beta": [1, "four"]}}, ["run 'beta=four", "model.beta"]),
-    ({"grid": {"model.mmd_lambda": [1.0]}}, ["run 'mmd_lambda=1", "not a hyperparameter of beta_vae"]),
-    ({"evaluate": {"metrics": ["mig", "dci_laso"]}}, ["evaluate.metrics", "dci_laso", "did you mean"]),
-    ({"seeds": 0}, ["seeds"]),
-    ({"grid": {"model.beta": []}}, ["grid.model.beta"]),
-    ({"gird": {"model.beta": [1]}}, ["unknown key 'gird'", "did you mean 'grid'"]),
-    ({"report": {"compare_ignore": ["trian.finetune_steps"]}}, ["compare_ignore", "did you mean 'train.finetune_steps'"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"grid": {"model.betta": [1, 4]}}, ["run 'betta=1", "model.betta", "did you mean 'beta'"]),
+        ({"overrides": ["train.stpes=3"]}, ["run '", "train.stpes", "did you mean 'steps'"]),
+        ({"grid": {"model.beta": [1, "four"]}}, ["run 'beta=four", "model.beta"]),
+        ({"grid": {"model.mmd_lambda": [1.0]}}, ["run 'mmd_lambda=1", "not a hyperparameter of beta_vae"]),
+        ({"evaluate": {"metrics": ["mig", "dci_laso"]}}, ["evaluate.metrics", "dci_laso", "did you mean"]),
+        ({"seeds": 0}, ["seeds"]),
+        ({"grid": {"model.beta": []}}, ["grid.model.beta"]),
+        ({"gird": {"model.beta": [1]}}, ["unknown key 'gird'", "did you mean 'grid'"]),
+        (
+            {"report": {"compare_ignore": ["trian.finetune_steps"]}},
+            ["compare_ignore", "did you mean 'train.finetune_steps'"],
+        ),
+    ],
+)
 def test_plan_time_errors_name_the_run_and_key(tmp_path, change, words):
     spec = {"name": "t", "base": tiny_base(), "seeds": 1, **change}
     with pytest.raises(ConfigError) as info:
@@ -151,7 +167,10 @@ def test_plan_time_errors_name_the_run_and_key(tmp_path, change, words):
 
 def test_plan_checks_partition_factors_against_the_dataset(tmp_path):
     base = tiny_base()
-    base["gating"] = {"enabled": True, "partitions": [*PARTS[:2], {"name": "orientation", "size": 1, "factors": ["orientaton"]}]}
+    base["gating"] = {
+        "enabled": True,
+        "partitions": [*PARTS[:2], {"name": "orientation", "size": 1, "factors": ["orientaton"]}],
+    }
     with pytest.raises(ConfigError, match=r"run 'tiny,seed=0'.*'orientaton'.*did you mean 'orientation'"):
         plan_sweep(write_spec(tmp_path / "tiny.yaml", {"base": base, "seeds": 1}))
 
@@ -182,11 +201,15 @@ def test_python_sweep_file_list_and_mapping_forms(tmp_path):
         "        for seed in (0, 1):\n"
         "            d = {**BASE, 'model': {**BASE['model'], 'beta': beta}, 'train': {**BASE['train'], 'seed': seed}}\n"
         "            out.append(from_dict(Config, d))\n"
-        "    return out\n", encoding="utf-8")
+        "    return out\n",
+        encoding="utf-8",
+    )
     plan = plan_sweep(tmp_path / "grid.py")
     assert [r.name for r in plan.runs] == ["beta=1,seed=0", "beta=1,seed=1", "beta=4,seed=0", "beta=4,seed=1"]
     assert plan.runs[0].evaluate.metrics == ("mig",) and plan.name == "grid"
-    (tmp_path / "m.py").write_text(f"def sweep():\n    return {{'base': {tiny_base()!r}, 'seeds': 3}}\n", encoding="utf-8")
+    (tmp_path / "m.py").write_text(
+        f"def sweep():\n    return {{'base': {tiny_base()!r}, 'seeds': 3}}\n", encoding="utf-8"
+    )
     assert len(plan_sweep(tmp_path / "m.py").runs) == 3
     (tmp_path / "bad.py").write_text("def sweep():\n    raise ValueError('no data today')\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="ValueError: no data today"):
@@ -220,9 +243,11 @@ def test_table1_is_the_papers_grid():
     assert sorted({r.seed for r in plan.runs}) == [0, 1, 2, 3, 4] and len(plan.runs) == 30
     for r in plan.runs:  # the paper's hyperparameters come from the presets
         assert r.config.model.latent_dim == 8 and r.config.train.batch_size == 128
-        assert {"beta_vae": r.config.model.beta, "info_vae": r.config.model.mmd_lambda,
-                "dip_vae_ii": r.config.model.lambda_od}[r.config.model.name] == {"beta_vae": 4.0, "info_vae": 500.0,
-                                                                               "dip_vae_ii": 250.0}[r.config.model.name]
+        assert {
+            "beta_vae": r.config.model.beta,
+            "info_vae": r.config.model.mmd_lambda,
+            "dip_vae_ii": r.config.model.lambda_od,
+        }[r.config.model.name] == {"beta_vae": 4.0, "info_vae": 500.0, "dip_vae_ii": 250.0}[r.config.model.name]
         assert {"dci_lasso", "dci_random_forest"} <= set(r.evaluate.metrics)
 
 
@@ -272,14 +297,31 @@ def pooled(tmp_path_factory):
     spec = grid_spec(base=tiny_base(steps=60, checkpoint_every=5))
     sweep_dir = root / "sw"
     assert main(["sweep", "plan", str(write_spec(root / "tiny.yaml", spec)), "--out", str(sweep_dir)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "gatedvae", "sweep", "run", str(sweep_dir), "--workers", "2", "--quiet",
-                             "--no-tensorboard"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gatedvae",
+            "sweep",
+            "run",
+            str(sweep_dir),
+            "--workers",
+            "2",
+            "--quiet",
+            "--no-tensorboard",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 180
         while time.time() < deadline:
             st = sweep_status(sweep_dir)["runs"]
             done = [r for r in st if r["state"] == "done"]
-            half = [r for r in st if r["state"] == "running" and 0 < r["step"] < r["total"]]  # a checkpoint, not finished
+            half = [
+                r for r in st if r["state"] == "running" and 0 < r["step"] < r["total"]
+            ]  # a checkpoint, not finished
             if done and half:
                 break
             assert proc.poll() is None, proc.stderr.read().decode()
@@ -305,8 +347,15 @@ def pooled(tmp_path_factory):
     before = {i: files_of(sweep_dir / "runs" / i) for i in finished}
     records = {i: json.loads((sweep_dir / "runs" / i / "sweep.json").read_text()) for i in finished}
     res = run_sweep(sweep_dir, workers=2, progress=False, tensorboard=False)
-    return {"dir": sweep_dir, "rc": killed_rc, "orphans": orphans, "finished": finished, "before": before,
-            "records": records, "res": res}
+    return {
+        "dir": sweep_dir,
+        "rc": killed_rc,
+        "orphans": orphans,
+        "finished": finished,
+        "before": before,
+        "records": records,
+        "res": res,
+    }
 
 
 def test_killed_sweep_leaves_no_orphans(pooled):
@@ -377,7 +426,10 @@ def test_failed_run_is_recorded_and_others_finish(tmp_path, capsys):
         "base": tiny_base(steps=10),
         "variants": [
             {"name": "ok"},
-            {"name": "broken", "overrides": ["data.name=images", "data.path=/nonexistent/images", "gating.partitions=[]"]},
+            {
+                "name": "broken",
+                "overrides": ["data.name=images", "data.path=/nonexistent/images", "gating.partitions=[]"],
+            },
         ],
         "seeds": 2,
         "evaluate": {"metrics": ["mig"], "figures": False},
@@ -415,8 +467,10 @@ def test_missing_sweep_dir_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_index_and_shard_run_their_part_only(tmp_path, capsys):
-    path = write_spec(tmp_path / "s.yaml", {"name": "parts", "base": tiny_base(steps=10), "seeds": 4,
-                                            "evaluate": {"metrics": ["mig"], "figures": False}})
+    path = write_spec(
+        tmp_path / "s.yaml",
+        {"name": "parts", "base": tiny_base(steps=10), "seeds": 4, "evaluate": {"metrics": ["mig"], "figures": False}},
+    )
     sweep_dir = tmp_path / "sw"
     assert main(["sweep", "plan", str(path), "--out", str(sweep_dir)]) == 0
     assert main(["sweep", "run", str(sweep_dir), "--index", "2", "--quiet", "--no-tensorboard"]) == 0
@@ -435,8 +489,10 @@ def test_index_and_shard_run_their_part_only(tmp_path, capsys):
 def test_run_killed_after_its_evaluation_is_done_and_its_record_closed(tmp_path):
     """SIGKILL between writing metrics.json and closing sweep.json: the files say done, the record
     says running. A re-run neither trains nor evaluates it again, and closes the record."""
-    path = write_spec(tmp_path / "s.yaml", {"name": "late", "base": tiny_base(steps=10), "seeds": 1,
-                                            "evaluate": {"metrics": ["mig"], "figures": False}})
+    path = write_spec(
+        tmp_path / "s.yaml",
+        {"name": "late", "base": tiny_base(steps=10), "seeds": 1, "evaluate": {"metrics": ["mig"], "figures": False}},
+    )
     sweep_dir = tmp_path / "sw"
     assert main(["sweep", "plan", str(path), "--out", str(sweep_dir)]) == 0
     assert run_sweep(sweep_dir, progress=False, tensorboard=False)["done"] == 1
@@ -465,8 +521,23 @@ def test_a_worker_killed_mid_run_costs_only_its_run(tmp_path):
     spec = grid_spec(base=tiny_base(steps=100, checkpoint_every=10), grid={}, seeds=3)
     sweep_dir = tmp_path / "sw"
     assert main(["sweep", "plan", str(write_spec(tmp_path / "w.yaml", spec)), "--out", str(sweep_dir)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "gatedvae", "sweep", "run", str(sweep_dir), "--workers", "2", "--quiet",
-                             "--no-tensorboard"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gatedvae",
+            "sweep",
+            "run",
+            str(sweep_dir),
+            "--workers",
+            "2",
+            "--quiet",
+            "--no-tensorboard",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     victim = None
     try:
         deadline = time.time() + 180

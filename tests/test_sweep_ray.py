@@ -9,12 +9,12 @@ import os
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]' (the ray extra; .ci/run installs it)")
+ray = pytest.importorskip(
+    "ray", reason="ray is not installed: pip install -e '.[ray]' (the ray extra; .ci/run installs it)"
+)
 
 from gatedvae.cli import main  # noqa: E402
 from gatedvae.sweep import read_manifest, sweep_status  # noqa: E402
-
-
 
 SWEEP_PY = """
 from gatedvae.config import Config, from_dict
@@ -49,11 +49,16 @@ def test_grid_on_a_local_ray_instance(tmp_path, capsys):
     assert main(["sweep", "plan", str(tmp_path / "grid.py"), "--out", str(sweep_dir)]) == 0
     capsys.readouterr()
     # A request the local instance cannot meet is a one-line user error, before any run starts.
-    assert main(["sweep", "run", str(sweep_dir), "--backend", "ray", "--workers", "2", "--cpus-per-run", "3", "--quiet"]) == 2
+    assert (
+        main(["sweep", "run", str(sweep_dir), "--backend", "ray", "--workers", "2", "--cpus-per-run", "3", "--quiet"])
+        == 2
+    )
     assert "asks for 3 CPUs and 0 GPUs but this machine's local Ray instance has 2 CPUs" in capsys.readouterr().err
     assert sweep_status(sweep_dir)["counts"]["pending"] == 10
 
-    assert main(["sweep", "run", str(sweep_dir), "--backend", "ray", "--workers", "2", "--quiet", "--no-tensorboard"]) == 1
+    assert (
+        main(["sweep", "run", str(sweep_dir), "--backend", "ray", "--workers", "2", "--quiet", "--no-tensorboard"]) == 1
+    )
     out = capsys.readouterr().out
     assert "10 runs selected: 8 done, 2 failed" in out
     st = sweep_status(sweep_dir)

@@ -27,18 +27,28 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import grid_dataset
 from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig
 from gatedvae.data.base import PackedBinaryStore, as_index_tensor, host_to_device
 from gatedvae.models import MODELS
 from gatedvae.models.base import GenerativeModel
 from gatedvae.train import TrainingDiverged, latest_checkpoint, loop, train
 
-from conftest import grid_dataset
-
 #: aten operators that read device memory back to the host (or need a data-dependent shape).
 SYNC_OPS = {
-    "_local_scalar_dense", "item", "is_nonzero", "nonzero", "masked_select", "unique", "_unique",
-    "_unique2", "unique_dim", "unique_consecutive", "equal", "allclose", "repeat_interleave",
+    "_local_scalar_dense",
+    "item",
+    "is_nonzero",
+    "nonzero",
+    "masked_select",
+    "unique",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "equal",
+    "allclose",
+    "repeat_interleave",
 }
 #: tensor methods that copy to host memory.
 HOST_METHODS = ("cpu", "tolist", "numpy", "__array__")
@@ -158,9 +168,15 @@ CASES = {
     "gated-random": dict(gating=gated(schedule="random")),
     "gated-kl": dict(gating=gated(gate_kl=True)),
     "dcign-clamp": dict(gating=gated(mode="clamp")),
-    "cluster+identity": dict(gating=GatingConfig(enabled=True, partitions=(
-        PartitionConfig(name="pos", size=2, factors=("x", "y"), sampler="cluster", clusters=10, noise=0.2),
-        PartitionConfig(name="free", size=2, sampler="identity")))),
+    "cluster+identity": dict(
+        gating=GatingConfig(
+            enabled=True,
+            partitions=(
+                PartitionConfig(name="pos", size=2, factors=("x", "y"), sampler="cluster", clusters=10, noise=0.2),
+                PartitionConfig(name="free", size=2, sampler="identity"),
+            ),
+        )
+    ),
     "finetune": dict(gating=gated(), finetune_steps=3),
     "cvae-condition": dict(model="cvae", model_kw={"condition": ("scale",)}),
     "conv64": dict(gating=gated(), model_kw={"net": "conv64"}),
@@ -183,7 +199,10 @@ def test_no_host_sync_with_gating_clamping_finetuning_conditions(case, tmp_path,
 
 def test_no_host_sync_with_packed_binary_images(tmp_path, counter, cuda_path):
     ds = grid_dataset(sizes=(3, 4, 5, 6), names=["shape", "scale", "x", "y"])  # 8x8 binary, bit-packed
-    parts = (PartitionConfig(name="shape", size=2, factors=("shape",)), PartitionConfig(name="pos", size=2, factors=("x", "y")))
+    parts = (
+        PartitionConfig(name="shape", size=2, factors=("shape",)),
+        PartitionConfig(name="pos", size=2, factors=("x", "y")),
+    )
     cfg = config(gating=GatingConfig(enabled=True, partitions=parts))
     per_step = run_and_count(counter, cfg, tmp_path, dataset=ds)
     assert plain(per_step, cfg) == [0] * len(plain(per_step, cfg)), dict(counter.calls)
@@ -234,7 +253,9 @@ def test_deferred_nan_check_names_the_first_bad_step_and_keeps_the_last_good_che
 ):
     cfg = config(gating=gated(), steps=40, log_every=log_every, checkpoint_every=checkpoint_every, keep_checkpoints=5)
     run = tmp_path / "nan"
-    with pytest.raises(TrainingDiverged, match=r"loss term 'kl' is nan at step 23; the last good checkpoint \(step 20\)") as exc:
+    with pytest.raises(
+        TrainingDiverged, match=r"loss term 'kl' is nan at step 23; the last good checkpoint \(step 20\)"
+    ) as exc:
         train(cfg, run, quiet=True, tensorboard=False)
     assert "\n" not in str(exc.value)
     assert latest_checkpoint(run / "checkpoints")[0] == 20, found_at

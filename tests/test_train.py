@@ -143,7 +143,12 @@ def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tmp_path, trial):
     save_config(cfg, cfg_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref = tmp_path / "ref"
-    subprocess.run(_cli("train", str(cfg_path), "--run-dir", str(ref), "--quiet", "--no-tensorboard"), check=True, env=env, timeout=300)
+    subprocess.run(
+        _cli("train", str(cfg_path), "--run-dir", str(ref), "--quiet", "--no-tensorboard"),
+        check=True,
+        env=env,
+        timeout=300,
+    )
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cli("train", str(cfg_path), "--run-dir", str(run), "--quiet", "--no-tensorboard"), env=env)
     rnd = random.Random(trial)
@@ -163,7 +168,13 @@ def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tmp_path, trial):
     proc.wait()
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "running" and status["step"] < total, status
-    r = subprocess.run(_cli("train", "--resume", str(run), "--quiet", "--no-tensorboard"), env=env, timeout=300, capture_output=True, text=True)
+    r = subprocess.run(
+        _cli("train", "--resume", str(run), "--quiet", "--no-tensorboard"),
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     a, b = final_tensors(ref), final_tensors(run)
     for k in a:
@@ -181,7 +192,9 @@ def test_nan_stops_naming_step_and_term_and_keeps_checkpoint(tmp_path, monkeypat
 
     monkeypatch.setattr(GenerativeModel, "regulariser", poisoned)
     run = tmp_path / "nan"
-    with pytest.raises(TrainingDiverged, match=r"loss term 'kl' is nan at step 23; the last good checkpoint \(step 20\)") as exc:
+    with pytest.raises(
+        TrainingDiverged, match=r"loss term 'kl' is nan at step 23; the last good checkpoint \(step 20\)"
+    ) as exc:
         train(small_config(steps=40), run, quiet=True, tensorboard=False)
     assert "\n" not in str(exc.value)
     assert latest_checkpoint(run / "checkpoints")[0] == 20
@@ -244,7 +257,9 @@ def test_gating_modes_train(tmp_path, gating):
 
 def test_conditional_vae_trains_on_factor_labels(tmp_path):
     cfg = small_config(steps=10, gated=False)
-    cfg = Config(data=cfg.data, model=ModelConfig(name="cvae", latent_dim=4, hidden=24, condition=("scale",)), train=cfg.train)
+    cfg = Config(
+        data=cfg.data, model=ModelConfig(name="cvae", latent_dim=4, hidden=24, condition=("scale",)), train=cfg.train
+    )
     assert train(cfg, tmp_path / "c", quiet=True, tensorboard=False)["status"] == "finished"
 
 

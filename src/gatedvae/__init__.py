@@ -14,8 +14,8 @@ _os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from .config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig, load_config
 from .data import FactorDataset, FactorSpace, build_dataset
-from .errors import ConfigError, DataError, GatedVAEError, PartitionError
 from .encode import TrainedRun, load_run
+from .errors import ConfigError, DataError, GatedVAEError, PartitionError
 
 __version__ = "0.1.0"
 

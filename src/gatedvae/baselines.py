@@ -168,7 +168,9 @@ def fit_sample(dataset, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([int(seed), 11])
     n = len(dataset)
     index = np.sort(rng.choice(n, size=min(int(size), n), replace=False))  # (n,)
-    x = np.concatenate([dataset.images(index[s : s + 4096]).flatten(1).cpu().numpy() for s in range(0, index.size, 4096)])
+    x = np.concatenate(
+        [dataset.images(index[s : s + 4096]).flatten(1).cpu().numpy() for s in range(0, index.size, 4096)]
+    )
     return index, x.astype(np.float32, copy=False)  # (n, P)
 
 
@@ -213,19 +215,29 @@ def build_baseline(
         cfg = ModelConfig(name=model, net=net, latent_dim=int(latent_dim), hidden=int(hidden))  # type: ignore[arg-type]
         out = build_model(cfg, shape, len(dataset), seed=int(seed))
         if not getattr(out, "reconstructs", True):
-            raise ConfigError(f"untrained_vae needs a VAE-family model; {model} is a GAN (its code comes from Q, not an encoder)")
+            raise ConfigError(
+                f"untrained_vae needs a VAE-family model; {model} is a GAN (its code comes from Q, not an encoder)"
+            )
         norms = [m for m in out.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if bn_stats and norms:
             _, x = fit_sample(dataset, fit_size, seed)
             _batch_norm_statistics(out, norms, torch.from_numpy(x).view(-1, *shape))
-        out.info = {"model": model, "net": net, "hidden": int(hidden), "latent_dim": int(latent_dim), "seed": int(seed),  # type: ignore[attr-defined]
-                    "bn_stats": bool(bn_stats and norms)}
+        out.info = {
+            "model": model,
+            "net": net,
+            "hidden": int(hidden),
+            "latent_dim": int(latent_dim),
+            "seed": int(seed),  # type: ignore[attr-defined]
+            "bn_stats": bool(bn_stats and norms),
+        }
     else:
         if int(latent_dim) > pixels:
             raise ConfigError(f"latent_dim {latent_dim} exceeds the {pixels} pixels of an image; lower it")
         index, x = fit_sample(dataset, fit_size, seed)
         if int(latent_dim) > x.shape[0]:
-            raise ConfigError(f"latent_dim {latent_dim} exceeds the {x.shape[0]} fitting images; raise fit_size or lower latent_dim")
+            raise ConfigError(
+                f"latent_dim {latent_dim} exceeds the {x.shape[0]} fitting images; raise fit_size or lower latent_dim"
+            )
         if name == "pca":
             from sklearn.decomposition import PCA
 
@@ -312,11 +324,21 @@ def ground_truth_scores(dataset, metrics, preset: str, rng: np.random.Generator)
     names = resolve_metrics(metrics)
     base = int(rng.integers(0, 2**63 - 1))
     sizes = list(dataset.factor_space.sizes)
-    idx = np.sort(_stream(base, "codes").choice(len(dataset), size=min(SAMPLE_SIZES[preset]["codes"], len(dataset)), replace=False))
+    idx = np.sort(
+        _stream(base, "codes").choice(
+            len(dataset), size=min(SAMPLE_SIZES[preset]["codes"], len(dataset)), replace=False
+        )
+    )
     fac = dataset.factors_of(idx)  # (n, K)
     keep = np.flatnonzero(np.ptp(fac, axis=0) > 0)
-    out: dict[str, Any] = {"preset": preset, "rng_base": base, "metrics": [], "results": {}, "skipped": {},
-                           "factor_names": [dataset.factor_space.names[k] for k in keep]}
+    out: dict[str, Any] = {
+        "preset": preset,
+        "rng_base": base,
+        "metrics": [],
+        "results": {},
+        "skipped": {},
+        "factor_names": [dataset.factor_space.names[k] for k in keep],
+    }
     for name in names:
         kind = KINDS.get(name)
         t0 = time.perf_counter()
@@ -395,8 +417,19 @@ def evaluate_baseline(
         describe, latent = "ground_truth (factor classes)", len(result["factor_names"])
         spec["latent_dim"] = latent
     else:
-        prep = prepare_baseline(name, data, dataset=dataset, progress=progress, latent_dim=latent_dim, seed=int(seed),
-                                fit_size=fit_size, model=model, net=net, hidden=hidden, bn_stats=bn_stats)
+        prep = prepare_baseline(
+            name,
+            data,
+            dataset=dataset,
+            progress=progress,
+            latent_dim=latent_dim,
+            seed=int(seed),
+            fit_size=fit_size,
+            model=model,
+            net=net,
+            hidden=hidden,
+            bn_stats=bn_stats,
+        )
         result = adapter.evaluate_model(prep, names, preset, rng=rng, progress=progress)
         describe, latent = prep.model.describe(), prep.model.latent_dim
         spec.update(prep.model.info)
@@ -434,7 +467,6 @@ def evaluate_baseline(
         _atomic_json(out / "baseline.json", to_jsonable(spec))
         _atomic_json(out / "metrics.json", doc)
     return doc
-
 
 
 def format_baseline(doc: dict) -> str:

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,9 @@ class Gemm:
         return 2 * self.rows * self.inner * self.cols
 
 
-def mlp_gemms(batch: int, n_pixels: int, hidden: int, latent_dim: int, head_out: int, enc_cond: int = 0, dec_cond: int = 0) -> list[Gemm]:
+def mlp_gemms(
+    batch: int, n_pixels: int, hidden: int, latent_dim: int, head_out: int, enc_cond: int = 0, dec_cond: int = 0
+) -> list[Gemm]:
     """The paper's MLP (``nets/mlp.py``): every Linear is ``2 B in out`` forward FLOPs."""
     B = batch
     return [
@@ -157,7 +159,9 @@ def mlp_gemms(batch: int, n_pixels: int, hidden: int, latent_dim: int, head_out:
     ]
 
 
-def conv64_gemms(batch: int, channels: int, hidden: int, latent_dim: int, head_out: int, enc_cond: int = 0, dec_cond: int = 0) -> list[Gemm]:
+def conv64_gemms(
+    batch: int, channels: int, hidden: int, latent_dim: int, head_out: int, enc_cond: int = 0, dec_cond: int = 0
+) -> list[Gemm]:
     """The 64x64 conv net (``nets/conv64.py``), 4x4 kernels, stride 2, padding 1.
 
     Conv2d ``C_in -> C_out``, ``H_out x W_out``: ``2 B C_out H_out W_out C_in k k`` FLOPs =
@@ -168,7 +172,9 @@ def conv64_gemms(batch: int, channels: int, hidden: int, latent_dim: int, head_o
     B, kk = batch, 16
     conv = [(channels, 32, 32), (32, 32, 16), (32, 64, 8), (64, 64, 4)]  # (C_in, C_out, H_out)
     deconv = [(64, 64, 4), (64, 32, 8), (32, 32, 16), (32, channels, 32)]  # (C_in, C_out, H_in)
-    out = [Gemm(f"enc.conv{i + 1}", B * h * h, cin * kk, cout, input_grad=i > 0) for i, (cin, cout, h) in enumerate(conv)]
+    out = [
+        Gemm(f"enc.conv{i + 1}", B * h * h, cin * kk, cout, input_grad=i > 0) for i, (cin, cout, h) in enumerate(conv)
+    ]
     out += [
         Gemm("enc.fc", B, 64 * 4 * 4 + enc_cond, hidden),
         Gemm("enc.head", B, hidden, head_out),
@@ -222,11 +228,21 @@ def traced_gemms(runner: StepRunner) -> list[Gemm]:
             calls.append(Gemm(name, x.numel() // x.shape[-1], module.in_features, module.out_features, ig, wg))
         elif isinstance(module, torch.nn.ConvTranspose2d):  # (B H_in W_in, C_in) @ (C_in, C_out k k), then col2im
             kk = module.kernel_size[0] * module.kernel_size[1]
-            calls.append(Gemm(name, x.shape[0] * x.shape[2] * x.shape[3], module.in_channels, module.out_channels * kk, ig, wg))
+            calls.append(
+                Gemm(name, x.shape[0] * x.shape[2] * x.shape[3], module.in_channels, module.out_channels * kk, ig, wg)
+            )
         else:  # Conv2d as its im2col GEMM: (B H_out W_out, C_in k k) @ (C_in k k, C_out)
             kk = module.kernel_size[0] * module.kernel_size[1]
-            calls.append(Gemm(name, output.shape[0] * output.shape[2] * output.shape[3], module.in_channels * kk,
-                              module.out_channels, ig, wg))
+            calls.append(
+                Gemm(
+                    name,
+                    output.shape[0] * output.shape[2] * output.shape[3],
+                    module.in_channels * kk,
+                    module.out_channels,
+                    ig,
+                    wg,
+                )
+            )
 
     kinds = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
     handles = [m.register_forward_hook(hook) for m in runner.model.modules() if isinstance(m, kinds)]
@@ -274,7 +290,10 @@ def matmul_step(gemms: list[Gemm], seed: int = 0, skip: Sequence[str] = ()) -> C
     """A callable running every product of one training step of ``gemms`` once (but the
     layers named in ``skip``)."""
     gen = torch.Generator().manual_seed(seed)
-    ops = [_Operands(m, k, n, layout, gen) for _, m, k, n, layout in gemm_products([g for g in gemms if g.layer not in skip])]
+    ops = [
+        _Operands(m, k, n, layout, gen)
+        for _, m, k, n, layout in gemm_products([g for g in gemms if g.layer not in skip])
+    ]
 
     def run_all() -> None:
         for op in ops:
@@ -300,8 +319,13 @@ class _SparseFirstLayer:
         self.layer(x).backward(self.grad)
 
 
-def linalg_step(gemms: list[Gemm], first: torch.nn.Module | None, batches: list[torch.Tensor], seed: int = 0,
-                first_name: str | None = None) -> Callable[[], None]:
+def linalg_step(
+    gemms: list[Gemm],
+    first: torch.nn.Module | None,
+    batches: list[torch.Tensor],
+    seed: int = 0,
+    first_name: str | None = None,
+) -> Callable[[], None]:
     """The linear algebra of one real step alone: the dense products, with the first layer's
     forward and weight gradient done the way the model does them (sparse for binary inputs).
 
@@ -389,7 +413,9 @@ def make_optimizers(model, lr: float, adam: dict[str, Any]) -> dict[str, torch.o
     if not adam:
         return _optimizers(model, lr, next(model.parameters()).device)
     main = getattr(model, "main_optimizer_settings", dict)()
-    opts: dict[str, torch.optim.Optimizer] = {"main": torch.optim.Adam(model.main_parameters(), **{**main, "lr": lr, **adam})}
+    opts: dict[str, torch.optim.Optimizer] = {
+        "main": torch.optim.Adam(model.main_parameters(), **{**main, "lr": lr, **adam})
+    }
     settings = model.auxiliary_optimizer_settings()
     for name, module in model.auxiliary_modules().items():
         opts[name] = torch.optim.Adam(module.parameters(), **{**settings.get(name, {"lr": lr}), **adam})
@@ -410,7 +436,7 @@ class PerItemPairs(torch.utils.data.Dataset):
         self.shape = (store.channels, store.height, store.width)
         space = dataset.factor_space
         self.sizes = [int(s) for s in space.sizes]
-        self.strides = [int(np.prod(self.sizes[k + 1:])) for k in range(len(self.sizes))]
+        self.strides = [int(np.prod(self.sizes[k + 1 :])) for k in range(len(self.sizes))]
         self.free = None if shared is None else [k for k, n in enumerate(space.names) if n not in shared]
         self.rng = rng
 
@@ -441,10 +467,17 @@ class _LoaderDraw:
         self.loaders = []
         for k, p in enumerate(parts):
             ds = PerItemPairs(prep.dataset, None if p is None else p.factors, np.random.default_rng([seed, 3, k]))
-            self.loaders.append(torch.utils.data.DataLoader(
-                ds, batch_size=prep.config.train.batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                generator=torch.Generator().manual_seed(seed + k), persistent_workers=workers > 0,
-            ))
+            self.loaders.append(
+                torch.utils.data.DataLoader(
+                    ds,
+                    batch_size=prep.config.train.batch_size,
+                    shuffle=True,
+                    drop_last=True,
+                    num_workers=workers,
+                    generator=torch.Generator().manual_seed(seed + k),
+                    persistent_workers=workers > 0,
+                )
+            )
         self.iters = [iter(ld) for ld in self.loaders]
 
     def _next(self, k: int):
@@ -494,7 +527,11 @@ class StepRunner:
             first.sparse_binary = False
         if spec.channels_first:
             self.model.to(memory_format=torch.contiguous_format)
-        self.draw = _LoaderDraw(prep, self.batcher, spec.loader, self.config.train.seed) if spec.loader is not None else self._draw
+        self.draw = (
+            _LoaderDraw(prep, self.batcher, spec.loader, self.config.train.seed)
+            if spec.loader is not None
+            else self._draw
+        )
         self.model.train()
 
     def first_layer(self) -> torch.nn.Module | None:
@@ -529,8 +566,14 @@ class StepRunner:
             x = x.contiguous()
         t1 = time.perf_counter()
         out = model.loss(
-            x, target, step, gen, cond=cond, gate_mask=gate_mask,
-            gate_regulariser=self.config.gating.gate_kl, clamp_mask=clamp_mask,
+            x,
+            target,
+            step,
+            gen,
+            cond=cond,
+            gate_mask=gate_mask,
+            gate_regulariser=self.config.gating.gate_kl,
+            clamp_mask=clamp_mask,
         )
         if not bool(torch.isfinite(out.total)):  # the loop checks every step on the CPU
             raise RuntimeError(f"{self.config.model.name}: loss is not finite at benchmark step {step}")
@@ -588,8 +631,13 @@ def counted_flops(runner: StepRunner) -> int | None:
 # --------------------------------------------------------------------------- measurement
 
 
-def interleaved(items: dict[str, Callable[[], None]], seconds: float, rounds: int, warmup: int = 1,
-                log: Callable[[str], None] | None = None) -> tuple[dict[str, list[float]], list[float]]:
+def interleaved(
+    items: dict[str, Callable[[], None]],
+    seconds: float,
+    rounds: int,
+    warmup: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, list[float]], list[float]]:
     """Seconds per call of each item, one value per round.
 
     Each round runs every item in turn for ``seconds / rounds`` (at least one call), so all
@@ -646,10 +694,24 @@ def profile_step(runner: StepRunner, steps: int, limit: int = 12) -> dict[str, A
     for e in events:
         cats[_category(e.key)] += e.self_cpu_time_total / 1e3 / steps
     cats["outside ops (Python, numpy)"] = max(wall_ms - sum(cats.values()), 0.0)
-    ops = [{"op": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
-            "category": _category(e.key)} for e in events[:limit]]
-    return {"key": runner.spec.key, "steps": steps, "step_ms": wall_ms, "loadavg": _load(),
-            "categories_ms": cats, "categories_share": {k: v / wall_ms for k, v in cats.items()}, "ops": ops}
+    ops = [
+        {
+            "op": e.key,
+            "calls_per_step": e.count / steps,
+            "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+            "category": _category(e.key),
+        }
+        for e in events[:limit]
+    ]
+    return {
+        "key": runner.spec.key,
+        "steps": steps,
+        "step_ms": wall_ms,
+        "loadavg": _load(),
+        "categories_ms": cats,
+        "categories_share": {k: v / wall_ms for k, v in cats.items()},
+        "ops": ops,
+    }
 
 
 @dataclass
@@ -679,12 +741,27 @@ class BenchOptions:
     presets: tuple[str, ...] = ("default", "fast")
 
     @classmethod
-    def quick_mode(cls, **kw: Any) -> "BenchOptions":
+    def quick_mode(cls, **kw: Any) -> BenchOptions:
         """A smoke run in well under a minute: tiny networks, short timings, 1 thread, a
         sixteenth of dSprites, a 40-step model, two metrics."""
-        base = dict(quick=True, seconds=0.1, rounds=2, threads=1, batch=16, families=False, metrics_steps=40,
-                    metrics="mig,dci_lasso", memory_steps=4, hidden_paper=64, hidden_small=32, square=256, warmup=1,
-                    profile_steps=1, stride=4, loader_workers=(0,))
+        base = dict(
+            quick=True,
+            seconds=0.1,
+            rounds=2,
+            threads=1,
+            batch=16,
+            families=False,
+            metrics_steps=40,
+            metrics="mig,dci_lasso",
+            memory_steps=4,
+            hidden_paper=64,
+            hidden_small=32,
+            square=256,
+            warmup=1,
+            profile_steps=1,
+            stride=4,
+            loader_workers=(0,),
+        )
         base.update(kw)
         return cls(**base)
 
@@ -791,7 +868,9 @@ def measure_train(o: BenchOptions, log: Callable[[str], None] = print) -> dict[s
     for sig, (m, k, n, layout, _) in products.items():
         items[f"shape {sig}"] = _Operands(m, k, n, layout, gen)
 
-    log(f"train: {len(items)} items x {o.rounds} rounds x {o.seconds / o.rounds:.2f} s (about {len(items) * o.seconds:.0f} s)")
+    log(
+        f"train: {len(items)} items x {o.rounds} rounds x {o.seconds / o.rounds:.2f} s (about {len(items) * o.seconds:.0f} s)"
+    )
     t_run = time.perf_counter()
     times, loads = interleaved(items, o.seconds, o.rounds, o.warmup, log=log)
     run_seconds = time.perf_counter() - t_run
@@ -809,10 +888,20 @@ def measure_train(o: BenchOptions, log: Callable[[str], None] = print) -> dict[s
         roof = roof_names[gk]
         t = times[spec.key]
         out = {
-            "key": spec.key, "label": spec.label, "model": spec.model, "net": spec.net, "hidden": spec.hidden,
-            "gated": spec.gated, "variant": spec.variant, "batch": o.batch, "flops_per_step": flops,
-            "steps_per_s": _median(1 / x for x in t), "images_per_s": _median(o.batch / x for x in t),
-            "step_ms": _median(t) * 1e3, "gflops": _median(flops / x / 1e9 for x in t), "roofline": roof,
+            "key": spec.key,
+            "label": spec.label,
+            "model": spec.model,
+            "net": spec.net,
+            "hidden": spec.hidden,
+            "gated": spec.gated,
+            "variant": spec.variant,
+            "batch": o.batch,
+            "flops_per_step": flops,
+            "steps_per_s": _median(1 / x for x in t),
+            "images_per_s": _median(o.batch / x for x in t),
+            "step_ms": _median(t) * 1e3,
+            "gflops": _median(flops / x / 1e9 for x in t),
+            "roofline": roof,
             "roofline_gflops": _median(flops / x / 1e9 for x in times[roof]),
             "fraction_of_roofline": _ratio(times[roof], t),
             "fraction_of_peak": _median((flops / a) / (peak_flops / b) for a, b in zip(t, peak_t)),
@@ -849,16 +938,29 @@ def measure_train(o: BenchOptions, log: Callable[[str], None] = print) -> dict[s
         variants.append(row)
     splits = []
     for key, r in split_runners.items():
-        recs = r.records[o.warmup:] or r.records
+        recs = r.records[o.warmup :] or r.records
         phase = {p: _median(rec[p] for rec in recs) for p in PHASES}
         total = sum(phase.values())
-        splits.append({"key": key, "calls": len(recs), "median_ms": {p: v * 1e3 for p, v in phase.items()},
-                       "share": {p: v / total for p, v in phase.items()}, "step_ms": _median(sum(x.values()) for x in recs) * 1e3})
+        splits.append(
+            {
+                "key": key,
+                "calls": len(recs),
+                "median_ms": {p: v * 1e3 for p, v in phase.items()},
+                "share": {p: v / total for p, v in phase.items()},
+                "step_ms": _median(sum(x.values()) for x in recs) * 1e3,
+            }
+        )
     shapes = []
     for sig, (m, k, n, layout, layers) in products.items():
         t = times[f"shape {sig}"]
-        shapes.append({"product": sig, "layers": layers, "gflops": _median(2 * m * k * n / x / 1e9 for x in t),
-                       "fraction_of_peak": _median((2 * m * k * n / a) / (peak_flops / b) for a, b in zip(t, peak_t))})
+        shapes.append(
+            {
+                "product": sig,
+                "layers": layers,
+                "gflops": _median(2 * m * k * n / x / 1e9 for x in t),
+                "fraction_of_peak": _median((2 * m * k * n / a) / (peak_flops / b) for a, b in zip(t, peak_t)),
+            }
+        )
     log("train: profiling operators ...")
     profiles = [profile_step(r, o.profile_steps) for r in split_runners.values()]
     return {
@@ -890,8 +992,14 @@ def _child_json(kind: str, args: dict[str, Any], threads: int) -> dict[str, Any]
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "gatedvae.bench", "--child", kind, json.dumps(args)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gatedvae.bench", "--child", kind, json.dumps(args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
     seconds = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -921,8 +1029,15 @@ def _child_data(args: dict[str, Any]) -> dict[str, Any]:
         ds.images(rng.integers(0, len(ds), 128))
         n += 1
     gather = (time.perf_counter() - t0) / n
-    return {"images": len(ds), "seconds": seconds, "store_bytes": int(ds.store.nbytes), "baseline_rss_mb": base,
-            "peak_rss_mb": after, "rss_gain_mb": after - base, "gather_128_ms": gather * 1e3}
+    return {
+        "images": len(ds),
+        "seconds": seconds,
+        "store_bytes": int(ds.store.nbytes),
+        "baseline_rss_mb": base,
+        "peak_rss_mb": after,
+        "rss_gain_mb": after - base,
+        "gather_128_ms": gather * 1e3,
+    }
 
 
 def _child_memory(args: dict[str, Any]) -> dict[str, Any]:
@@ -932,16 +1047,30 @@ def _child_memory(args: dict[str, Any]) -> dict[str, Any]:
         data=DataConfig(**args["data"]),
         model=ModelConfig(name="beta_vae", net="mlp", latent_dim=LATENT_DIM, hidden=args["hidden"], beta=4.0),
         gating=GatingConfig(enabled=True, partitions=_partitions()),
-        train=TrainConfig(steps=args["steps"], batch_size=args["batch"], seed=0, device="cpu", threads=args.get("threads", 0),
-                          log_every=max(args["steps"] // 4, 1), checkpoint_every=max(args["steps"] // 2, 1),
-                          image_every=max(args["steps"] // 2, 1), evaluate=args["evaluate"]),
+        train=TrainConfig(
+            steps=args["steps"],
+            batch_size=args["batch"],
+            seed=0,
+            device="cpu",
+            threads=args.get("threads", 0),
+            log_every=max(args["steps"] // 4, 1),
+            checkpoint_every=max(args["steps"] // 2, 1),
+            image_every=max(args["steps"] // 2, 1),
+            evaluate=args["evaluate"],
+        ),
     )
     with tempfile.TemporaryDirectory(prefix="gatedvae_bench_") as tmp:
         t0 = time.perf_counter()
         summary = train(cfg, Path(tmp) / "run", quiet=True, tensorboard=True)
         seconds = time.perf_counter() - t0
-    return {"steps": args["steps"], "hidden": args["hidden"], "evaluate": args["evaluate"], "seconds": seconds,
-            "images_per_second": summary.get("images_per_second"), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "steps": args["steps"],
+        "hidden": args["hidden"],
+        "evaluate": args["evaluate"],
+        "seconds": seconds,
+        "images_per_second": summary.get("images_per_second"),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def _child_quickstart(args: dict[str, Any]) -> dict[str, Any]:
@@ -1002,7 +1131,9 @@ def measure_pairs(o: BenchOptions, log: Callable[[str], None] = print) -> dict[s
     ds = build_dataset(o.data_config())
     rng = np.random.default_rng(o.seed)
     B = o.batch
-    samplers: dict[str, Any] = {f"exact ({', '.join(p.factors)})": ExactPairSampler(ds, list(p.factors)) for p in _partitions()}
+    samplers: dict[str, Any] = {
+        f"exact ({', '.join(p.factors)})": ExactPairSampler(ds, list(p.factors)) for p in _partitions()
+    }
     samplers["exact (orientation) + 10% noise"] = ExactPairSampler(ds, ["orientation"], noise=0.1)
     samplers["identity"] = IdentityPairSampler(ds)
     setup = {}
@@ -1025,14 +1156,16 @@ def measure_pairs(o: BenchOptions, log: Callable[[str], None] = print) -> dict[s
             ds.store.gather(p.input, out=buf)
             ds.store.gather(p.target, out=buf)
 
-        rows.append({
-            "sampler": name,
-            "index_pairs_per_s": _rate(lambda s=s: s.sample(B, rng), B, seconds),
-            "index_pairs_per_s_65536": _rate(lambda s=s: s.sample(65_536, rng), 65_536, seconds),
-            "image_pairs_per_s": _rate(assemble, B, seconds),
-            "image_pairs_per_s_preallocated": _rate(assemble_into, B, seconds),
-            "setup_seconds": setup.get(name, 0.0),
-        })
+        rows.append(
+            {
+                "sampler": name,
+                "index_pairs_per_s": _rate(lambda s=s: s.sample(B, rng), B, seconds),
+                "index_pairs_per_s_65536": _rate(lambda s=s: s.sample(65_536, rng), 65_536, seconds),
+                "image_pairs_per_s": _rate(assemble, B, seconds),
+                "image_pairs_per_s_preallocated": _rate(assemble_into, B, seconds),
+                "setup_seconds": setup.get(name, 0.0),
+            }
+        )
     return {"images": len(ds), "batch": B, "rows": rows}
 
 
@@ -1040,8 +1173,12 @@ def _metrics_config(steps: int, o: BenchOptions) -> Config:
     from .quickstart import quickstart_config
 
     cfg = quickstart_config(True, steps=steps, seed=o.seed)
-    return replace(cfg, data=o.data_config(), model=replace(cfg.model, hidden=o.hidden_small),
-                   train=replace(cfg.train, device="cpu", threads=o.threads))
+    return replace(
+        cfg,
+        data=o.data_config(),
+        model=replace(cfg.model, hidden=o.hidden_small),
+        train=replace(cfg.train, device="cpu", threads=o.threads),
+    )
 
 
 def measure_metrics(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -1060,27 +1197,47 @@ def measure_metrics(o: BenchOptions, log: Callable[[str], None] = print) -> dict
     if not (run / "config.yaml").is_file() or latest_checkpoint(run / "checkpoints") is None:
         # A new (or empty) --metrics-run is trained here and kept for the next time.
         cfg = _metrics_config(o.metrics_steps, o)
-        log(f"metrics: training the quickstart's gated beta-VAE (hidden {o.hidden_small}) for "
-            f"{cfg.train.steps} + {cfg.train.finetune_steps} steps in {run} ...")
+        log(
+            f"metrics: training the quickstart's gated beta-VAE (hidden {o.hidden_small}) for "
+            f"{cfg.train.steps} + {cfg.train.finetune_steps} steps in {run} ..."
+        )
         t0 = time.perf_counter()
         train(cfg, run, quiet=True, tensorboard=False)
         train_seconds = time.perf_counter() - t0
     try:
         prep, step, _ = load_trained(run)
-        out: dict[str, Any] = {"run": None if tmp else str(run), "step": step, "images": len(prep.dataset),
-                               "model": prep.model.describe(), "train_seconds": train_seconds, "presets": {}}
+        out: dict[str, Any] = {
+            "run": None if tmp else str(run),
+            "step": step,
+            "images": len(prep.dataset),
+            "model": prep.model.describe(),
+            "train_seconds": train_seconds,
+            "presets": {},
+        }
         for preset in o.presets:
             log(f"metrics: preset {preset} ...")
             t0 = time.perf_counter()
             res = evaluate_model(prep, o.metrics, preset, rng=np.random.default_rng(o.seed))
             total = time.perf_counter() - t0
             out["presets"][preset] = {
-                "total_seconds": total, "codes_seconds": res["codes_seconds"], "codes": res["samples"]["codes"],
-                "encoded_images": res["encoded_images"], "encode_seconds": res["encode_seconds"], "loadavg": _load(),
-                "metrics": {name: {"seconds": e["seconds"], "encode_seconds": e["encode_seconds"], "samples": e["samples"]}
-                            for name, e in res["results"].items()},
-                "scores": {name: {k: float(v) for k, v in e["scores"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                           for name, e in res["results"].items()},
+                "total_seconds": total,
+                "codes_seconds": res["codes_seconds"],
+                "codes": res["samples"]["codes"],
+                "encoded_images": res["encoded_images"],
+                "encode_seconds": res["encode_seconds"],
+                "loadavg": _load(),
+                "metrics": {
+                    name: {"seconds": e["seconds"], "encode_seconds": e["encode_seconds"], "samples": e["samples"]}
+                    for name, e in res["results"].items()
+                },
+                "scores": {
+                    name: {
+                        k: float(v)
+                        for k, v in e["scores"].items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    }
+                    for name, e in res["results"].items()
+                },
             }
         return out
     finally:
@@ -1091,9 +1248,17 @@ def measure_metrics(o: BenchOptions, log: Callable[[str], None] = print) -> dict
 def measure_memory(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Peak RSS of a dSprites training run of the paper preset (fresh process)."""
     evaluate = "none" if o.quick else "fast"
-    log(f"memory: training mlp-{o.hidden_paper} gated for {o.memory_steps} steps (evaluate={evaluate}) in a subprocess ...")
-    args = {"data": asdict(o.data_config()), "hidden": o.hidden_paper, "steps": o.memory_steps, "batch": o.batch,
-            "evaluate": evaluate, "threads": o.threads}
+    log(
+        f"memory: training mlp-{o.hidden_paper} gated for {o.memory_steps} steps (evaluate={evaluate}) in a subprocess ..."
+    )
+    args = {
+        "data": asdict(o.data_config()),
+        "hidden": o.hidden_paper,
+        "steps": o.memory_steps,
+        "batch": o.batch,
+        "evaluate": evaluate,
+        "threads": o.threads,
+    }
     return _child_json("memory", args, o.threads)
 
 
@@ -1128,9 +1293,20 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, 
     if o.threads:
         torch.set_num_threads(o.threads)
     t0 = time.perf_counter()
-    res: dict[str, Any] = {"machine": machine_info(), "options": asdict(o), "loadavg_start": _load(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    fns = {"train": measure_train, "data": measure_data, "pairs": measure_pairs, "metrics": measure_metrics,
-           "memory": measure_memory, "quickstart": measure_quickstart}
+    res: dict[str, Any] = {
+        "machine": machine_info(),
+        "options": asdict(o),
+        "loadavg_start": _load(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    fns = {
+        "train": measure_train,
+        "data": measure_data,
+        "pairs": measure_pairs,
+        "metrics": measure_metrics,
+        "memory": measure_memory,
+        "quickstart": measure_quickstart,
+    }
     try:
         for s in SECTIONS:
             if s in o.sections:
@@ -1158,40 +1334,90 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         if value is None or value != value:
             return
         ok = value >= limit if higher_better else value < limit
-        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "met": bool(ok),
-                    "bound": ">=" if higher_better else "<", "note": note})
+        out.append(
+            {
+                "target": name,
+                "value": value,
+                "limit": limit,
+                "unit": unit,
+                "met": bool(ok),
+                "bound": ">=" if higher_better else "<",
+                "note": note,
+            }
+        )
 
     tr = res.get("train")
     if tr:
         paper = _find(tr["rows"], tr["paper_key"])
         if paper:
-            add(f"{paper['label']} batch {tr['batch']} gated beta-VAE: fraction of the shape roofline", paper["fraction_of_roofline"],
-                0.75, "", True, "dense-equivalent FLOPs; batch assembly and pair sampling included")
-            dense = next((v for v in tr["variants"] if v["base_key"] == tr["paper_key"] and "dense first" in v["variant"]), None)
+            add(
+                f"{paper['label']} batch {tr['batch']} gated beta-VAE: fraction of the shape roofline",
+                paper["fraction_of_roofline"],
+                0.75,
+                "",
+                True,
+                "dense-equivalent FLOPs; batch assembly and pair sampling included",
+            )
+            dense = next(
+                (v for v in tr["variants"] if v["base_key"] == tr["paper_key"] and "dense first" in v["variant"]), None
+            )
             if dense:
-                add(f"  same, dense first layer", dense["fraction_of_roofline"], 0.75, "", True, "no sparsity exploited")
+                add(
+                    "  same, dense first layer", dense["fraction_of_roofline"], 0.75, "", True, "no sparsity exploited"
+                )
         small = _find(tr["rows"], tr["small_key"])
         if small and "non_matmul_fraction" in small:
-            add(f"{small['label']} batch {tr['batch']} gated: non-matmul share of the step", small["non_matmul_fraction"], 0.20, "", False,
-                "1 - (the step's linear algebra alone) / (step)")
+            add(
+                f"{small['label']} batch {tr['batch']} gated: non-matmul share of the step",
+                small["non_matmul_fraction"],
+                0.20,
+                "",
+                False,
+                "1 - (the step's linear algebra alone) / (step)",
+            )
         loaders = [r for r in tr["loaders"] if r["ours_key"] == tr["small_key"]]
         if loaders:
             best = min(loaders, key=lambda r: r["speedup_of_ours"])
-            add(f"{small['label'] if small else 'mlp'} gated: speed-up over the per-item DataLoader", best["speedup_of_ours"], 1.5, "x", True,
-                f"against the faster baseline ({best['variant']})")
+            add(
+                f"{small['label'] if small else 'mlp'} gated: speed-up over the per-item DataLoader",
+                best["speedup_of_ours"],
+                1.5,
+                "x",
+                True,
+                f"against the faster baseline ({best['variant']})",
+            )
     me = res.get("metrics")
     if me:
         for preset, limit in (("default", 60.0), ("fast", 10.0)):
             if preset in me["presets"]:
                 n = len(me["presets"][preset]["metrics"])
-                add(f"metric suite, {preset} preset ({n} metrics)", me["presets"][preset]["total_seconds"], limit, "s", False)
+                add(
+                    f"metric suite, {preset} preset ({n} metrics)",
+                    me["presets"][preset]["total_seconds"],
+                    limit,
+                    "s",
+                    False,
+                )
     da = res.get("data")
     if da:
         add(f"dSprites in memory ({da['images']:,} images): store", da["store_bytes"] / 1e6, 400.0, "MB", False)
-        add("  resident memory added by building it", da["rss_gain_mb"], 400.0, "MB", False, "peak RSS after minus before")
+        add(
+            "  resident memory added by building it",
+            da["rss_gain_mb"],
+            400.0,
+            "MB",
+            False,
+            "peak RSS after minus before",
+        )
     mem = res.get("memory")
     if mem:
-        add(f"peak RSS of a dSprites training run (mlp-{mem['hidden']}, evaluate={mem['evaluate']})", mem["peak_rss_mb"], 2048.0, "MB", False)
+        add(
+            f"peak RSS of a dSprites training run (mlp-{mem['hidden']}, evaluate={mem['evaluate']})",
+            mem["peak_rss_mb"],
+            2048.0,
+            "MB",
+            False,
+        )
     qs = res.get("quickstart")
     if qs:
         add(f"gatedvae quickstart end to end ({qs['steps']} steps per model)", qs["process_seconds"], 300.0, "s", False)
@@ -1216,15 +1442,19 @@ def _fmt_limit(t: dict) -> str:
 def _header(res: dict) -> list[str]:
     m = res["machine"]
     o = res["options"]
-    lines = [f"gatedvae bench, {res.get('started', '')}: {m['cpu_count']} CPUs ({m['processor']}), torch {m['torch']} "
-             f"with {m['threads']} threads{' (quick mode)' if o.get('quick') else ''}; load average "
-             f"{'/'.join(f'{x:.2f}' for x in res['loadavg_start'])} at start, {'/'.join(f'{x:.2f}' for x in res['loadavg_end'])} at end; "
-             f"{res['seconds']:.0f} s"]
+    lines = [
+        f"gatedvae bench, {res.get('started', '')}: {m['cpu_count']} CPUs ({m['processor']}), torch {m['torch']} "
+        f"with {m['threads']} threads{' (quick mode)' if o.get('quick') else ''}; load average "
+        f"{'/'.join(f'{x:.2f}' for x in res['loadavg_start'])} at start, {'/'.join(f'{x:.2f}' for x in res['loadavg_end'])} at end; "
+        f"{res['seconds']:.0f} s"
+    ]
     tr = res.get("train")
     if tr:
-        lines.append(f"train: medians over {o['rounds']} interleaved rounds of {o['seconds'] / o['rounds']:.2f} s per item "
-                     f"(1-min load per round: {', '.join(f'{x:.1f}' for x in tr['loadavg_per_round'])}); batch {tr['batch']}; "
-                     f"dSprites {tr['dataset_images']:,} images")
+        lines.append(
+            f"train: medians over {o['rounds']} interleaved rounds of {o['seconds'] / o['rounds']:.2f} s per item "
+            f"(1-min load per round: {', '.join(f'{x:.1f}' for x in tr['loadavg_per_round'])}); batch {tr['batch']}; "
+            f"dSprites {tr['dataset_images']:,} images"
+        )
     return lines
 
 
@@ -1242,18 +1472,26 @@ def format_report(res: dict[str, Any]) -> str:
         out.append(f"\nroofline: fp32 matmul {tr['peak']['square']}^3 peak {tr['peak']['gflops']:.1f} GFLOP/s")
         out.append(f"  {'products of the paper-preset step':<36}{'GFLOP/s':>9}{'of peak':>9}   layers")
         for r in tr["shapes"]:
-            out.append(f"  {r['product']:<36}{r['gflops']:>9.1f}{r['fraction_of_peak']:>9.0%}   {', '.join(r['layers'])}")
-        hdr = (f"\n{'net':<10}{'model':<18}{'gated':<7}{'images/s':>9}{'ms/step':>9}{'GFLOP/step':>11}{'GFLOP/s':>9}"
-               f"{'roofline':>9}{'of roof':>8}{'of peak':>8}{'non-mm':>8}")
+            out.append(
+                f"  {r['product']:<36}{r['gflops']:>9.1f}{r['fraction_of_peak']:>9.0%}   {', '.join(r['layers'])}"
+            )
+        hdr = (
+            f"\n{'net':<10}{'model':<18}{'gated':<7}{'images/s':>9}{'ms/step':>9}{'GFLOP/step':>11}{'GFLOP/s':>9}"
+            f"{'roofline':>9}{'of roof':>8}{'of peak':>8}{'non-mm':>8}"
+        )
         out.append(hdr)
         out.append("-" * (len(hdr) - 1))
         for r in tr["rows"]:
-            out.append(f"{r['label']:<10}{r['model']:<18}{'yes' if r['gated'] else 'no':<7}{r['images_per_s']:>9,.0f}{r['step_ms']:>9.1f}"
-                       f"{r['flops_per_step'] / 1e9:>11.3f}{r['gflops']:>9.1f}{r['roofline_gflops']:>9.1f}"
-                       f"{r['fraction_of_roofline']:>8.0%}{r['fraction_of_peak']:>8.0%}"
-                       + (f"{r['non_matmul_fraction']:>8.0%}" if "non_matmul_fraction" in r else f"{'':>8}"))
-        out.append("GFLOP/step: analytic dense Linear/Conv FLOPs (forward + backward); roofline = the same products alone; "
-                   "non-mm = 1 - the step's linear algebra alone / the step.")
+            out.append(
+                f"{r['label']:<10}{r['model']:<18}{'yes' if r['gated'] else 'no':<7}{r['images_per_s']:>9,.0f}{r['step_ms']:>9.1f}"
+                f"{r['flops_per_step'] / 1e9:>11.3f}{r['gflops']:>9.1f}{r['roofline_gflops']:>9.1f}"
+                f"{r['fraction_of_roofline']:>8.0%}{r['fraction_of_peak']:>8.0%}"
+                + (f"{r['non_matmul_fraction']:>8.0%}" if "non_matmul_fraction" in r else f"{'':>8}")
+            )
+        out.append(
+            "GFLOP/step: analytic dense Linear/Conv FLOPs (forward + backward); roofline = the same products alone; "
+            "non-mm = 1 - the step's linear algebra alone / the step."
+        )
         for key, err in tr["errors"].items():
             out.append(f"  not measured: {key}: {err}")
         out.append("\nper-item DataLoader baseline (same model and step, batches from torch.utils.data.DataLoader):")
@@ -1263,46 +1501,68 @@ def format_report(res: dict[str, Any]) -> str:
         for r in tr["variants"]:
             out.append(f"  {r['key']:<70}{r['images_per_s']:>9,.0f} images/s {r['relative_step_time']:>7.2f}x time")
         for sp in tr["split"]:
-            out.append(f"\nwhere the time goes ({sp['key']}, median of {sp['calls']} timed steps, {sp['step_ms']:.1f} ms):")
+            out.append(
+                f"\nwhere the time goes ({sp['key']}, median of {sp['calls']} timed steps, {sp['step_ms']:.1f} ms):"
+            )
             for p in PHASES:
                 out.append(f"  {p:<10}{sp['median_ms'][p]:>9.2f} ms {sp['share'][p]:>6.0%}")
         for pr in tr["profiles"]:
             out.append(f"\noperators ({pr['key']}, torch.profiler, {pr['steps']} steps of {pr['step_ms']:.1f} ms):")
             out.append("  " + ", ".join(f"{k} {v:.0%}" for k, v in pr["categories_share"].items()))
             for op in pr["ops"]:
-                out.append(f"  {op['op']:<44}{op['self_ms_per_step']:>8.2f} ms/step {op['calls_per_step']:>6.1f} calls  {op['category']}")
+                out.append(
+                    f"  {op['op']:<44}{op['self_ms_per_step']:>8.2f} ms/step {op['calls_per_step']:>6.1f} calls  {op['category']}"
+                )
     da = res.get("data")
     if da:
-        out.append(f"\ndata: dSprites {da['images']:,} images in {da['seconds']:.1f} s, store {da['store_bytes'] / 1e6:.0f} MB; "
-                   f"peak RSS {da['baseline_rss_mb']:.0f} MB after imports -> {da['peak_rss_mb']:.0f} MB (+{da['rss_gain_mb']:.0f} MB); "
-                   f"gather of 128 images {da['gather_128_ms']:.2f} ms")
+        out.append(
+            f"\ndata: dSprites {da['images']:,} images in {da['seconds']:.1f} s, store {da['store_bytes'] / 1e6:.0f} MB; "
+            f"peak RSS {da['baseline_rss_mb']:.0f} MB after imports -> {da['peak_rss_mb']:.0f} MB (+{da['rss_gain_mb']:.0f} MB); "
+            f"gather of 128 images {da['gather_128_ms']:.2f} ms"
+        )
     pa = res.get("pairs")
     if pa:
         out.append(f"\npairs ({pa['images']:,} images, batch {pa['batch']}):")
         out.append(f"  {'sampler':<34}{'index pairs/s':>15}{'(65,536)':>14}{'image pairs/s':>15}{'(prealloc)':>12}")
         for r in pa["rows"]:
-            out.append(f"  {r['sampler']:<34}{r['index_pairs_per_s']:>15,.0f}{r['index_pairs_per_s_65536']:>14,.0f}"
-                       f"{r['image_pairs_per_s']:>15,.0f}{r['image_pairs_per_s_preallocated']:>12,.0f}"
-                       + (f"   set-up {r['setup_seconds']:.1f} s" if r["setup_seconds"] else ""))
+            out.append(
+                f"  {r['sampler']:<34}{r['index_pairs_per_s']:>15,.0f}{r['index_pairs_per_s_65536']:>14,.0f}"
+                f"{r['image_pairs_per_s']:>15,.0f}{r['image_pairs_per_s_preallocated']:>12,.0f}"
+                + (f"   set-up {r['setup_seconds']:.1f} s" if r["setup_seconds"] else "")
+            )
     me = res.get("metrics")
     if me:
         presets = list(me["presets"])
-        out.append(f"\nmetrics on {me['model']} at step {me['step']} ({me['images']:,} images"
-                   + (f"; trained in {me['train_seconds']:.0f} s" if me.get("train_seconds") else "") + "):")
+        out.append(
+            f"\nmetrics on {me['model']} at step {me['step']} ({me['images']:,} images"
+            + (f"; trained in {me['train_seconds']:.0f} s" if me.get("train_seconds") else "")
+            + "):"
+        )
         out.append(f"  {'metric':<24}" + "".join(f"{p + ' s':>12}" for p in presets))
         out.append(f"  {'codes sample':<24}" + "".join(f"{me['presets'][p]['codes_seconds']:>12.2f}" for p in presets))
         names = list(dict.fromkeys(n for p in presets for n in me["presets"][p]["metrics"]))
         for n in names:
-            out.append(f"  {n:<24}" + "".join(
-                f"{me['presets'][p]['metrics'][n]['seconds']:>12.2f}" if n in me["presets"][p]["metrics"] else f"{'-':>12}" for p in presets))
+            out.append(
+                f"  {n:<24}"
+                + "".join(
+                    f"{me['presets'][p]['metrics'][n]['seconds']:>12.2f}"
+                    if n in me["presets"][p]["metrics"]
+                    else f"{'-':>12}"
+                    for p in presets
+                )
+            )
         out.append(f"  {'total':<24}" + "".join(f"{me['presets'][p]['total_seconds']:>12.2f}" for p in presets))
     mem = res.get("memory")
     if mem:
-        out.append(f"\nmemory: dSprites training run, mlp-{mem['hidden']} gated, {mem['steps']} steps, evaluate={mem['evaluate']}: "
-                   f"peak RSS {mem['peak_rss_mb']:.0f} MB, {mem['process_seconds']:.0f} s")
+        out.append(
+            f"\nmemory: dSprites training run, mlp-{mem['hidden']} gated, {mem['steps']} steps, evaluate={mem['evaluate']}: "
+            f"peak RSS {mem['peak_rss_mb']:.0f} MB, {mem['process_seconds']:.0f} s"
+        )
     qs = res.get("quickstart")
     if qs:
-        out.append(f"\nquickstart ({qs['steps']} steps per model): {qs['process_seconds']:.0f} s end to end, peak RSS {qs['peak_rss_mb']:.0f} MB")
+        out.append(
+            f"\nquickstart ({qs['steps']} steps per model): {qs['process_seconds']:.0f} s end to end, peak RSS {qs['peak_rss_mb']:.0f} MB"
+        )
     return "\n".join(out)
 
 
@@ -1312,17 +1572,25 @@ def format_markdown(res: dict[str, Any]) -> str:
     if res.get("targets"):
         out += ["", "| target | measured | target | met |", "| --- | ---: | ---: | --- |"]
         for t in res["targets"]:
-            out.append(f"| {t['target'].strip()} | {_fmt_value(t)} | {_fmt_limit(t)} | {'yes' if t['met'] else '**no**'} |")
+            out.append(
+                f"| {t['target'].strip()} | {_fmt_value(t)} | {_fmt_limit(t)} | {'yes' if t['met'] else '**no**'} |"
+            )
     tr = res.get("train")
     if tr:
-        out += ["", f"Roofline: fp32 matmul {tr['peak']['square']}^3, {tr['peak']['gflops']:.1f} GFLOP/s.", "",
-                "| net | model | gated | images/s | ms/step | GFLOP/step | GFLOP/s | roofline GFLOP/s | of roofline | of peak | non-matmul |",
-                "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        out += [
+            "",
+            f"Roofline: fp32 matmul {tr['peak']['square']}^3, {tr['peak']['gflops']:.1f} GFLOP/s.",
+            "",
+            "| net | model | gated | images/s | ms/step | GFLOP/step | GFLOP/s | roofline GFLOP/s | of roofline | of peak | non-matmul |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in tr["rows"]:
             nm = f"{r['non_matmul_fraction']:.0%}" if "non_matmul_fraction" in r else ""
-            out.append(f"| {r['label']} | {r['model']} | {'yes' if r['gated'] else 'no'} | {r['images_per_s']:,.0f} | {r['step_ms']:.1f} | "
-                       f"{r['flops_per_step'] / 1e9:.3f} | {r['gflops']:.1f} | {r['roofline_gflops']:.1f} | "
-                       f"{r['fraction_of_roofline']:.0%} | {r['fraction_of_peak']:.0%} | {nm} |")
+            out.append(
+                f"| {r['label']} | {r['model']} | {'yes' if r['gated'] else 'no'} | {r['images_per_s']:,.0f} | {r['step_ms']:.1f} | "
+                f"{r['flops_per_step'] / 1e9:.3f} | {r['gflops']:.1f} | {r['roofline_gflops']:.1f} | "
+                f"{r['fraction_of_roofline']:.0%} | {r['fraction_of_peak']:.0%} | {nm} |"
+            )
         out += ["", "| per-item DataLoader baseline | images/s | ours is faster by |", "| --- | ---: | ---: |"]
         for r in tr["loaders"]:
             out.append(f"| {r['key']} | {r['images_per_s']:,.0f} | {r['speedup_of_ours']:.2f}x |")
@@ -1330,44 +1598,83 @@ def format_markdown(res: dict[str, Any]) -> str:
         for r in tr["variants"]:
             out.append(f"| {r['key']} | {r['images_per_s']:,.0f} | {r['relative_step_time']:.2f}x |")
         for sp in tr["split"]:
-            out += ["", f"Phases of `{sp['key']}` (median of {sp['calls']} steps, {sp['step_ms']:.1f} ms): "
-                    + ", ".join(f"{p} {sp['median_ms'][p]:.2f} ms ({sp['share'][p]:.0%})" for p in PHASES) + "."]
+            out += [
+                "",
+                f"Phases of `{sp['key']}` (median of {sp['calls']} steps, {sp['step_ms']:.1f} ms): "
+                + ", ".join(f"{p} {sp['median_ms'][p]:.2f} ms ({sp['share'][p]:.0%})" for p in PHASES)
+                + ".",
+            ]
         for pr in tr["profiles"]:
-            out += ["", f"Operators of `{pr['key']}` (torch.profiler, {pr['steps']} steps of {pr['step_ms']:.1f} ms): "
-                    + ", ".join(f"{k} {v:.0%}" for k, v in pr["categories_share"].items()) + ".", "",
-                    "| operator | ms/step | calls/step | category |", "| --- | ---: | ---: | --- |"]
+            out += [
+                "",
+                f"Operators of `{pr['key']}` (torch.profiler, {pr['steps']} steps of {pr['step_ms']:.1f} ms): "
+                + ", ".join(f"{k} {v:.0%}" for k, v in pr["categories_share"].items())
+                + ".",
+                "",
+                "| operator | ms/step | calls/step | category |",
+                "| --- | ---: | ---: | --- |",
+            ]
             for op in pr["ops"]:
-                out.append(f"| `{op['op']}` | {op['self_ms_per_step']:.2f} | {op['calls_per_step']:.1f} | {op['category']} |")
+                out.append(
+                    f"| `{op['op']}` | {op['self_ms_per_step']:.2f} | {op['calls_per_step']:.1f} | {op['category']} |"
+                )
     da = res.get("data")
     if da:
-        out += ["", f"dSprites: {da['images']:,} images generated in {da['seconds']:.1f} s; store {da['store_bytes'] / 1e6:.0f} MB; "
-                f"peak RSS {da['baseline_rss_mb']:.0f} MB after imports, {da['peak_rss_mb']:.0f} MB after building "
-                f"(+{da['rss_gain_mb']:.0f} MB); a batch of 128 gathered in {da['gather_128_ms']:.2f} ms."]
+        out += [
+            "",
+            f"dSprites: {da['images']:,} images generated in {da['seconds']:.1f} s; store {da['store_bytes'] / 1e6:.0f} MB; "
+            f"peak RSS {da['baseline_rss_mb']:.0f} MB after imports, {da['peak_rss_mb']:.0f} MB after building "
+            f"(+{da['rss_gain_mb']:.0f} MB); a batch of 128 gathered in {da['gather_128_ms']:.2f} ms.",
+        ]
     pa = res.get("pairs")
     if pa:
-        out += ["", f"| sampler (batch {pa['batch']}) | index pairs/s | index pairs/s (65,536) | image pairs/s | image pairs/s (preallocated) |",
-                "| --- | ---: | ---: | ---: | ---: |"]
+        out += [
+            "",
+            f"| sampler (batch {pa['batch']}) | index pairs/s | index pairs/s (65,536) | image pairs/s | image pairs/s (preallocated) |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for r in pa["rows"]:
-            out.append(f"| {r['sampler']} | {r['index_pairs_per_s']:,.0f} | {r['index_pairs_per_s_65536']:,.0f} | "
-                       f"{r['image_pairs_per_s']:,.0f} | {r['image_pairs_per_s_preallocated']:,.0f} |")
+            out.append(
+                f"| {r['sampler']} | {r['index_pairs_per_s']:,.0f} | {r['index_pairs_per_s_65536']:,.0f} | "
+                f"{r['image_pairs_per_s']:,.0f} | {r['image_pairs_per_s_preallocated']:,.0f} |"
+            )
     me = res.get("metrics")
     if me:
         presets = list(me["presets"])
-        out += ["", f"Metrics on {me['model']} at step {me['step']}:", "",
-                "| metric | " + " | ".join(f"{p} (s)" for p in presets) + " |", "| --- |" + " ---: |" * len(presets)]
+        out += [
+            "",
+            f"Metrics on {me['model']} at step {me['step']}:",
+            "",
+            "| metric | " + " | ".join(f"{p} (s)" for p in presets) + " |",
+            "| --- |" + " ---: |" * len(presets),
+        ]
         out.append("| codes sample | " + " | ".join(f"{me['presets'][p]['codes_seconds']:.2f}" for p in presets) + " |")
         names = list(dict.fromkeys(n for p in presets for n in me["presets"][p]["metrics"]))
         for n in names:
-            out.append(f"| {n} | " + " | ".join(
-                f"{me['presets'][p]['metrics'][n]['seconds']:.2f}" if n in me["presets"][p]["metrics"] else "-" for p in presets) + " |")
-        out.append("| **total** | " + " | ".join(f"**{me['presets'][p]['total_seconds']:.1f}**" for p in presets) + " |")
+            out.append(
+                f"| {n} | "
+                + " | ".join(
+                    f"{me['presets'][p]['metrics'][n]['seconds']:.2f}" if n in me["presets"][p]["metrics"] else "-"
+                    for p in presets
+                )
+                + " |"
+            )
+        out.append(
+            "| **total** | " + " | ".join(f"**{me['presets'][p]['total_seconds']:.1f}**" for p in presets) + " |"
+        )
     mem = res.get("memory")
     if mem:
-        out += ["", f"Training run (mlp-{mem['hidden']} gated, {mem['steps']} steps, checkpoints, TensorBoard images, "
-                f"evaluate={mem['evaluate']}): peak RSS {mem['peak_rss_mb']:.0f} MB."]
+        out += [
+            "",
+            f"Training run (mlp-{mem['hidden']} gated, {mem['steps']} steps, checkpoints, TensorBoard images, "
+            f"evaluate={mem['evaluate']}): peak RSS {mem['peak_rss_mb']:.0f} MB.",
+        ]
     qs = res.get("quickstart")
     if qs:
-        out += ["", f"`gatedvae quickstart` ({qs['steps']} steps per model): {qs['process_seconds']:.0f} s end to end, peak RSS {qs['peak_rss_mb']:.0f} MB."]
+        out += [
+            "",
+            f"`gatedvae quickstart` ({qs['steps']} steps per model): {qs['process_seconds']:.0f} s end to end, peak RSS {qs['peak_rss_mb']:.0f} MB.",
+        ]
     return "\n".join(out)
 
 
@@ -1377,7 +1684,9 @@ def format_markdown(res: dict[str, Any]) -> str:
 def add_arguments(p) -> None:
     """The options of ``gatedvae bench`` (also used by ``benchmarks/run.py``)."""
     p.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)} (default: all but quickstart)")
-    p.add_argument("--quick", action="store_true", help="a smoke run in under a minute: tiny sizes, meaningless timings")
+    p.add_argument(
+        "--quick", action="store_true", help="a smoke run in under a minute: tiny sizes, meaningless timings"
+    )
     p.add_argument("--out", default="bench.json", help="write the results here (default: bench.json)")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs/performance.md)")
     p.add_argument("--from", dest="from_json", metavar="JSON", help="render a saved result instead of measuring")
@@ -1385,7 +1694,9 @@ def add_arguments(p) -> None:
     p.add_argument("--rounds", type=int, help="train section: interleaved rounds (default 5)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own; quick mode: 1)")
     p.add_argument("--no-families", action="store_true", help="train section: skip the one-row-per-model-family rows")
-    p.add_argument("--metrics-run", help="metrics section: time the metrics on this trained run instead of training one")
+    p.add_argument(
+        "--metrics-run", help="metrics section: time the metrics on this trained run instead of training one"
+    )
     p.add_argument("--metrics", help="metrics section: comma-separated subset (default: all)")
 
 
@@ -1426,7 +1737,9 @@ def bench_command(args, log: Callable[[str], None] = print) -> dict[str, Any]:
         except FileNotFoundError:
             raise ConfigError(f"--from {path}: no such file; run gatedvae bench --out {path} first") from None
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"--from {path}: not a bench JSON file ({exc.msg} at line {exc.lineno}); re-run gatedvae bench") from None
+            raise ConfigError(
+                f"--from {path}: not a bench JSON file ({exc.msg} at line {exc.lineno}); re-run gatedvae bench"
+            ) from None
         if not isinstance(res, dict) or "machine" not in res:
             raise ConfigError(f"--from {path}: not a gatedvae bench result (no 'machine'); re-run gatedvae bench")
         log(format_markdown(res) if args.markdown else format_report(res))

@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 
 def _data_config(name: str, overrides: list[str]) -> DataConfig:
     # Accept both "stride.posX=4" and "data.stride.posX=4".
-    cleaned = [o[len("data."):] if o.startswith("data.") else o for o in overrides]
+    cleaned = [o[len("data.") :] if o.startswith("data.") else o for o in overrides]
     return apply_overrides(DataConfig(), [f"name={name}", *cleaned])
 
 
@@ -72,7 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config or args.overrides:
-            raise ConfigError("--resume takes the config saved in the run directory; drop the config file and overrides")
+            raise ConfigError(
+                "--resume takes the config saved in the run directory; drop the config file and overrides"
+            )
         summary = train(None, args.resume, resume=True, quiet=args.quiet, tensorboard=not args.no_tensorboard)
         run_dir = Path(args.resume)
     else:
@@ -85,7 +87,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # launched by torchrun: rank 0 reports
     final = summary.get("final", {})
     terms = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("step", "epoch", "phase"))
-    print(f"finished {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['images_per_second']:.0f} images/s): {terms}")
+    print(
+        f"finished {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['images_per_second']:.0f} images/s): {terms}"
+    )
     if "evaluation" in summary:
         print("evaluation (metrics.json): " + ", ".join(f"{k} {v:.3g}" for k, v in summary["evaluation"].items()))
     print(f"run directory: {run_dir}")
@@ -108,15 +112,28 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         import difflib
 
         close = difflib.get_close_matches(args.name, list(BASELINES), n=1)
-        raise ConfigError(f"unknown baseline '{args.name}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                          + f" baselines: {', '.join(BASELINES)}")
+        raise ConfigError(
+            f"unknown baseline '{args.name}'"
+            + (f"; did you mean '{close[0]}'?" if close else "")
+            + f" baselines: {', '.join(BASELINES)}"
+        )
     for flag, value in (("--latent-dim", args.latent_dim), ("--fit-size", args.fit_size), ("--hidden", args.hidden)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     doc = evaluate_baseline(
-        args.name, _data_config(args.dataset, args.overrides), metrics=args.metrics, preset=args.preset, seed=args.seed,
-        latent_dim=args.latent_dim, fit_size=args.fit_size, model=args.model, net=args.net, hidden=args.hidden,
-        bn_stats=not args.no_bn_stats, out_dir=args.out, progress=not args.quiet,
+        args.name,
+        _data_config(args.dataset, args.overrides),
+        metrics=args.metrics,
+        preset=args.preset,
+        seed=args.seed,
+        latent_dim=args.latent_dim,
+        fit_size=args.fit_size,
+        model=args.model,
+        net=args.net,
+        hidden=args.hidden,
+        bn_stats=not args.no_bn_stats,
+        out_dir=args.out,
+        progress=not args.quiet,
     )
     print(format_baseline(doc))
     if args.out:
@@ -129,8 +146,16 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     doc = run_scan(
-        args.run_dir, args.out, attributes=attributes, steps=args.steps, operator_steps=args.operator_steps,
-        classifier_steps=args.classifier_steps, beta=args.beta, lam=args.lam, holdout=args.holdout, seed=args.seed,
+        args.run_dir,
+        args.out,
+        attributes=attributes,
+        steps=args.steps,
+        operator_steps=args.operator_steps,
+        classifier_steps=args.classifier_steps,
+        beta=args.beta,
+        lam=args.lam,
+        holdout=args.holdout,
+        seed=args.seed,
         progress=not args.quiet,
     )
     print(format_scan(doc))
@@ -162,9 +187,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    info = encode_to_file(args.run_dir, args.images, args.out, partition=args.partition, batch_size=args.batch_size, device=args.device)
+    info = encode_to_file(
+        args.run_dir, args.images, args.out, partition=args.partition, batch_size=args.batch_size, device=args.device
+    )
     start, stop = info["dims"]
-    print(f"wrote {info['out']}: {info['shape'][0]} x {info['shape'][1]} codes (partition {info['partition']}, latent dims {start}..{stop - 1}, step {info['step']})")
+    print(
+        f"wrote {info['out']}: {info['shape'][0]} x {info['shape'][1]} codes (partition {info['partition']}, latent dims {start}..{stop - 1}, step {info['step']})"
+    )
     return 0
 
 
@@ -220,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train.batch_size being the global batch (docs/training.md).",
     )
     t.add_argument("config", nargs="?", help="YAML or JSON config (see configs/)")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.beta=4 train.steps=2000")
+    t.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.beta=4 train.steps=2000"
+    )
     t.add_argument("--run-dir", help="where to write the run (default: runs/<config name>); must be new or empty")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -235,8 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by gatedvae train")
     e.add_argument("--metrics", help="comma-separated metrics or aliases, e.g. dci,mig,factor_vae (default: all)")
-    e.add_argument("--preset", default="default", choices=("default", "fast"),
-                   help="sample sizes: default (the reference papers') or fast (default: default)")
+    e.add_argument(
+        "--preset",
+        default="default",
+        choices=("default", "fast"),
+        help="sample sizes: default (the reference papers') or fast (default: default)",
+    )
     e.add_argument("--seed", type=int, default=0, help="random seed of the evaluation (default 0)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
@@ -251,14 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("name", help="raw_pixels, pca, ica, untrained_vae or ground_truth")
     bl.add_argument("dataset", help="dsprites, dsprites_file, ellipses or images")
     bl.add_argument("overrides", nargs="*", metavar="key=value", help="data settings, e.g. stride.posX=2 size=20000")
-    bl.add_argument("--latent-dim", type=int, default=10, help="PCA/ICA components, untrained model's latent size (default 10)")
+    bl.add_argument(
+        "--latent-dim", type=int, default=10, help="PCA/ICA components, untrained model's latent size (default 10)"
+    )
     bl.add_argument("--fit-size", type=int, default=10000, help="images PCA/ICA are fitted on (default 10000)")
     bl.add_argument("--model", default="vae", help="untrained_vae: the registered model (default vae)")
     bl.add_argument("--net", default="mlp", choices=("mlp", "conv64"), help="untrained_vae: the network (default mlp)")
     bl.add_argument("--hidden", type=int, default=256, help="untrained_vae: the hidden width (default 256)")
-    bl.add_argument("--no-bn-stats", action="store_true",
-                    help="untrained_vae: keep batch norm at its initial statistics (identity) instead of the fitting sample's")
-    bl.add_argument("--metrics", help="comma-separated metrics or aliases (default: all; for raw_pixels pick, e.g. beta_vae,factor_vae)")
+    bl.add_argument(
+        "--no-bn-stats",
+        action="store_true",
+        help="untrained_vae: keep batch norm at its initial statistics (identity) instead of the fitting sample's",
+    )
+    bl.add_argument(
+        "--metrics",
+        help="comma-separated metrics or aliases (default: all; for raw_pixels pick, e.g. beta_vae,factor_vae)",
+    )
     bl.add_argument("--preset", default="default", choices=("default", "fast"), help="sample sizes (default: default)")
     bl.add_argument("--seed", type=int, default=0, help="seeds the fit and the evaluation (default 0)")
     bl.add_argument("--out", help="directory for metrics.json and baseline.json (default: print only)")
@@ -272,11 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset's factor values, train its AND / IN COMMON / IGNORE operators, and score accuracy and diversity "
         "as in the lecture's table (docs/models.md). Writes scan.json, scan.safetensors and figures.",
     )
-    sc.add_argument("run_dir", metavar="RUN_DIR", help="a trained run of a VAE-family model on a full-grid dataset (dsprites)")
+    sc.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a trained run of a VAE-family model on a full-grid dataset (dsprites)"
+    )
     sc.add_argument("--out", help="output directory (default: RUN_DIR/scan)")
-    sc.add_argument("--attributes", help="factor or factor:bins, comma-separated (default for dSprites: shape,scale:3,posX:3,posY:3)")
+    sc.add_argument(
+        "--attributes",
+        help="factor or factor:bins, comma-separated (default for dSprites: shape,scale:3,posX:3,posY:3)",
+    )
     sc.add_argument("--steps", type=int, default=5000, help="SCAN training steps (default 5000)")
-    sc.add_argument("--operator-steps", type=int, default=3000, help="recombination operator training steps (default 3000)")
+    sc.add_argument(
+        "--operator-steps", type=int, default=3000, help="recombination operator training steps (default 3000)"
+    )
     sc.add_argument("--classifier-steps", type=int, default=1500, help="attribute reader training steps (default 1500)")
     sc.add_argument("--beta", type=float, default=1.0, help="SCAN's KL-to-prior weight (default 1)")
     sc.add_argument("--lambda", dest="lam", type=float, default=10.0, help="grounding KL weight (default 10)")
@@ -307,8 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     en.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by gatedvae train")
     en.add_argument("images", metavar="IMAGES", help="folder of images, .npy/.npz array, or an image file")
-    en.add_argument("--partition", default="all", help="partition name, e.g. expression (default: all = the whole latent)")
-    en.add_argument("--out", default="codes.npy", help="output file: .npy (float32 N x dims) or .csv (one row per image; default codes.npy)")
+    en.add_argument(
+        "--partition", default="all", help="partition name, e.g. expression (default: all = the whole latent)"
+    )
+    en.add_argument(
+        "--out",
+        default="codes.npy",
+        help="output file: .npy (float32 N x dims) or .csv (one row per image; default codes.npy)",
+    )
     en.add_argument("--batch-size", type=int, default=256, help="images per encoder call (default 256)")
     en.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     en.set_defaults(func=cmd_encode)
@@ -322,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         "seeds per configuration (docs/reproductions.md, Face study). Runs already scored are not scored again.",
     )
     fs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories trained on data.name=faces")
-    fs.add_argument("--preset", default="default", choices=("default", "fast"), help="12,500 (default) or 5,000 (fast) images")
+    fs.add_argument(
+        "--preset", default="default", choices=("default", "fast"), help="12,500 (default) or 5,000 (fast) images"
+    )
     fs.add_argument("--seed", type=int, default=0, help="random seed of the scoring (default 0)")
     fs.add_argument("--force", action="store_true", help="score again runs that have face_scores.json")
     fs.add_argument("--no-figures", action="store_true", help="skip the traversal and swap figures")
@@ -386,10 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         # A file we were asked to read or write: name it and stop, no traceback.
         target = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
         why = " ".join(str(exc.strerror or exc).split())  # one line
-        print(f"error: {why}{target}; check the path, its permissions and the free disk space, then run again", file=sys.stderr)
+        print(
+            f"error: {why}{target}; check the path, its permissions and the free disk space, then run again",
+            file=sys.stderr,
+        )
         return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

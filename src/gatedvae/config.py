@@ -88,9 +88,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
-        raise ConfigError(
-            f"{where}: {value!r} is not one of {', '.join(repr(a) for a in get_args(tp))}"
-        )
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in get_args(tp))}")
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -176,9 +174,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, *, strict: bool = True, _w
         kwargs[key] = _coerce(value, hints[key], where)
     for f in dataclasses.fields(cls):
         if (
-            f.name not in kwargs
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
         ):
             where = f"{_where}.{f.name}" if _where else f.name
             raise ConfigError(f"missing required config key '{where}'")
@@ -390,7 +386,9 @@ class PartitionConfig:
         _require(bool(self.name), "partition name must not be empty")
         # The name becomes part of file names in the run directory (figures/swap_<name>.png).
         _require(
-            not any(c in "/\\:" or ord(c) < 32 for c in self.name) and not self.name.startswith(".") and len(self.name) <= 100,
+            not any(c in "/\\:" or ord(c) < 32 for c in self.name)
+            and not self.name.startswith(".")
+            and len(self.name) <= 100,
             f"partition name {self.name!r} must be a plain name (no '/', '\\', ':', control characters or leading '.'; "
             "at most 100 characters); rename it",
         )
@@ -398,11 +396,20 @@ class PartitionConfig:
         _require(0.0 <= self.noise <= 1.0, f"partition '{self.name}': noise must lie in [0, 1], got {self.noise}")
         _require(self.weight > 0, f"partition '{self.name}': weight must be positive, got {self.weight}")
         if self.sampler == "identity":
-            _require(not self.factors, f"partition '{self.name}': an identity partition shares no factors; remove its factors")
+            _require(
+                not self.factors,
+                f"partition '{self.name}': an identity partition shares no factors; remove its factors",
+            )
         else:
-            _require(bool(self.factors), f"partition '{self.name}': name the factors its pairs share (factors: [...]) or use sampler: identity")
+            _require(
+                bool(self.factors),
+                f"partition '{self.name}': name the factors its pairs share (factors: [...]) or use sampler: identity",
+            )
         if self.sampler == "cluster":
-            _require(self.clusters >= 2, f"partition '{self.name}': a cluster sampler needs clusters >= 2, got {self.clusters}")
+            _require(
+                self.clusters >= 2,
+                f"partition '{self.name}': a cluster sampler needs clusters >= 2, got {self.clusters}",
+            )
 
 
 @dataclass(frozen=True)
@@ -426,7 +433,9 @@ class GatingConfig:
         dup = sorted({n for n in names if names.count(n) > 1})
         _require(not dup, f"gating.partitions: duplicate partition names {dup}; give each a unique name")
         if self.enabled:
-            _require(bool(self.partitions), "gating.enabled is true but gating.partitions is empty; declare the partitions")
+            _require(
+                bool(self.partitions), "gating.enabled is true but gating.partitions is empty; declare the partitions"
+            )
 
 
 @dataclass(frozen=True)
@@ -465,11 +474,24 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require(self.latent_dim >= 1, f"model.latent_dim: must be at least 1, got {self.latent_dim}")
         _require(self.hidden >= 1, f"model.hidden: must be at least 1, got {self.hidden}")
-        for key in ("beta", "gamma", "c_max", "mmd_lambda", "lambda_od", "lambda_d", "tc_alpha", "info_lambda", "gp_weight"):
+        for key in (
+            "beta",
+            "gamma",
+            "c_max",
+            "mmd_lambda",
+            "lambda_od",
+            "lambda_d",
+            "tc_alpha",
+            "info_lambda",
+            "gp_weight",
+        ):
             v = getattr(self, key)
             _require(v is None or v >= 0, f"model.{key}: must be non-negative, got {v}")
         _require(self.c_steps is None or self.c_steps >= 1, f"model.c_steps: must be at least 1, got {self.c_steps}")
-        _require(self.noise_dim is None or self.noise_dim >= 0, f"model.noise_dim: must be non-negative, got {self.noise_dim}")
+        _require(
+            self.noise_dim is None or self.noise_dim >= 0,
+            f"model.noise_dim: must be non-negative, got {self.noise_dim}",
+        )
         _require(
             self.categorical is None or all(k >= 2 for k in self.categorical),
             f"model.categorical: every categorical code needs at least 2 categories, got {self.categorical}",

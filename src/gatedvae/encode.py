@@ -99,7 +99,9 @@ class TrainedRun:
         x = as_images(images, self.image_shape)  # (N, C, H, W) uint8
         mus, logvars = [], []
         for s in range(0, len(x), int(batch_size)):
-            batch = torch.from_numpy(x[s : s + int(batch_size)]).to(self.device, torch.float32).mul_(1.0 / 255.0)  # (b, C, H, W)
+            batch = (
+                torch.from_numpy(x[s : s + int(batch_size)]).to(self.device, torch.float32).mul_(1.0 / 255.0)
+            )  # (b, C, H, W)
             post = self.model.encode(batch)
             mus.append(post.mu[:, sl].float().cpu().numpy())  # (b, d)
             logvars.append(post.logvar[:, sl].float().cpu().numpy())
@@ -116,7 +118,9 @@ class TrainedRun:
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise DataError(f"decode: expected codes of shape (N, {self.latent_dim}), got {z.shape}")
         if self.config.model.condition:
-            raise ConfigError("this run's decoder is conditioned on factors (model.condition); decode through the trainer's data instead")
+            raise ConfigError(
+                "this run's decoder is conditioned on factors (model.condition); decode through the trainer's data instead"
+            )
         out = []
         for s in range(0, len(z), int(batch_size)):
             zb = torch.from_numpy(z[s : s + int(batch_size)]).to(self.device)  # (b, M)
@@ -124,7 +128,9 @@ class TrainedRun:
         return np.concatenate(out) if out else np.zeros((0, *self.image_shape), np.float32)
 
 
-def load_run(run_dir: str | os.PathLike, device: str = "cpu", checkpoint: str | os.PathLike | None = None) -> TrainedRun:
+def load_run(
+    run_dir: str | os.PathLike, device: str = "cpu", checkpoint: str | os.PathLike | None = None
+) -> TrainedRun:
     """Load a trained run's model from its saved config and latest (or the given) checkpoint.
 
     One-line :class:`~gatedvae.errors.GatedVAEError` for a missing directory, a directory that is
@@ -145,7 +151,9 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu", checkpoint: str | 
     else:
         path, step = Path(checkpoint), -1
     if config.model.condition_encoder:
-        raise ConfigError(f"run {run} conditions its encoder on factor labels (model.condition_encoder); its codes cannot be computed from images alone")
+        raise ConfigError(
+            f"run {run} conditions its encoder on factor labels (model.condition_encoder); its codes cannot be computed from images alone"
+        )
     shape = _image_shape(config)
     cond_dim = 0
     size = 1
@@ -271,4 +279,10 @@ def encode_to_file(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"out": out, "shape": tuple(codes.shape), "dims": (sl.start, sl.stop), "partition": partition or ALL, "step": run.step}
+    return {
+        "out": out,
+        "shape": tuple(codes.shape),
+        "dims": (sl.start, sl.stop),
+        "partition": partition or ALL,
+        "step": run.step,
+    }

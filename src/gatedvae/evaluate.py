@@ -156,23 +156,39 @@ def write_figures(prep, result: dict, run_dir: str | os.PathLike, seed: int = 0)
     factor_names = result["factor_names"]
     latent_labels = [f"z{d}" + (f" {part_names[groups[d]]}" if groups[d] >= 0 else "") for d in range(m)]
     spans = [(p.start, p.stop, name) for name, p in zip(part_names, (parts.slice(i) for i in range(len(part_names))))]
-    claimed = [[factor_names.index(f) for f in p.factors if f in factor_names] for p in prep.config.gating.partitions] if parts else []
+    claimed = (
+        [[factor_names.index(f) for f in p.factors if f in factor_names] for p in prep.config.gating.partitions]
+        if parts
+        else []
+    )
 
     for name in _dci_sources(result):
         scores = result["results"][name]["scores"]
         highlight = [(s, e, c) for (s, e, _), cols in zip(spans, claimed) for c in cols]
-        written.append(hinton_figure(
-            scores["importance"], out_dir / f"hinton_{name}.png", factor_names=factor_names, row_labels=latent_labels,
-            partitions=units, partition_names=part_names or None, highlight=highlight or None,
-            title=f"{name}: importance (D={scores['disentanglement']:.2f}, C={scores['completeness']:.2f})",
-        ))
+        written.append(
+            hinton_figure(
+                scores["importance"],
+                out_dir / f"hinton_{name}.png",
+                factor_names=factor_names,
+                row_labels=latent_labels,
+                partitions=units,
+                partition_names=part_names or None,
+                highlight=highlight or None,
+                title=f"{name}: importance (D={scores['disentanglement']:.2f}, C={scores['completeness']:.2f})",
+            )
+        )
         if "partition" in scores:
             pscores = scores["partition"]
-            written.append(hinton_figure(
-                pscores["importance"], out_dir / f"hinton_{name}_partitions.png", factor_names=factor_names,
-                row_labels=part_names, highlight=[(p, p + 1, c) for p, cols in enumerate(claimed) for c in cols] or None,
-                title=f"{name} by partition (D={pscores['disentanglement']:.2f}, C={pscores['completeness']:.2f})",
-            ))
+            written.append(
+                hinton_figure(
+                    pscores["importance"],
+                    out_dir / f"hinton_{name}_partitions.png",
+                    factor_names=factor_names,
+                    row_labels=part_names,
+                    highlight=[(p, p + 1, c) for p, cols in enumerate(claimed) for c in cols] or None,
+                    title=f"{name} by partition (D={pscores['disentanglement']:.2f}, C={pscores['completeness']:.2f})",
+                )
+            )
 
     kl = np.asarray(result["posterior"]["kl_per_dim"])
     order = dg.traversal_order(kl, units)
@@ -181,9 +197,15 @@ def write_figures(prep, result: dict, run_dir: str | os.PathLike, seed: int = 0)
     imgs = traversal_images(prep, base_index=base, steps=steps, span=span)[torch.as_tensor(order)]  # (M, S, C, H, W)
     labels = [f"{latent_labels[d]} ({kl[d]:.2f})" for d in order]
     cols = [f"{v:+.1f}" for v in np.linspace(-span, span, steps)]
-    written.append(save_figure(dg.plot_image_rows(imgs, labels, title=f"traversals of image {base} (KL in nats)", col_labels=cols),
-                               out_dir / "traversals.png"))
-    written.append(reconstruction_figure(prep, out_dir / "reconstructions.png", title="images (top) and reconstructions"))
+    written.append(
+        save_figure(
+            dg.plot_image_rows(imgs, labels, title=f"traversals of image {base} (KL in nats)", col_labels=cols),
+            out_dir / "traversals.png",
+        )
+    )
+    written.append(
+        reconstruction_figure(prep, out_dir / "reconstructions.png", title="images (top) and reconstructions")
+    )
     written.append(save_figure(dg.plot_kl_bars(kl, groups, part_names), out_dir / "kl_per_dim.png"))
     curves = dg.training_curves(dg.read_training_log(Path(run_dir) / "metrics.jsonl"))
     written.append(save_figure(dg.plot_training_curves(curves, title="training"), out_dir / "training_curves.png"))
@@ -193,8 +215,14 @@ def write_figures(prep, result: dict, run_dir: str | os.PathLike, seed: int = 0)
             ip = rng.choice(len(prep.dataset), size=n, replace=False)
             ir = rng.choice(len(prep.dataset), size=n, replace=False)
             a, b, grid = dg.swap_grid_images(prep, p, ip, ir)
-            written.append(save_figure(dg.plot_swap_grid(a, b, grid, title=f"partition '{pname}' from the left column, the rest from the top row"),
-                                       out_dir / f"swap_{pname}.png"))
+            written.append(
+                save_figure(
+                    dg.plot_swap_grid(
+                        a, b, grid, title=f"partition '{pname}' from the left column, the rest from the top row"
+                    ),
+                    out_dir / f"swap_{pname}.png",
+                )
+            )
     written.extend(prep.model.extra_figures(prep, out_dir, rng))  # model-specific (InfoGAN: samples, code traversals)
     return written
 
@@ -232,7 +260,9 @@ def evaluate_run(
     prep, step, ckpt = load_trained(run, progress=progress)
     heldout = _heldout(prep.config, progress, len(prep.dataset)) if "reconstruction" in names else None
     t_eval = time.perf_counter()
-    result = adapter.evaluate_model(prep, names, preset, rng=np.random.default_rng(int(seed)), progress=progress, heldout=heldout)
+    result = adapter.evaluate_model(
+        prep, names, preset, rng=np.random.default_rng(int(seed)), progress=progress, heldout=heldout
+    )
     t_metrics = time.perf_counter() - t_eval
 
     parts = prep.partitions
@@ -249,9 +279,16 @@ def evaluate_run(
         "latent_dim": prep.model.latent_dim,
         "gated": parts is not None,
         "partitions": [
-            {"name": p.name, "dims": [parts.slice(i).start, parts.slice(i).stop], "factors": list(p.factors), "sampler": p.sampler}
+            {
+                "name": p.name,
+                "dims": [parts.slice(i).start, parts.slice(i).stop],
+                "factors": list(p.factors),
+                "sampler": p.sampler,
+            }
             for i, p in enumerate(prep.config.gating.partitions)
-        ] if parts is not None else [],
+        ]
+        if parts is not None
+        else [],
         "dataset": result["dataset"],
         "samples": result["samples"],
         "headline": adapter.headline(result),
@@ -279,7 +316,9 @@ def evaluate_run(
 
 def format_headline(doc: dict) -> str:
     """A short table of the headline scores of an evaluation (``metrics.json`` content)."""
-    lines = [f"{doc['run']}  step {doc['checkpoint_step']}  preset {doc['preset']}  seed {doc['seed']}  ({doc['model']})"]
+    lines = [
+        f"{doc['run']}  step {doc['checkpoint_step']}  preset {doc['preset']}  seed {doc['seed']}  ({doc['model']})"
+    ]
     rows = []
     for key, value in doc["headline"].items():
         metric, _, score = key.partition(".")
@@ -290,9 +329,13 @@ def format_headline(doc: dict) -> str:
         w = [max(len(r[i]) for r in rows) for i in range(3)]
         last = None
         for metric, score, shown, secs in rows:
-            lines.append(f"  {metric if metric != last else '':<{w[0]}}  {score:<{w[1]}}  {shown:>{w[2]}}  {secs if metric != last else ''}")
+            lines.append(
+                f"  {metric if metric != last else '':<{w[0]}}  {score:<{w[1]}}  {shown:>{w[2]}}  {secs if metric != last else ''}"
+            )
             last = metric
-    lines.append(f"  total {doc['timing']['elapsed_seconds']:.1f} s; {len(doc['figures'])} figures in {Path(doc['run']) / 'figures'}")
+    lines.append(
+        f"  total {doc['timing']['elapsed_seconds']:.1f} s; {len(doc['figures'])} figures in {Path(doc['run']) / 'figures'}"
+    )
     return "\n".join(lines)
 
 
@@ -318,7 +361,9 @@ def udr_runs(run_dirs: Sequence[str | os.PathLike], preset: str = "default", see
             data_cfg = prep.config.data
             idx = np.sort(rng.choice(len(prep.dataset), size=min(n, len(prep.dataset)), replace=False))
         elif prep.config.data != data_cfg:
-            raise DataError(f"run {run} was trained on other data than {run_dirs[0]}; UDR compares runs on the same images")
+            raise DataError(
+                f"run {run} was trained on other data than {run_dirs[0]}; UDR compares runs on the same images"
+            )
         mu, logvar = adapter.encode_posterior(prep, idx)
         codes.append(mu.astype(np.float64))
         kls.append(np.asarray(adapter.kl_per_dim(mu, logvar)))

@@ -78,8 +78,12 @@ _FOREST = dict(n_estimators=10, max_depth=12)  # the paper's random forest
 
 
 # --------------------------------------------------------------------------- pure scores
-def group_shares(importance: np.ndarray, factor_names: Sequence[str], unit_names: Sequence[str],
-                 groups: Mapping[str, Sequence[str]] = FACE_GROUPS) -> dict[str, dict[str, float]]:
+def group_shares(
+    importance: np.ndarray,
+    factor_names: Sequence[str],
+    unit_names: Sequence[str],
+    groups: Mapping[str, Sequence[str]] = FACE_GROUPS,
+) -> dict[str, dict[str, float]]:
     """Share of each factor group's importance held by each unit.
 
     Args:
@@ -93,7 +97,9 @@ def group_shares(importance: np.ndarray, factor_names: Sequence[str], unit_names
     """
     r = np.abs(np.asarray(importance, dtype=np.float64))  # (P, K)
     if r.shape != (len(unit_names), len(factor_names)):
-        raise DataError(f"importance of shape {r.shape} does not fit {len(unit_names)} units and {len(factor_names)} factors")
+        raise DataError(
+            f"importance of shape {r.shape} does not fit {len(unit_names)} units and {len(factor_names)} factors"
+        )
     col = r.sum(axis=0)  # (K,)
     out: dict[str, dict[str, float]] = {}
     for g, members in groups.items():
@@ -106,8 +112,16 @@ def group_shares(importance: np.ndarray, factor_names: Sequence[str], unit_names
     return out
 
 
-def partition_informativeness(codes, factors, units: Sequence[np.ndarray], rng: np.random.Generator, *,
-                              n_estimators: int = 10, max_depth: int = 12, train_frac: float = 0.8) -> dict:
+def partition_informativeness(
+    codes,
+    factors,
+    units: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    *,
+    n_estimators: int = 10,
+    max_depth: int = 12,
+    train_frac: float = 0.8,
+) -> dict:
     """How well each factor can be predicted from each unit's codes alone.
 
     For every unit ``p`` and factor ``k`` a random forest (the paper's 10 trees of depth 12)
@@ -132,14 +146,17 @@ def partition_informativeness(codes, factors, units: Sequence[np.ndarray], rng: 
         dims = np.asarray(dims, dtype=np.int64)
         x_tr, x_te = standardize(codes[tr][:, dims], codes[te][:, dims])
         for k in range(factors.shape[1]):
-            forest = RandomForestRegressor(n_estimators=n_estimators, max_depth=max_depth, random_state=seed_from(rng), n_jobs=1)
+            forest = RandomForestRegressor(
+                n_estimators=n_estimators, max_depth=max_depth, random_state=seed_from(rng), n_jobs=1
+            )
             forest.fit(x_tr, y_tr[:, k])
             nrmse[p, k] = float(np.sqrt(np.mean((forest.predict(x_te) - y_te[:, k]) ** 2)))
     return {"r2": 1.0 - nrmse**2, "nrmse": nrmse, "n_train": int(tr.size), "n_test": int(te.size)}
 
 
-def best_split(importance: np.ndarray, factor_names: Sequence[str], size: int,
-               group: Sequence[str] = FACE_GROUPS["pose"]) -> np.ndarray:
+def best_split(
+    importance: np.ndarray, factor_names: Sequence[str], size: int, group: Sequence[str] = FACE_GROUPS["pose"]
+) -> np.ndarray:
     """The ``size`` latent dims that carry most of a factor group's importance (sorted).
 
     ``importance`` is the ``(D, K)`` DCI importance; each factor's column is normalised to sum
@@ -172,8 +189,16 @@ def _summary(shares: dict, r2: np.ndarray, factor_names: Sequence[str], unit_nam
 def _unit_scores(codes, logvar, factors, factor_names, names, unit_dims, shares, rng, train_frac):
     """Per-unit informativeness (means, and one posterior sample when ``logvar`` is given), KL per
     unit, and the summary with the importance ``shares``."""
-    info = partition_informativeness(codes, factors, unit_dims, np.random.default_rng(seed_from(rng)), train_frac=train_frac, **_FOREST)
-    out = {"r2": info["r2"], "nrmse": info["nrmse"], "units": list(names), "n_train": info["n_train"], "n_test": info["n_test"]}
+    info = partition_informativeness(
+        codes, factors, unit_dims, np.random.default_rng(seed_from(rng)), train_frac=train_frac, **_FOREST
+    )
+    out = {
+        "r2": info["r2"],
+        "nrmse": info["nrmse"],
+        "units": list(names),
+        "n_train": info["n_train"],
+        "n_test": info["n_test"],
+    }
     summary = _summary(shares, info["r2"], factor_names, names)
     if logvar is not None:
         kl = 0.5 * (codes**2 + np.exp(logvar) - logvar - 1.0)  # (N, M) KL(q(z|x) || N(0, I)) per dim
@@ -181,14 +206,27 @@ def _unit_scores(codes, logvar, factors, factor_names, names, unit_dims, shares,
             summary[f"kl.{u}"] = float(kl[:, dims].sum(axis=1).mean())
         eps = np.random.default_rng(seed_from(rng)).standard_normal(codes.shape)  # (N, M)
         sampled = codes + np.exp(0.5 * logvar) * eps  # (N, M)
-        info_s = partition_informativeness(sampled, factors, unit_dims, np.random.default_rng(seed_from(rng)), train_frac=train_frac, **_FOREST)
+        info_s = partition_informativeness(
+            sampled, factors, unit_dims, np.random.default_rng(seed_from(rng)), train_frac=train_frac, **_FOREST
+        )
         out["r2_sampled"] = info_s["r2"]
-        summary.update({k.replace("r2.", "r2s.", 1): v for k, v in _summary({}, info_s["r2"], factor_names, names).items()})
+        summary.update(
+            {k.replace("r2.", "r2s.", 1): v for k, v in _summary({}, info_s["r2"], factor_names, names).items()}
+        )
     return out, summary
 
 
-def face_scores(codes, factors, factor_names: Sequence[str], units: Mapping[str, np.ndarray], rng: np.random.Generator,
-                *, logvar=None, train_frac: float = 0.8, extra_splits: bool = False) -> dict:
+def face_scores(
+    codes,
+    factors,
+    factor_names: Sequence[str],
+    units: Mapping[str, np.ndarray],
+    rng: np.random.Generator,
+    *,
+    logvar=None,
+    train_frac: float = 0.8,
+    extra_splits: bool = False,
+) -> dict:
     """Every face-study score of one set of codes (pure: arrays in, numbers out).
 
     Args:
@@ -213,25 +251,49 @@ def face_scores(codes, factors, factor_names: Sequence[str], units: Mapping[str,
     names = list(units)
     unit_dims = [np.asarray(units[n], dtype=np.int64) for n in names]
     factor_names = list(factor_names)
-    out: dict[str, Any] = {"factor_names": factor_names, "units": {n: d.tolist() for n, d in zip(names, unit_dims)}, "dci": {}}
+    out: dict[str, Any] = {
+        "factor_names": factor_names,
+        "units": {n: d.tolist() for n, d in zip(names, unit_dims)},
+        "dci": {},
+    }
     shares: dict[str, dict] = {}
     for reg in ("lasso", "random_forest"):
-        res = dci(codes, factors, np.random.default_rng(seed_from(rng)), regressor=reg, alpha=0.02, train_frac=train_frac,
-                  units=unit_dims, **_FOREST)
+        res = dci(
+            codes,
+            factors,
+            np.random.default_rng(seed_from(rng)),
+            regressor=reg,
+            alpha=0.02,
+            train_frac=train_frac,
+            units=unit_dims,
+            **_FOREST,
+        )
         shares[reg] = group_shares(res["partition"]["importance"], factor_names, names)
         out["dci"][reg] = {
-            "disentanglement": res["disentanglement"], "completeness": res["completeness"],
-            "informativeness": res["informativeness"], "informativeness_per_factor": res["informativeness_per_factor"],
-            "importance": res["importance"], "partition_importance": res["partition"]["importance"],
-            "partition_disentanglement": res["partition"]["disentanglement"], "shares": shares[reg],
+            "disentanglement": res["disentanglement"],
+            "completeness": res["completeness"],
+            "informativeness": res["informativeness"],
+            "informativeness_per_factor": res["informativeness_per_factor"],
+            "importance": res["importance"],
+            "partition_importance": res["partition"]["importance"],
+            "partition_disentanglement": res["partition"]["disentanglement"],
+            "shares": shares[reg],
         }
     if logvar is not None:
         logvar = check_codes(logvar, "logvar")
         if logvar.shape != codes.shape:
             raise DataError(f"logvar of shape {logvar.shape} does not match codes of shape {codes.shape}")
-    info, summary = _unit_scores(codes, logvar, factors, factor_names, names, unit_dims, shares["random_forest"], rng, train_frac)
+    info, summary = _unit_scores(
+        codes, logvar, factors, factor_names, names, unit_dims, shares["random_forest"], rng, train_frac
+    )
     out["informativeness"] = info
-    summary.update({f"lasso_{k}": v for k, v in _summary(shares["lasso"], info["r2"], factor_names, names).items() if k.startswith("share.")})
+    summary.update(
+        {
+            f"lasso_{k}": v
+            for k, v in _summary(shares["lasso"], info["r2"], factor_names, names).items()
+            if k.startswith("share.")
+        }
+    )
     summary["dci_rf.disentanglement"] = out["dci"]["random_forest"]["disentanglement"]
     summary["dci_rf.completeness"] = out["dci"]["random_forest"]["completeness"]
     summary["dci_rf.informativeness"] = out["dci"]["random_forest"]["informativeness"]
@@ -243,9 +305,15 @@ def face_scores(codes, factors, factor_names: Sequence[str], units: Mapping[str,
         pose_dims = best_split(imp, factor_names, len(unit_dims[0]))
         rest = np.setdiff1d(np.arange(codes.shape[1]), pose_dims)
         bs_shares = group_shares(np.stack([imp[pose_dims].sum(axis=0), imp[rest].sum(axis=0)]), factor_names, names)
-        bs_info, bs_summary = _unit_scores(codes, logvar, factors, factor_names, names, [pose_dims, rest], bs_shares, rng, train_frac)
-        out["best_split"] = {"units": {names[0]: pose_dims.tolist(), names[1]: rest.tolist()}, "shares": bs_shares,
-                             "informativeness": bs_info, "summary": bs_summary}
+        bs_info, bs_summary = _unit_scores(
+            codes, logvar, factors, factor_names, names, [pose_dims, rest], bs_shares, rng, train_frac
+        )
+        out["best_split"] = {
+            "units": {names[0]: pose_dims.tolist(), names[1]: rest.tolist()},
+            "shares": bs_shares,
+            "informativeness": bs_info,
+            "summary": bs_summary,
+        }
     return out
 
 
@@ -261,7 +329,9 @@ def _units_of(config: Config) -> tuple[dict[str, np.ndarray], str]:
         return units, "gated"
     first = FACE_LAYOUT[0][1]
     if m <= first:
-        raise ConfigError(f"an un-gated run needs more than {first} latent dims to be split into pose and expression; it has {m}")
+        raise ConfigError(
+            f"an un-gated run needs more than {first} latent dims to be split into pose and expression; it has {m}"
+        )
     return {FACE_LAYOUT[0][0]: np.arange(first), FACE_LAYOUT[1][0]: np.arange(first, m)}, "layout"
 
 
@@ -285,8 +355,10 @@ def _prepare(run: Path):
 
     config = load_run_config(run)
     if config.data.name != "faces":
-        raise DataError(f"run {run} was trained on '{config.data.name}'; the face study needs a run on data.name=faces "
-                        "(for your own faces use gatedvae evaluate with factor columns)")
+        raise DataError(
+            f"run {run} was trained on '{config.data.name}'; the face study needs a run on data.name=faces "
+            "(for your own faces use gatedvae evaluate with factor columns)"
+        )
     found = latest_checkpoint(run / "checkpoints")
     if found is None:
         raise GatedVAEError(f"run {run} has no checkpoint yet; train it first")
@@ -304,9 +376,17 @@ def _decode(model, z: torch.Tensor) -> torch.Tensor:
     return model.mean_image(model.decode(z)).clamp(0, 1)  # (N, C, H, W)
 
 
-def write_face_figures(prep, units: Mapping[str, np.ndarray], kl: np.ndarray, out_dir: str | os.PathLike,
-                       rng: np.random.Generator, steps: int = 9, span: float = 2.0, n_expression: int = 8,
-                       note: str = "") -> list[Path]:
+def write_face_figures(
+    prep,
+    units: Mapping[str, np.ndarray],
+    kl: np.ndarray,
+    out_dir: str | os.PathLike,
+    rng: np.random.Generator,
+    steps: int = 9,
+    span: float = 2.0,
+    n_expression: int = 8,
+    note: str = "",
+) -> list[Path]:
     """Figure 5 of the paper (traversals) and a pose/expression swap grid, into ``out_dir``.
 
     ``note`` is added to both titles (e.g. that an un-gated run's "partitions" are only its dims
@@ -327,7 +407,9 @@ def write_face_figures(prep, units: Mapping[str, np.ndarray], kl: np.ndarray, ou
     labels = [f"{names[0] if d in set(pose.tolist()) else names[1]} z{d} ({kl[d]:.2f})" for d in rows]
     cols = [f"{v:+.1f}" for v in np.linspace(-span, span, steps)]
     title = f"traversals of image {base}: every {names[0]} dim, the {len(top)} most active {names[1]} dims (KL in nats){note}"
-    written = [save_figure(plot_image_rows(imgs, labels, title=title, col_labels=cols), out_dir / "face_traversals.png")]
+    written = [
+        save_figure(plot_image_rows(imgs, labels, title=title, col_labels=cols), out_dir / "face_traversals.png")
+    ]
 
     n = 6
     ia = rng.choice(len(prep.dataset), size=n, replace=False)
@@ -338,13 +420,19 @@ def write_face_figures(prep, units: Mapping[str, np.ndarray], kl: np.ndarray, ou
         za, zb = model.encode(xa).mu, model.encode(xb).mu  # (n, M)
         z = swap_codes(za, zb, pose)  # (n, n, M): row i's pose, column j's everything else
         grid = _decode(model, z.reshape(n * n, -1)).view(n, n, *xa.shape[1:])  # (n, n, C, H, W)
-    fig = plot_swap_grid(xa.cpu(), xb.cpu(), grid.cpu(), title=f"{names[0]} from the left column, {names[1]} (and the rest) from the top row{note}")
+    fig = plot_swap_grid(
+        xa.cpu(),
+        xb.cpu(),
+        grid.cpu(),
+        title=f"{names[0]} from the left column, {names[1]} (and the rest) from the top row{note}",
+    )
     written.append(save_figure(fig, out_dir / "face_swap.png"))
     return written
 
 
-def score_run(run_dir: str | os.PathLike, preset: str = "default", seed: int = 0, figures: bool = True,
-              images: int | None = None) -> dict:
+def score_run(
+    run_dir: str | os.PathLike, preset: str = "default", seed: int = 0, figures: bool = True, images: int | None = None
+) -> dict:
     """Score one run on the procedural faces; write ``RUN/face_scores.json`` (and the figures).
 
     The run must have been trained on ``data.name=faces``. Gated runs are scored with their own
@@ -369,7 +457,9 @@ def score_run(run_dir: str | os.PathLike, preset: str = "default", seed: int = 0
     keep = [k for k in range(factors.shape[1]) if np.ptp(factors[:, k]) > 0]
     factor_names = [ds.factor_space.names[k] for k in keep]
     units, source = _units_of(config)
-    scores = face_scores(mu, factors[:, keep], factor_names, units, rng, logvar=logvar, extra_splits=(source == "layout"))
+    scores = face_scores(
+        mu, factors[:, keep], factor_names, units, rng, logvar=logvar, extra_splits=(source == "layout")
+    )
     kl = np.asarray(kl_per_dim(mu, logvar))  # (M,)
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -460,16 +550,31 @@ def summarise(run_dirs: Sequence[str | os.PathLike]) -> list[dict]:
             g["best"].append(doc["best_split"]["summary"])
     rows = []
     for g in groups.values():
-        for split, items in (("as trained" if not g["best"] else "dims 0-5 / 6-23", g["main"]), ("best 6-dim split", g["best"])):
+        for split, items in (
+            ("as trained" if not g["best"] else "dims 0-5 / 6-23", g["main"]),
+            ("best 6-dim split", g["best"]),
+        ):
             if not items:
                 continue
             keys = sorted(set().union(*items))
-            vals = {k: np.array([np.nan if it.get(k) is None else it[k] for it in items], dtype=np.float64) for k in keys}
-            rows.append({
-                "label": g["label"], "runs": g["runs"], "n": len(items), "split": split,
-                "mean": {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in vals.items()},
-                "std": {k: float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else float("nan") for k, v in vals.items()},
-            })
+            vals = {
+                k: np.array([np.nan if it.get(k) is None else it[k] for it in items], dtype=np.float64) for k in keys
+            }
+            rows.append(
+                {
+                    "label": g["label"],
+                    "runs": g["runs"],
+                    "n": len(items),
+                    "split": split,
+                    "mean": {
+                        k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in vals.items()
+                    },
+                    "std": {
+                        k: float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else float("nan")
+                        for k, v in vals.items()
+                    },
+                }
+            )
     return rows
 
 

@@ -84,7 +84,9 @@ class Partitions:
             raise PartitionError("gating needs at least one partition; declare gating.partitions")
         total = sum(p.size for p in config.partitions)
         if total != latent_dim:
-            raise PartitionError(f"partition sizes sum to {total} but the latent has {latent_dim} dims; make them equal")
+            raise PartitionError(
+                f"partition sizes sum to {total} but the latent has {latent_dim} dims; make them equal"
+            )
         self.config = config
         self.latent_dim = latent_dim
         self.parts: list[_Partition] = []

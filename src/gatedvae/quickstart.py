@@ -163,20 +163,28 @@ def quickstart(out: Path, seed: int = 0, quiet: bool = False, steps: int = 3000)
     for key in runs["gated"]["scores"]:
         a, b = runs["un-gated"]["scores"][key], runs["gated"]["scores"][key]
         print(f"  {key:<28}{a:>10.3f}{b:>10.3f}")
-    print(f"  {'reconstruction (BCE, train)':<28}{runs['un-gated']['summary']['final']['recon']:>10.1f}"
-          f"{runs['gated']['summary']['final']['recon']:>10.1f}   (gated: after {steps // 3} steps of decoder fine-tuning)")
+    print(
+        f"  {'reconstruction (BCE, train)':<28}{runs['un-gated']['summary']['final']['recon']:>10.1f}"
+        f"{runs['gated']['summary']['final']['recon']:>10.1f}   (gated: after {steps // 3} steps of decoder fine-tuning)"
+    )
     print("  (un)informativeness is NRMSE: lower is better. Paper, Table I, beta-VAE RF: D 0.172 -> 0.631 with gating.")
     own = runs["gated"]["ownership"]
     if own:
         print("\nGated model: share of each factor's importance (RF) held by the partition that owns it")
         print("  " + "  ".join(f"{k} {v:.2f}" for k, v in own.items()))
         print("  (1.00 = the factor lives only in its partition; chance is 0.25. At this budget position and scale")
-        print("  are owned; shape and orientation need the paper's longer training: configs/dsprites_beta_vae_gated.yaml.")
-        print("  The gated run also gates the KL, gating.gate_kl=true, which keeps short runs from collapsing partitions.)")
+        print(
+            "  are owned; shape and orientation need the paper's longer training: configs/dsprites_beta_vae_gated.yaml."
+        )
+        print(
+            "  The gated run also gates the KL, gating.gate_kl=true, which keeps short runs from collapsing partitions.)"
+        )
     report["runs"] = runs
     report["seconds"] = round(time.perf_counter() - t_all, 1)
     (out / "quickstart.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    print(f"\nfigures: {out}/gated_pairs.png and, per run, {out}/beta_vae*/figures/ "
-          "(traversals, Hinton diagrams, swap grids, reconstructions, KL per dim, training curves)")
+    print(
+        f"\nfigures: {out}/gated_pairs.png and, per run, {out}/beta_vae*/figures/ "
+        "(traversals, Hinton diagrams, swap grids, reconstructions, KL per dim, training curves)"
+    )
     print(f"total {report['seconds']:.0f} s")
     return report

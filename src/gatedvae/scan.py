@@ -119,26 +119,34 @@ class Vocabulary:
         return [w for a in self.attributes for w in a.words]
 
     @classmethod
-    def from_spec(cls, dataset, spec=DSPRITES_ATTRIBUTES) -> "Vocabulary":
+    def from_spec(cls, dataset, spec=DSPRITES_ATTRIBUTES) -> Vocabulary:
         """``spec`` items are ``"factor"`` (one word per class) or ``"factor:bins"`` (equal runs).
 
         dSprites factors get their words (square, small, left, top, ...); others ``factor=i``.
         """
         if not dataset.is_grid:
-            raise DataError(f"SCAN draws images of a concept by factor arithmetic and needs a full-grid dataset (dsprites); {dataset.name} is not one")
+            raise DataError(
+                f"SCAN draws images of a concept by factor arithmetic and needs a full-grid dataset (dsprites); {dataset.name} is not one"
+            )
         space = dataset.factor_space
         attrs = []
         for item in spec:
             name, _, nb = str(item).partition(":")
             if name not in space.names:
-                raise ConfigError(f"SCAN attribute '{name}' is not a factor of {dataset.name}; its factors are: {', '.join(space.names)}")
+                raise ConfigError(
+                    f"SCAN attribute '{name}' is not a factor of {dataset.name}; its factors are: {', '.join(space.names)}"
+                )
             size = space.size(name)
             bins = size if not nb else int(nb)
             if not 2 <= bins <= size:
                 raise ConfigError(f"SCAN attribute '{item}': bins must lie in 2..{size} (the factor's classes)")
             of_class = tuple(int(c * bins // size) for c in range(size))  # equal runs of consecutive classes
             known = DSPRITES_WORDS.get(name)
-            words = known if known is not None and len(known) == bins and dataset.name.startswith("dsprites") else tuple(f"{name}={b}" for b in range(bins))
+            words = (
+                known
+                if known is not None and len(known) == bins and dataset.name.startswith("dsprites")
+                else tuple(f"{name}={b}" for b in range(bins))
+            )
             attrs.append(Attribute(name, space.position(name), tuple(words), of_class))
         if len({a.factor for a in attrs}) != len(attrs):
             raise ConfigError("SCAN attributes name a factor twice; name each once")
@@ -204,7 +212,9 @@ def combine_concepts(c1: np.ndarray, c2: np.ndarray, op: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- pure tensor functions
-def kl_diag_gaussians(mu_p: torch.Tensor, logvar_p: torch.Tensor, mu_q: torch.Tensor, logvar_q: torch.Tensor) -> torch.Tensor:
+def kl_diag_gaussians(
+    mu_p: torch.Tensor, logvar_p: torch.Tensor, mu_q: torch.Tensor, logvar_q: torch.Tensor
+) -> torch.Tensor:
     """``KL(N(mu_p, diag e^logvar_p) || N(mu_q, diag e^logvar_q))`` per sample ``(B,)``, summed over dims::
 
         0.5 * sum_k [ logvar_q - logvar_p + (e^logvar_p + (mu_p - mu_q)^2) / e^logvar_q - 1 ]
@@ -214,7 +224,9 @@ def kl_diag_gaussians(mu_p: torch.Tensor, logvar_p: torch.Tensor, mu_q: torch.Te
     return 0.5 * (logvar_q - logvar_p + (torch.exp(logvar_p) + (mu_p - mu_q) ** 2) * torch.exp(-logvar_q) - 1.0).sum(-1)
 
 
-def reference_operator(mu1, logvar1, mu2, logvar2, op: str, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_operator(
+    mu1, logvar1, mu2, logvar2, op: str, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The closed-form recombination of two diagonal Gaussians, component by component.
 
     A component is *specific* when its variance is below ``threshold`` (a concept names it);
@@ -241,7 +253,9 @@ def reference_operator(mu1, logvar1, mu2, logvar2, op: str, threshold: float = 0
 
 # --------------------------------------------------------------------------- modules
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+    return nn.Sequential(
+        nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out)
+    )
 
 
 class SCAN(nn.Module):
@@ -278,8 +292,14 @@ class Recombinator(nn.Module):
 
     def __init__(self, hidden: int = 32) -> None:
         super().__init__()
-        self.nets = nn.ModuleList([nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                                 nn.Linear(hidden, 2)) for _ in OPERATORS])
+        self.nets = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2)
+                )
+                for _ in OPERATORS
+            ]
+        )
 
     def forward(self, mu1, logvar1, mu2, logvar2, op: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs ``(B, K)`` each, ``op (B,)`` operator indices -> ``mu, logvar (B, K)``."""
@@ -298,8 +318,14 @@ class AttributeClassifier(nn.Module):
     def __init__(self, n_pixels: int, sizes: list[int], hidden: int = 256) -> None:
         super().__init__()
         self.sizes = list(sizes)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_pixels, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, sum(sizes)))
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(n_pixels, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, sum(sizes)),
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(self.net(x), self.sizes, dim=1))  # [(B, n_words_a)]
@@ -341,8 +367,17 @@ def split_concepts(vocab: Vocabulary, holdout: float, rng: np.random.Generator) 
     return allc[mask], allc[test]
 
 
-def train_scan(setup: ScanSetup, steps: int, batch_size: int, lr: float, beta: float, lam: float, seed: int,
-               hidden: int = 128, progress: bool = False) -> tuple[SCAN, list[dict]]:
+def train_scan(
+    setup: ScanSetup,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    beta: float,
+    lam: float,
+    seed: int,
+    hidden: int = 128,
+    progress: bool = False,
+) -> tuple[SCAN, list[dict]]:
     """Train SCAN on the training concepts (one fresh image of each concept per batch row)."""
     rng = np.random.default_rng([seed, 21])
     gen = torch.Generator(device=setup.device).manual_seed(seed)
@@ -392,8 +427,9 @@ def _operator_batch(vocab: Vocabulary, train: np.ndarray, rng: np.random.Generat
     return np.array(c1s), np.array(c2s), np.array(ops), np.array(res)
 
 
-def train_operators(setup: ScanSetup, scan: SCAN, steps: int, batch_size: int, lr: float, seed: int,
-                    progress: bool = False) -> tuple[Recombinator, list[dict]]:
+def train_operators(
+    setup: ScanSetup, scan: SCAN, steps: int, batch_size: int, lr: float, seed: int, progress: bool = False
+) -> tuple[Recombinator, list[dict]]:
     """Train psi with SCAN frozen: L_r = KL(q(z_x|x) || psi(q(z_y1|y1), q(z_y2|y2), r))."""
     rng = np.random.default_rng([seed, 22])
     with torch.random.fork_rng(devices=[]):
@@ -420,7 +456,9 @@ def train_operators(setup: ScanSetup, scan: SCAN, steps: int, batch_size: int, l
     return psi.eval(), log
 
 
-def train_classifier(setup: ScanSetup, steps: int, seed: int, progress: bool = False) -> tuple[AttributeClassifier, float]:
+def train_classifier(
+    setup: ScanSetup, steps: int, seed: int, progress: bool = False
+) -> tuple[AttributeClassifier, float]:
     """The attribute reader for the scores; returns it and its accuracy on 5,000 fresh images."""
     rng = np.random.default_rng([seed, 23])
     ds = setup.vision.dataset
@@ -452,10 +490,14 @@ def _steps(n: int, progress: bool, desc: str):
 
 # --------------------------------------------------------------------------- scores
 @torch.no_grad()
-def sym2img(setup: ScanSetup, mu: torch.Tensor, logvar: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
+def sym2img(
+    setup: ScanSetup, mu: torch.Tensor, logvar: torch.Tensor, samples: int, generator: torch.Generator
+) -> torch.Tensor:
     """Images ``(n, samples, C, H, W)`` decoded by the VAE from ``z ~ N(mu, e^logvar)`` per concept."""
     n, k = mu.shape
-    z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * torch.randn((n, samples, k), generator=generator, device=mu.device)  # (n, S, K)
+    z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * torch.randn(
+        (n, samples, k), generator=generator, device=mu.device
+    )  # (n, S, K)
     model = setup.vision.model
     imgs = model.mean_image(model.decode(z.reshape(n * samples, k))).clamp(0, 1)  # (n S, C, H, W)
     return imgs.view(n, samples, *imgs.shape[1:])
@@ -484,14 +526,18 @@ def accuracy_diversity(vocab: Vocabulary, concepts: np.ndarray, predicted: np.nd
             u = np.bincount(predicted[i, :, a], minlength=w) / predicted.shape[1]  # (w,)
             nz = u > 0
             kls.append(float((u[nz] * np.log(u[nz] * w)).sum()))
-    return {"accuracy": float(per_concept.mean()), "diversity": float(np.mean(kls)) if kls else float("nan"),
-            "concepts": int(len(concepts)), "open_attributes": len(kls)}
+    return {
+        "accuracy": float(per_concept.mean()),
+        "diversity": float(np.mean(kls)) if kls else float("nan"),
+        "concepts": int(len(concepts)),
+        "open_attributes": len(kls),
+    }
 
 
 def _and_splits(concept: np.ndarray, train_set: set, rng: np.random.Generator):
     """Two training concepts whose AND is ``concept`` (None if no split is trained)."""
     named = np.flatnonzero(concept >= 0)
-    masks = list(range(1, 2 ** named.size - 1))
+    masks = list(range(1, 2**named.size - 1))
     rng.shuffle(masks)
     for m in masks:
         a = np.full_like(concept, -1)
@@ -503,8 +549,15 @@ def _and_splits(concept: np.ndarray, train_set: set, rng: np.random.Generator):
     return None
 
 
-def scan_scores(setup: ScanSetup, scan: SCAN, psi: Recombinator, clf: AttributeClassifier, seed: int,
-                samples: int = 64, img2sym_images: int = 5000) -> dict:
+def scan_scores(
+    setup: ScanSetup,
+    scan: SCAN,
+    psi: Recombinator,
+    clf: AttributeClassifier,
+    seed: int,
+    samples: int = 64,
+    img2sym_images: int = 5000,
+) -> dict:
     """Accuracy and diversity (train symbols, test symbols, test operators), img2sym accuracy."""
     rng = np.random.default_rng([seed, 24])
     gen = torch.Generator(device=setup.device).manual_seed(seed + 24)
@@ -530,24 +583,37 @@ def scan_scores(setup: ScanSetup, scan: SCAN, psi: Recombinator, clf: AttributeC
             m2, l2 = scan.encode(vocab.symbols(b).to(setup.device))
             op = torch.zeros(len(pairs), dtype=torch.long, device=setup.device)
             out["test_operators"] = accuracy_diversity(vocab, concepts, read(*psi(m1, l1, m2, l2, op)))
-            out["test_operators_reference"] = accuracy_diversity(vocab, concepts, read(*reference_operator(m1, l1, m2, l2, "and")))
+            out["test_operators_reference"] = accuracy_diversity(
+                vocab, concepts, read(*reference_operator(m1, l1, m2, l2, "and"))
+            )
         # img2sym: the words SCAN's decoder gives the VAE's code of random images.
         ds = setup.vision.dataset
         idx = rng.integers(0, len(ds), size=img2sym_images)
         mu_x = setup.vision.model.encode(ds.images(idx)).mu
         logits = scan.decode(mu_x)  # (n, V)
-        pred = np.stack([logits[:, off : off + len(at.words)].argmax(1).cpu().numpy()
-                         for at, off in zip(vocab.attributes, vocab.offsets)], axis=1)  # (n, A)
+        pred = np.stack(
+            [
+                logits[:, off : off + len(at.words)].argmax(1).cpu().numpy()
+                for at, off in zip(vocab.attributes, vocab.offsets)
+            ],
+            axis=1,
+        )  # (n, A)
         truth = vocab.attribute_classes(ds.factors_of(idx))
-        out["img2sym"] = {"accuracy": float((pred == truth).mean()),
-                          "per_attribute": {at.factor: float((pred[:, a] == truth[:, a]).mean()) for a, at in enumerate(vocab.attributes)},
-                          "images": int(img2sym_images)}
+        out["img2sym"] = {
+            "accuracy": float((pred == truth).mean()),
+            "per_attribute": {
+                at.factor: float((pred[:, a] == truth[:, a]).mean()) for a, at in enumerate(vocab.attributes)
+            },
+            "images": int(img2sym_images),
+        }
         # Specificity (lecture: "inferred specificity of concept latents"): mean posterior std of z_y
         # on latents, for 1-word concepts, to see which latents a word narrows.
         single = vocab.all_concepts()
         single = single[(single >= 0).sum(1) == 1]
         _, lv = scan.encode(vocab.symbols(single).to(setup.device))
-        out["word_latent_std"] = {vocab.describe(c): torch.exp(0.5 * lv[i]).cpu().numpy().round(3).tolist() for i, c in enumerate(single)}
+        out["word_latent_std"] = {
+            vocab.describe(c): torch.exp(0.5 * lv[i]).cpu().numpy().round(3).tolist() for i, c in enumerate(single)
+        }
     return out
 
 
@@ -562,29 +628,52 @@ def write_scan_figures(setup: ScanSetup, scan: SCAN, psi: Recombinator, out_dir:
     gen = torch.Generator(device=setup.device).manual_seed(seed + 25)
     written = []
     with torch.no_grad():
-        pick = np.concatenate([setup.train_concepts[rng.choice(len(setup.train_concepts), 5, replace=False)],
-                               setup.test_concepts[rng.choice(len(setup.test_concepts), min(4, len(setup.test_concepts)), replace=False)]])
+        pick = np.concatenate(
+            [
+                setup.train_concepts[rng.choice(len(setup.train_concepts), 5, replace=False)],
+                setup.test_concepts[
+                    rng.choice(len(setup.test_concepts), min(4, len(setup.test_concepts)), replace=False)
+                ],
+            ]
+        )
         mu, lv = scan.encode(vocab.symbols(pick).to(setup.device))
         imgs = sym2img(setup, mu, lv, 8, gen).cpu()
         test = {tuple(c) for c in setup.test_concepts}
         labels = [vocab.describe(c) + (" (held out)" if tuple(c) in test else "") for c in pick]
-        written.append(save_figure(dg.plot_image_rows(imgs, labels, title="sym2img: 8 samples per concept"), out_dir / "sym2img.png"))
+        written.append(
+            save_figure(
+                dg.plot_image_rows(imgs, labels, title="sym2img: 8 samples per concept"), out_dir / "sym2img.png"
+            )
+        )
         c1, c2, op, res = _operator_batch(vocab, setup.train_concepts, rng, 6)
         m1, l1 = scan.encode(vocab.symbols(c1).to(setup.device))
         m2, l2 = scan.encode(vocab.symbols(c2).to(setup.device))
         mu_r, lv_r = psi(m1, l1, m2, l2, torch.as_tensor(op, device=setup.device))
         imgs = sym2img(setup, mu_r, lv_r, 8, gen).cpu()
-        labels = [f"{vocab.describe(a)} {OPERATORS[o].upper().replace('_', ' ')} {vocab.describe(b)} = {vocab.describe(r)}"
-                  for a, b, o, r in zip(c1, c2, op, res)]
-        written.append(save_figure(dg.plot_image_rows(imgs, labels, title="recombination operators (learned psi): 8 samples each"),
-                                   out_dir / "operators.png"))
+        labels = [
+            f"{vocab.describe(a)} {OPERATORS[o].upper().replace('_', ' ')} {vocab.describe(b)} = {vocab.describe(r)}"
+            for a, b, o, r in zip(c1, c2, op, res)
+        ]
+        written.append(
+            save_figure(
+                dg.plot_image_rows(imgs, labels, title="recombination operators (learned psi): 8 samples each"),
+                out_dir / "operators.png",
+            )
+        )
         ds = setup.vision.dataset
         idx = rng.integers(0, len(ds), size=8)
         x = ds.images(idx)
         logits = scan.decode(setup.vision.model.encode(x).mu)
-        words = [", ".join(at.words[int(logits[i, off : off + len(at.words)].argmax())] for at, off in zip(vocab.attributes, vocab.offsets))
-                 for i in range(8)]
-        fig = dg.plot_image_rows(x.cpu()[None], ["images"], title="img2sym: " + " | ".join(f"{i}: {w}" for i, w in enumerate(words)))
+        words = [
+            ", ".join(
+                at.words[int(logits[i, off : off + len(at.words)].argmax())]
+                for at, off in zip(vocab.attributes, vocab.offsets)
+            )
+            for i in range(8)
+        ]
+        fig = dg.plot_image_rows(
+            x.cpu()[None], ["images"], title="img2sym: " + " | ".join(f"{i}: {w}" for i, w in enumerate(words))
+        )
         written.append(save_figure(fig, out_dir / "img2sym.png"))
     return written
 
@@ -628,14 +717,21 @@ def run_scan(
 
     from .evaluate import _atomic_json, load_trained, to_jsonable  # noqa: F401
 
-    for name, v in (("steps", steps), ("operator_steps", operator_steps), ("classifier_steps", classifier_steps),
-                    ("batch_size", batch_size), ("samples", samples)):
+    for name, v in (
+        ("steps", steps),
+        ("operator_steps", operator_steps),
+        ("classifier_steps", classifier_steps),
+        ("batch_size", batch_size),
+        ("samples", samples),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
     if not 0.0 < holdout < 1.0:
         raise ConfigError(f"holdout must lie in (0, 1), got {holdout}")
     if not (math.isfinite(beta) and math.isfinite(lam) and math.isfinite(lr)) or beta < 0 or lam < 0 or lr <= 0:
-        raise ConfigError(f"beta and lambda must be finite and non-negative and lr positive; got beta={beta}, lambda={lam}, lr={lr}")
+        raise ConfigError(
+            f"beta and lambda must be finite and non-negative and lr positive; got beta={beta}, lambda={lam}, lr={lr}"
+        )
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run / "scan"
     if (out / "scan.json").exists():
@@ -675,15 +771,28 @@ def run_scan(
         "vocabulary": {a.factor: list(a.words) for a in vocab.attributes},
         "concepts": {"train": int(len(train_c)), "test": int(len(test_c))},
         "test_concepts": [vocab.describe(c) for c in test_c],
-        "params": {"steps": steps, "operator_steps": operator_steps, "classifier_steps": classifier_steps,
-                   "batch_size": batch_size, "lr": lr, "beta": beta, "lambda": lam, "holdout": holdout, "seed": seed,
-                   "samples": samples},
+        "params": {
+            "steps": steps,
+            "operator_steps": operator_steps,
+            "classifier_steps": classifier_steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "beta": beta,
+            "lambda": lam,
+            "holdout": holdout,
+            "seed": seed,
+            "samples": samples,
+        },
         "classifier_accuracy": clf_acc,
-        "notes": ([
-            "gated run without decoder fine-tuning (train.finetune_steps=0): a gated decoder learns to predict targets "
-            "that share only the active partition's factors, so sym2img samples are blurred averages; fine-tune the "
-            "decoder (train.finetune_steps) for sym2img"
-        ] if prep.partitions is not None and prep.config.train.finetune_steps == 0 else []),
+        "notes": (
+            [
+                "gated run without decoder fine-tuning (train.finetune_steps=0): a gated decoder learns to predict targets "
+                "that share only the active partition's factors, so sym2img samples are blurred averages; fine-tune the "
+                "decoder (train.finetune_steps) for sym2img"
+            ]
+            if prep.partitions is not None and prep.config.train.finetune_steps == 0
+            else []
+        ),
         "scores": scores,
         "training": {"scan": log, "operators": op_log},
     }
@@ -705,12 +814,18 @@ def run_scan(
 def format_scan(doc: dict) -> str:
     """A few lines: the lecture's accuracy / diversity table for this run."""
     s = doc["scores"]
-    lines = [f"SCAN on {doc['run']} ({doc['vision_model']}); attribute reader accuracy {doc['classifier_accuracy']:.3f}",
-             f"  {'':<26} {'accuracy':>9} {'diversity':>10}"]
+    lines = [
+        f"SCAN on {doc['run']} ({doc['vision_model']}); attribute reader accuracy {doc['classifier_accuracy']:.3f}",
+        f"  {'':<26} {'accuracy':>9} {'diversity':>10}",
+    ]
     for key in ("train_symbols", "test_symbols", "test_operators", "test_operators_reference"):
         if key in s:
-            lines.append(f"  {key:<26} {s[key]['accuracy']:>9.3f} {s[key]['diversity'] if s[key]['diversity'] is not None else float('nan'):>10.3f}")
-    lines.append(f"  img2sym accuracy {s['img2sym']['accuracy']:.3f} "
-                 f"({', '.join(f'{k} {v:.2f}' for k, v in s['img2sym']['per_attribute'].items())})")
+            lines.append(
+                f"  {key:<26} {s[key]['accuracy']:>9.3f} {s[key]['diversity'] if s[key]['diversity'] is not None else float('nan'):>10.3f}"
+            )
+    lines.append(
+        f"  img2sym accuracy {s['img2sym']['accuracy']:.3f} "
+        f"({', '.join(f'{k} {v:.2f}' for k, v in s['img2sym']['per_attribute'].items())})"
+    )
     lines.extend(f"  note: {n}" for n in doc.get("notes", []))
     return "\n".join(lines)

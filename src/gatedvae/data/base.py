@@ -32,7 +32,9 @@ def host_to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.
     return t.to(dev)
 
 
-def as_index_tensor(index: np.ndarray | torch.Tensor | Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+def as_index_tensor(
+    index: np.ndarray | torch.Tensor | Sequence[int], device: torch.device | None = None
+) -> torch.Tensor:
     """Indices as an int64 tensor on ``device`` (no copy when already there; see :func:`host_to_device`)."""
     if isinstance(index, torch.Tensor):
         return host_to_device(index.to(torch.int64), device)
@@ -61,10 +63,10 @@ class ImageStore:
         """Images at ``index`` as uint8 ``(B, C, H, W)`` in 0..255."""
         raise NotImplementedError
 
-    def to(self, device: torch.device | str) -> "ImageStore":
+    def to(self, device: torch.device | str) -> ImageStore:
         raise NotImplementedError
 
-    def subset(self, index: np.ndarray) -> "ImageStore":
+    def subset(self, index: np.ndarray) -> ImageStore:
         raise NotImplementedError
 
     @property
@@ -81,17 +83,21 @@ class PackedBinaryStore(ImageStore):
     def __init__(self, packed: np.ndarray | torch.Tensor, height: int, width: int) -> None:
         packed = torch.as_tensor(packed)
         if packed.dtype != torch.uint8 or packed.ndim != 2:
-            raise DataError(f"packed binary images must be uint8 of shape (N, H*W/8), got {tuple(packed.shape)} {packed.dtype}")
+            raise DataError(
+                f"packed binary images must be uint8 of shape (N, H*W/8), got {tuple(packed.shape)} {packed.dtype}"
+            )
         if height * width % 8 or packed.shape[1] != height * width // 8:
             raise DataError(f"packed rows of {packed.shape[1]} bytes do not hold {height}x{width} images")
         self.packed = packed.contiguous()  # (N, H*W/8)
         self.channels, self.height, self.width = 1, int(height), int(width)
         # byte -> its 8 pixels as float32, for the gather on an accelerator.
         shifts = torch.arange(7, -1, -1)  # (8,)
-        self._lut = ((torch.arange(256).unsqueeze(-1) >> shifts) & 1).to(torch.float32).to(self.packed.device)  # (256, 8)
+        self._lut = (
+            ((torch.arange(256).unsqueeze(-1) >> shifts) & 1).to(torch.float32).to(self.packed.device)
+        )  # (256, 8)
 
     @classmethod
-    def from_images(cls, images: np.ndarray) -> "PackedBinaryStore":
+    def from_images(cls, images: np.ndarray) -> PackedBinaryStore:
         """From binary images ``(N, H, W)`` (any dtype, nonzero is white)."""
         images = np.asarray(images)
         n, h, w = images.shape[0], images.shape[-2], images.shape[-1]
@@ -128,11 +134,13 @@ class PackedBinaryStore(ImageStore):
     def gather_uint8(self, index: np.ndarray | torch.Tensor) -> torch.Tensor:
         return (self.gather(index) * 255).to(torch.uint8)
 
-    def to(self, device: torch.device | str) -> "PackedBinaryStore":
+    def to(self, device: torch.device | str) -> PackedBinaryStore:
         return PackedBinaryStore(self.packed.to(device), self.height, self.width)
 
-    def subset(self, index: np.ndarray) -> "PackedBinaryStore":
-        return PackedBinaryStore(self.packed.index_select(0, as_index_tensor(index, self.device)), self.height, self.width)
+    def subset(self, index: np.ndarray) -> PackedBinaryStore:
+        return PackedBinaryStore(
+            self.packed.index_select(0, as_index_tensor(index, self.device)), self.height, self.width
+        )
 
 
 class Uint8Store(ImageStore):
@@ -165,10 +173,10 @@ class Uint8Store(ImageStore):
     def gather_uint8(self, index: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.images.index_select(0, as_index_tensor(index, self.device))
 
-    def to(self, device: torch.device | str) -> "Uint8Store":
+    def to(self, device: torch.device | str) -> Uint8Store:
         return Uint8Store(self.images.to(device))
 
-    def subset(self, index: np.ndarray) -> "Uint8Store":
+    def subset(self, index: np.ndarray) -> Uint8Store:
         return Uint8Store(self.images.index_select(0, as_index_tensor(index, self.device)))
 
 
@@ -210,7 +218,9 @@ class FactorDataset:
         else:
             factors = np.asarray(factors)
             if factors.shape != (n, factor_space.num_factors):
-                raise DataError(f"{name}: factor classes of shape {factors.shape} do not fit {n} images and {factor_space.num_factors} factors")
+                raise DataError(
+                    f"{name}: factor classes of shape {factors.shape} do not fit {n} images and {factor_space.num_factors} factors"
+                )
             if not np.issubdtype(factors.dtype, np.integer):
                 raise DataError(f"{name}: factor classes must be integers, got {factors.dtype}")
             sizes = np.asarray(factor_space.sizes)
@@ -221,7 +231,9 @@ class FactorDataset:
         if weak is not None:
             weak = np.asarray(weak, dtype=np.float64)
             if weak.ndim != 2 or weak.shape[0] != n or weak.shape[1] != len(weak_names):
-                raise DataError(f"{name}: weak labels of shape {weak.shape} do not fit {n} images and columns {list(weak_names)}")
+                raise DataError(
+                    f"{name}: weak labels of shape {weak.shape} do not fit {n} images and columns {list(weak_names)}"
+                )
             if not np.isfinite(weak).all():
                 raise DataError(f"{name}: weak labels contain NaN or infinite values; clean or drop those rows")
         self.weak = weak
@@ -263,14 +275,14 @@ class FactorDataset:
         """float32 ``(B, C, H, W)`` in [0, 1] on the store's device."""
         return self.store.gather(index)
 
-    def to(self, device: torch.device | str) -> "FactorDataset":
+    def to(self, device: torch.device | str) -> FactorDataset:
         """The same dataset with its images on ``device`` (labels stay in host memory)."""
         out = object.__new__(FactorDataset)
         out.__dict__.update(self.__dict__)
         out.store = self.store.to(device)
         return out
 
-    def subset_grid(self, strides: dict[str, int]) -> "FactorDataset":
+    def subset_grid(self, strides: dict[str, int]) -> FactorDataset:
         """A full-grid dataset keeping every k-th class of the named factors (still a grid)."""
         if not strides:
             return self

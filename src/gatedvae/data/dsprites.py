@@ -322,7 +322,11 @@ def make_dsprites(cache_dir: Path | str | None = None, progress: bool = False) -
             try:
                 _save_cache(file, packed)
             except OSError as exc:
-                warnings.warn(f"could not write the dsprites cache {file} ({_why(exc)}); continuing without it", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"could not write the dsprites cache {file} ({_why(exc)}); continuing without it",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     store = PackedBinaryStore(packed, IMAGE_SIZE, IMAGE_SIZE)
     return FactorDataset(
         "dsprites",
@@ -389,7 +393,9 @@ def _read_images_packed(zf: zipfile.ZipFile, path: Path) -> np.ndarray:
     with fh:
         shape, fortran, dtype = _read_header(fh, path, "imgs")
         if len(shape) != 3 or shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise DataError(f"{path}: 'imgs' has shape {shape}, expected (N, 64, 64); is this the dSprites .npz ({OFFICIAL_FILE})?")
+            raise DataError(
+                f"{path}: 'imgs' has shape {shape}, expected (N, 64, 64); is this the dSprites .npz ({OFFICIAL_FILE})?"
+            )
         if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
             raise DataError(f"{path}: 'imgs' has dtype {dtype}, expected uint8 0/1 images")
         n = shape[0]
@@ -411,7 +417,9 @@ def _read_images_packed(zf: zipfile.ZipFile, path: Path) -> np.ndarray:
                 chunk = np.frombuffer(buf, dtype=dtype).reshape(m, IMAGE_SIZE, IMAGE_SIZE)  # (m, 64, 64)
                 packed[s : s + m] = _pack(chunk)  # (m, 512)
         except (ValueError, EOFError, OSError, zlib.error, zipfile.BadZipFile) as exc:
-            raise DataError(f"{path}: 'imgs' is truncated or corrupt ({_why(exc)}); download {OFFICIAL_FILE} again") from None
+            raise DataError(
+                f"{path}: 'imgs' is truncated or corrupt ({_why(exc)}); download {OFFICIAL_FILE} again"
+            ) from None
     return packed
 
 
@@ -436,18 +444,24 @@ def load_dsprites_npz(path: str | Path) -> FactorDataset:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"dSprites file {path} does not exist; download {OFFICIAL_FILE} from github.com/deepmind/dsprites-dataset and set data.path")
+        raise DataError(
+            f"dSprites file {path} does not exist; download {OFFICIAL_FILE} from github.com/deepmind/dsprites-dataset and set data.path"
+        )
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         why = _why(exc)
-        raise DataError(f"{path} is not a readable .npz archive ({why}); the file is truncated or corrupt, download {OFFICIAL_FILE} again") from None
+        raise DataError(
+            f"{path} is not a readable .npz archive ({why}); the file is truncated or corrupt, download {OFFICIAL_FILE} again"
+        ) from None
     with zf:
         members = {name[:-4] for name in zf.namelist() if name.endswith(".npy")}
         missing = [k for k in _REQUIRED_KEYS if k not in members]
         if missing:
             has = ", ".join(sorted(members)) or "none"
-            raise DataError(f"{path} lacks the array(s) {', '.join(missing)} (has {has}); expected the official {OFFICIAL_FILE}")
+            raise DataError(
+                f"{path} lacks the array(s) {', '.join(missing)} (has {has}); expected the official {OFFICIAL_FILE}"
+            )
         classes = _read_small(zf, path, "latents_classes")
         values = _read_small(zf, path, "latents_values")
         packed = _read_images_packed(zf, path)
@@ -460,7 +474,11 @@ def load_dsprites_npz(path: str | Path) -> FactorDataset:
     if n and np.issubdtype(values.dtype, np.number):
         expect = DSPRITES_SPACE.to_values(classes)  # (N, 6)
         if not np.allclose(values, expect, rtol=0.0, atol=1e-5):
-            warnings.warn(f"{path}: latents_values differ from the official dSprites values; using latents_classes", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{path}: latents_values differ from the official dSprites values; using latents_classes",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     store = PackedBinaryStore(packed, IMAGE_SIZE, IMAGE_SIZE)
     grid = n == len(DSPRITES_SPACE) and np.array_equal(DSPRITES_SPACE.to_index(classes), np.arange(n, dtype=np.int64))
     return FactorDataset(

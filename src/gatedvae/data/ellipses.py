@@ -77,7 +77,9 @@ def render_ellipses(values: np.ndarray) -> np.ndarray:
         cos_a = (np.cos(theta)[:, None, None] / a).astype(np.float32)  # (B, 1, 1)
         sin_a = (np.sin(theta)[:, None, None] / a).astype(np.float32)  # (B, 1, 1)
         dx = (x0[:, None] + win[None, :] + 0.5 - cx[:, None]).astype(np.float32)[:, None, :]  # (B, 1, W) along columns
-        dy = (y0[:, None] + win[None, :] + 0.5 - cy[:, None]).astype(np.float32)[:, :, None]  # (B, W, 1) along rows (down)
+        dy = (y0[:, None] + win[None, :] + 0.5 - cy[:, None]).astype(np.float32)[
+            :, :, None
+        ]  # (B, W, 1) along rows (down)
         # counter-clockwise on screen (the maths frame has y up, i.e. -dy), in units of a
         u = cos_a * dx - sin_a * dy  # (B, W, W) along the major axis / a
         w = -sin_a * dx - cos_a * dy  # (B, W, W) along the minor axis / a

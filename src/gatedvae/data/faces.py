@@ -100,8 +100,15 @@ FACE_SPACE = FactorSpace(
 #: (the feature boxes and the hair/face layering are checked over these ranges; beyond them, at
 #: steeper poses, the hair volume could come in front of a mouth corner).
 RANGES: dict[str, tuple[float, float]] = {
-    "yaw": (-40.0, 40.0), "pitch": (-20.0, 20.0), "smile": (-1.0, 1.0), "mouth": (0.0, 1.0), "brow": (-1.0, 1.0),
-    "eyes": (0.0, 1.0), "width": (0.85, 1.15), "skin": (0.0, 2.0), "hair": (0.0, 2.0),
+    "yaw": (-40.0, 40.0),
+    "pitch": (-20.0, 20.0),
+    "smile": (-1.0, 1.0),
+    "mouth": (0.0, 1.0),
+    "brow": (-1.0, 1.0),
+    "eyes": (0.0, 1.0),
+    "width": (0.85, 1.15),
+    "skin": (0.0, 2.0),
+    "hair": (0.0, 2.0),
 }
 
 #: Which factors a partition should hold: the paper's two partitions, plus the appearance
@@ -233,7 +240,9 @@ def _cast(rot: np.ndarray, qx: np.ndarray, qy: np.ndarray, centre: np.ndarray, a
 def _shade(rot: np.ndarray, unit: np.ndarray, axes: np.ndarray) -> np.ndarray:
     """Lambertian shading ``0.3 + 0.7 max(n . L, 0)`` of unit-sphere points of an ellipsoid: ``(B, H, W)``."""
     n_head = unit / axes[:, :, None, None].astype(np.float32)  # (B, 3, H, W): gradient of the ellipsoid
-    light_head = (rot[:, 0, :] * _LIGHT[0] + rot[:, 1, :] * _LIGHT[1] + rot[:, 2, :] * _LIGHT[2]).astype(np.float32)  # (B, 3): R^T L
+    light_head = (rot[:, 0, :] * _LIGHT[0] + rot[:, 1, :] * _LIGHT[1] + rot[:, 2, :] * _LIGHT[2]).astype(
+        np.float32
+    )  # (B, 3): R^T L
     lh = light_head[:, :, None, None]  # (B, 3, 1, 1)
     dot = n_head[:, 0] * lh[:, 0] + n_head[:, 1] * lh[:, 1] + n_head[:, 2] * lh[:, 2]  # (B, H, W)
     norm = np.sqrt(n_head[:, 0] * n_head[:, 0] + n_head[:, 1] * n_head[:, 1] + n_head[:, 2] * n_head[:, 2])  # (B, H, W)
@@ -290,8 +299,11 @@ def _scene(yaw, pitch, width, hair, size: int):
         ears.append((_cast(rot, qx, qy, ear_c, ear_a), ear_a))
     # hair volume behind the head: medium (a thin rim) and long (down past the chin)
     vol_c = np.where(hair[:, None] == 2, [[0.0, -0.12, -0.28]], [[0.0, 0.06, -0.14]])  # (B, 3)
-    vol_a = np.where(hair[:, None] == 2, np.stack([ax + 0.2, 1.12 * ones, 0.74 * ones], -1),
-                     np.stack([ax + 0.08, 1.03 * ones, 0.8 * ones], -1))  # (B, 3)
+    vol_a = np.where(
+        hair[:, None] == 2,
+        np.stack([ax + 0.2, 1.12 * ones, 0.74 * ones], -1),
+        np.stack([ax + 0.08, 1.03 * ones, 0.8 * ones], -1),
+    )  # (B, 3)
     t_vol, u_vol = _cast(rot, qx, qy, vol_c, vol_a)
     t_vol = np.where((hair >= 1)[:, None, None], t_vol, -np.inf)
 
@@ -388,7 +400,9 @@ def _brows(u, v, brow, channels: int):
     for cx in (-0.37, 0.37):
         s = (u - cx)[:, None] / half  # (B, 1, H, W) along the brow, -1..1
         inner = -s if cx > 0 else s  # +1 at the inner end (towards the nose)
-        centre = 0.42 + 0.08 * b + (0.035 + 0.04 * np.maximum(b, 0.0)) * (1.0 - s * s) - 0.06 * np.maximum(-b, 0.0) * inner
+        centre = (
+            0.42 + 0.08 * b + (0.035 + 0.04 * np.maximum(b, 0.0)) * (1.0 - s * s) - 0.06 * np.maximum(-b, 0.0) * inner
+        )
         d = np.maximum(np.abs(v[:, None] - centre) - 0.04, np.abs(s) * half - half)  # (B, R, H, W)
         layer.over(_smooth_inside(d), _colour(_LINE, channels))
     return layer
@@ -423,7 +437,11 @@ def _mouth(u, v, smile, mouth, channels: int):
 #: Conservative bounds (the shapes above stay inside them for every allowed factor value); each
 #: feature is drawn only in the sub-pixel box that holds these face points, a few times faster
 #: than over the whole image, and exactly zero elsewhere.
-_BOXES: dict[str, tuple[float, float, float]] = {"eyes": (-0.15, 0.4, 0.62), "brows": (0.15, 0.68, 0.62), "mouth": (-0.95, -0.2, 0.52)}
+_BOXES: dict[str, tuple[float, float, float]] = {
+    "eyes": (-0.15, 0.4, 0.62),
+    "brows": (0.15, 0.68, 0.62),
+    "mouth": (-0.95, -0.2, 0.52),
+}
 _DRAW = {"eyes": _eyes, "brows": _brows, "mouth": _mouth}
 
 
@@ -508,7 +526,9 @@ def render_faces(values: np.ndarray, color: str = "gray", image_size: int = IMAG
     for k, name in enumerate(FACE_SPACE.names):
         lo, hi = RANGES[name]
         if values.size and (values[:, k].min() < lo or values[:, k].max() > hi):
-            raise DataError(f"render_faces: {name} must lie in [{lo:g}, {hi:g}], got values in [{values[:, k].min():g}, {values[:, k].max():g}]")
+            raise DataError(
+                f"render_faces: {name} must lie in [{lo:g}, {hi:g}], got values in [{values[:, k].min():g}, {values[:, k].max():g}]"
+            )
     if not set(np.unique(values[:, 8])).issubset({0.0, 1.0, 2.0}):
         raise DataError("render_faces: hair must be 0 (short), 1 (medium) or 2 (long)")
     channels = {"gray": 1, "rgb": 3}.get(color)
@@ -577,7 +597,9 @@ def _render_grid(space: FactorSpace, channels: int, size: int, progress: bool = 
             for oi in range(len(mouth)):
                 alpha = mouth_a[:, si, oi] + ba + ea  # (b, e, w, S, S)
                 premul = mouth_p[:, si, oi] + bp + ep  # (b, e, w, C, S, S)
-                img = _compose(base, alpha[:, :, :, None, None, None], premul[:, :, :, None, None])  # (b, e, w, skin, hair, C, S, S)
+                img = _compose(
+                    base, alpha[:, :, :, None, None, None], premul[:, :, :, None, None]
+                )  # (b, e, w, skin, hair, C, S, S)
                 block[si, oi] = img.reshape(-1)
     return out
 
@@ -622,7 +644,9 @@ def _au_intensities(values: np.ndarray) -> np.ndarray:
     return np.stack([cols[c] for c in AU_COLUMNS], axis=1)  # (N, 10)
 
 
-def tracker_labels(values: np.ndarray, index: np.ndarray, pose_noise: float = 3.0, au_noise: float = 0.75, seed: int = 0) -> np.ndarray:
+def tracker_labels(
+    values: np.ndarray, index: np.ndarray, pose_noise: float = 3.0, au_noise: float = 0.75, seed: int = 0
+) -> np.ndarray:
     """A face tracker's view of faces: ``(N, 13)`` float64 in :data:`LABEL_COLUMNS` order.
 
     Args:
@@ -640,9 +664,13 @@ def tracker_labels(values: np.ndarray, index: np.ndarray, pose_noise: float = 3.
     values = np.asarray(values, dtype=np.float64)
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     if values.ndim != 2 or values.shape != (index.size, FACE_SPACE.num_factors):
-        raise DataError(f"tracker_labels: expected values of shape ({index.size}, {FACE_SPACE.num_factors}), got {values.shape}")
+        raise DataError(
+            f"tracker_labels: expected values of shape ({index.size}, {FACE_SPACE.num_factors}), got {values.shape}"
+        )
     if not (math.isfinite(pose_noise) and pose_noise >= 0 and math.isfinite(au_noise) and au_noise >= 0):
-        raise DataError(f"tracker labels: noise must be finite and non-negative, got pose_noise={pose_noise}, au_noise={au_noise}")
+        raise DataError(
+            f"tracker labels: noise must be finite and non-negative, got pose_noise={pose_noise}, au_noise={au_noise}"
+        )
     pose = np.stack([values[:, 1], values[:, 0], np.zeros(len(values))], axis=1)  # (N, 3) pitch, yaw, roll in degrees
     noise_pose = np.stack([_hash_normal(seed, index, k) for k in range(3)], axis=1)  # (N, 3)
     pose = np.deg2rad(pose + pose_noise * noise_pose)  # (N, 3) radians
@@ -743,7 +771,9 @@ def export_faces(
     tmp = labels.with_name(labels.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["file", "face_id", "confidence", "success", *LABEL_COLUMNS, *(f"true_{f}" for f in FACE_SPACE.names)])
+        writer.writerow(
+            ["file", "face_id", "confidence", "success", *LABEL_COLUMNS, *(f"true_{f}" for f in FACE_SPACE.names)]
+        )
         for name, w, v in zip(names, weak, values):
             writer.writerow([name, 0, "0.98", 1, *(f"{x:.6f}" for x in w), *(f"{x:g}" for x in v)])
     tmp.replace(labels)

@@ -80,7 +80,9 @@ class FactorSpace:
         if isinstance(factor, (int, np.integer)) and not isinstance(factor, bool):
             k = int(factor)
             if not -self.num_factors <= k < self.num_factors:
-                raise DataError(f"factor position {k} is out of range for {self.num_factors} factors {list(self.names)}")
+                raise DataError(
+                    f"factor position {k} is out of range for {self.num_factors} factors {list(self.names)}"
+                )
             return k % self.num_factors
         if factor in self.names:
             return self.names.index(factor)
@@ -137,7 +139,7 @@ class FactorSpace:
                 out[:, k] = rng.integers(0, s, size=len(out))
         return out
 
-    def subspace(self, strides: dict[str, int]) -> tuple["FactorSpace", np.ndarray]:
+    def subspace(self, strides: dict[str, int]) -> tuple[FactorSpace, np.ndarray]:
         """The grid that keeps every ``stride``-th class of the named factors.
 
         Returns the smaller space and, for each of its points, the index in this space

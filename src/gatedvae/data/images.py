@@ -45,9 +45,13 @@ def _why(exc: BaseException) -> str:
 
 def _image_files(folder: Path) -> list[Path]:
     kinds = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
-    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: p.name)
+    files = sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), key=lambda p: p.name
+    )
     if not files:
-        raise DataError(f"folder {folder} holds no images ({kinds}); point data.path at the image folder or an .npy/.npz array")
+        raise DataError(
+            f"folder {folder} holds no images ({kinds}); point data.path at the image folder or an .npy/.npz array"
+        )
     return files
 
 
@@ -81,7 +85,9 @@ def _load_array(path: Path) -> np.ndarray:
             keys = list(npz.files)
             key = next((k for k in ("images", "imgs", "x", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None)
             if key is None:
-                raise DataError(f"{path} holds arrays {', '.join(keys) or 'none'}; store the images under the key 'images'")
+                raise DataError(
+                    f"{path} holds arrays {', '.join(keys) or 'none'}; store the images under the key 'images'"
+                )
             return npz[key]
     except DataError:
         raise
@@ -92,9 +98,13 @@ def _load_array(path: Path) -> np.ndarray:
                 f"image array {path} holds Python objects (images of different sizes?) and pickled data is never loaded; "
                 "stack images of one size into one uint8 array, or put the image files in a folder"
             ) from None
-        raise DataError(f"image array {path} is unreadable ({why}); the file is truncated, corrupt or pickled, save it with numpy.save") from None
+        raise DataError(
+            f"image array {path} is unreadable ({why}); the file is truncated, corrupt or pickled, save it with numpy.save"
+        ) from None
     except (zipfile.BadZipFile, zlib.error) as exc:  # a damaged .npz
-        raise DataError(f"image array {path} is unreadable ({type(exc).__name__}: {_why(exc)}); the file is truncated or corrupt") from None
+        raise DataError(
+            f"image array {path} is unreadable ({type(exc).__name__}: {_why(exc)}); the file is truncated or corrupt"
+        ) from None
 
 
 def _array_layout(shape: tuple[int, ...], path: Path) -> str:
@@ -107,7 +117,9 @@ def _array_layout(shape: tuple[int, ...], path: Path) -> str:
             return "NHWC"
         if second and not last:
             return "NCHW"
-    raise DataError(f"image array {path} has shape {shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4")
+    raise DataError(
+        f"image array {path} has shape {shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4"
+    )
 
 
 def _to_uint8(chunk: np.ndarray, path: Path) -> np.ndarray:
@@ -118,11 +130,15 @@ def _to_uint8(chunk: np.ndarray, path: Path) -> np.ndarray:
         return chunk.astype(np.uint8) * 255
     if np.issubdtype(chunk.dtype, np.floating):
         if chunk.size and not (np.isfinite(chunk).all() and chunk.min() >= 0.0 and chunk.max() <= 1.0):
-            raise DataError(f"image array {path} has float values outside [0, 1] (or NaN); scale it to [0, 1] or save it as uint8")
+            raise DataError(
+                f"image array {path} has float values outside [0, 1] (or NaN); scale it to [0, 1] or save it as uint8"
+            )
         return np.rint(chunk * 255.0).astype(np.uint8)
     if np.issubdtype(chunk.dtype, np.integer):
         if chunk.size and (chunk.min() < 0 or chunk.max() > 255):
-            raise DataError(f"image array {path} has integer values outside 0..255; save it as uint8 or as floats in [0, 1]")
+            raise DataError(
+                f"image array {path} has integer values outside 0..255; save it as uint8 or as floats in [0, 1]"
+            )
         return chunk.astype(np.uint8)
     raise DataError(f"image array {path} has dtype {chunk.dtype}; expected uint8 or floats in [0, 1]")
 
@@ -148,7 +164,9 @@ def _read_array(arr: np.ndarray, path: Path, color: str, size: int) -> np.ndarra
         elif color == "rgb" and x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)  # (B, 3, H, W)
         if x.shape[-2:] != (size, size):
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)  # (B, C, S, S)
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )  # (B, C, S, S)
         out[s : s + len(x)] = x.round_().clamp_(0, 255).to(torch.uint8).numpy()  # (B, C, S, S)
     return out
 
@@ -160,7 +178,9 @@ def _unknown_column(column: str, header: list[str], labels: Path) -> DataError:
     return DataError(f"column '{column}' is not in {labels}{hint} columns are: {', '.join(header)}")
 
 
-def _read_labels(labels: Path, needed: Sequence[str], key: str | None) -> tuple[list[str], dict[str, list[str]], list[int]]:
+def _read_labels(
+    labels: Path, needed: Sequence[str], key: str | None
+) -> tuple[list[str], dict[str, list[str]], list[int]]:
     """Read the CSV: (header, the needed columns (and ``key``) as strings, CSV line of each row)."""
     if not labels.is_file():
         raise DataError(f"labels file {labels} does not exist; set data.labels to a CSV with a header row")
@@ -187,7 +207,9 @@ def _read_labels(labels: Path, needed: Sequence[str], key: str | None) -> tuple[
                 if not row or all(not cell.strip() for cell in row):
                     continue  # blank line
                 if len(row) < len(header):
-                    raise DataError(f"{labels} line {reader.line_num} has {len(row)} fields, the header has {len(header)}; fix that row")
+                    raise DataError(
+                        f"{labels} line {reader.line_num} has {len(row)} fields, the header has {len(header)}; fix that row"
+                    )
                 for c, k in pos.items():
                     cols[c].append(row[k].strip())
                 lines.append(reader.line_num)
@@ -212,7 +234,9 @@ def _factor(column: str, cells: list[str], lines: list[int], labels: Path) -> tu
         return classes.reshape(-1).astype(np.int64), uniq
     if numbers is not None:
         bad = int(np.flatnonzero(~np.isfinite(numbers))[0])
-        raise DataError(f"factor column '{column}' has '{cells[bad]}' at line {lines[bad]} of {labels}; use a finite value or drop the row")
+        raise DataError(
+            f"factor column '{column}' has '{cells[bad]}' at line {lines[bad]} of {labels}; use a finite value or drop the row"
+        )
     uniq_str, classes = np.unique(np.array(cells, dtype=str), return_inverse=True)  # (n,), (N,)
     return classes.reshape(-1).astype(np.int64), np.arange(len(uniq_str), dtype=np.float64)
 
@@ -226,7 +250,9 @@ def _weak(column: str, cells: list[str], lines: list[int], labels: Path) -> np.n
         except ValueError:
             value = None
         if value is None or not math.isfinite(value):
-            raise DataError(f"weak column '{column}' has '{cell}' at line {line} of {labels}, not a finite number; fix or drop the row")
+            raise DataError(
+                f"weak column '{column}' has '{cell}' at line {line} of {labels}, not a finite number; fix or drop the row"
+            )
         out[i] = value
     return out
 
@@ -271,7 +297,9 @@ def load_images(
     if not path.exists():
         raise DataError(f"image path {path} does not exist; set data.path to a folder of images or an .npy/.npz array")
     if (factor_columns or weak_columns) and not labels:
-        raise DataError(f"columns {', '.join(factor_columns + weak_columns)} were asked for but data.labels is empty; set it to a CSV of labels")
+        raise DataError(
+            f"columns {', '.join(factor_columns + weak_columns)} were asked for but data.labels is empty; set it to a CSV of labels"
+        )
 
     files: list[Path] | None = None
     array: np.ndarray | None = None
@@ -295,13 +323,17 @@ def load_images(
     lines: list[int] = []
     labels_path = Path(labels).expanduser() if labels else None
     if labels_path is not None:
-        _, label_cols, lines = _read_labels(labels_path, [*factor_columns, *weak_columns], "file" if files is not None else None)
+        _, label_cols, lines = _read_labels(
+            labels_path, [*factor_columns, *weak_columns], "file" if files is not None else None
+        )
         if files is not None:
             row_of: dict[str, int] = {}
             for i, name in enumerate(label_cols["file"]):
                 name = Path(name).name
                 if name in row_of:
-                    raise DataError(f"{labels_path} names file '{name}' twice (lines {lines[row_of[name]]} and {lines[i]}); keep one row per image")
+                    raise DataError(
+                        f"{labels_path} names file '{name}' twice (lines {lines[row_of[name]]} and {lines[i]}); keep one row per image"
+                    )
                 row_of[name] = i
             missing = [f.name for f in files if f.name not in row_of]
             if missing:
@@ -312,7 +344,9 @@ def load_images(
             label_cols = {c: [cells[i] for i in order] for c, cells in label_cols.items()}
             lines = [lines[i] for i in order]
         elif len(lines) != n:
-            raise DataError(f"{labels_path} has {len(lines)} label rows but {path} holds {n} images; give one row per image, in array order")
+            raise DataError(
+                f"{labels_path} has {len(lines)} label rows but {path} holds {n} images; give one row per image, in array order"
+            )
 
     if files is not None:
         images = _read_folder(files, color, size)  # (N, C, S, S)

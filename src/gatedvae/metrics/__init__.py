@@ -32,7 +32,13 @@ from .dci import (
     dci_random_forest,
     group_importance,
 )
-from .factor_vae import FACTOR_VAE_DEFAULTS, FACTOR_VAE_FAST, factor_vae_score, factor_vae_score_from_votes, factor_vae_votes
+from .factor_vae import (
+    FACTOR_VAE_DEFAULTS,
+    FACTOR_VAE_FAST,
+    factor_vae_score,
+    factor_vae_score_from_votes,
+    factor_vae_votes,
+)
 from .mig import MIG_DEFAULTS, MIG_FAST, mig, mig_from_mutual_info
 from .modularity import MODULARITY_DEFAULTS, MODULARITY_FAST, modularity_explicitness, modularity_from_mutual_info
 from .sap import SAP_DEFAULTS, SAP_FAST, sap, sap_from_scores

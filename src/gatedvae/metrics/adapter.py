@@ -60,12 +60,12 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from . import METRICS, KINDS, preset_kwargs
+from . import KINDS, METRICS, preset_kwargs
 from .beta_vae import beta_vae_from_sampler
 from .factor_vae import factor_vae_from_sampler
 from .sampling import FactorSampler
 from .unsupervised import active_units, kl_per_dim
-from .utils import check_choice, check_positive_int, check_rng
+from .utils import check_positive_int, check_rng
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.base import FactorDataset
@@ -131,12 +131,27 @@ SAMPLE_SIZES: dict[str, dict[str, int]] = {
 
 #: The scores shown in summaries: metric -> keys of its result (``partition.*`` = nested).
 HEADLINE: dict[str, tuple[str, ...]] = {
-    "dci_lasso": ("disentanglement", "completeness", "informativeness", "partition.disentanglement",
-                  "partition.assigned_fraction.mean"),
-    "dci_random_forest": ("disentanglement", "completeness", "informativeness", "partition.disentanglement",
-                          "partition.assigned_fraction.mean"),
-    "dci_classifier": ("disentanglement", "completeness", "informativeness_test", "partition.disentanglement",
-                       "partition.assigned_fraction.mean"),
+    "dci_lasso": (
+        "disentanglement",
+        "completeness",
+        "informativeness",
+        "partition.disentanglement",
+        "partition.assigned_fraction.mean",
+    ),
+    "dci_random_forest": (
+        "disentanglement",
+        "completeness",
+        "informativeness",
+        "partition.disentanglement",
+        "partition.assigned_fraction.mean",
+    ),
+    "dci_classifier": (
+        "disentanglement",
+        "completeness",
+        "informativeness_test",
+        "partition.disentanglement",
+        "partition.assigned_fraction.mean",
+    ),
     "mig": ("mig",),
     "sap": ("sap",),
     "modularity_explicitness": ("modularity", "explicitness"),
@@ -165,13 +180,13 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _conditions(prep: "Prepared", index: np.ndarray) -> torch.Tensor | None:
+def _conditions(prep: Prepared, index: np.ndarray) -> torch.Tensor | None:
     from ..train.loop import condition_vectors
 
     return condition_vectors(prep.dataset, prep.config.model.condition, index, prep.device)
 
 
-def encode_posterior(prep: "Prepared", index, chunk_size: int = _DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def encode_posterior(prep: Prepared, index, chunk_size: int = _DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means and log-variances of the images at ``index``: two float32 (N, M) arrays.
 
     The model runs in eval mode (batch-norm running statistics) under ``torch.inference_mode``, in
@@ -186,7 +201,9 @@ def encode_posterior(prep: "Prepared", index, chunk_size: int = _DEFAULT_CHUNK) 
     store = prep.dataset.store
     # One reused input buffer and inference mode: ~25% more images/s than fresh tensors under
     # no_grad on 2 cores (allocating and zeroing 64 MB per chunk is not free).
-    buf = torch.empty((min(chunk_size, max(index.size, 1)), *prep.dataset.image_shape), dtype=torch.float32, device=prep.device)
+    buf = torch.empty(
+        (min(chunk_size, max(index.size, 1)), *prep.dataset.image_shape), dtype=torch.float32, device=prep.device
+    )
     with _EvalMode(prep.model) as model, torch.inference_mode():
         for start in range(0, index.size, chunk_size):
             idx = index[start : start + chunk_size]  # (c,)
@@ -197,7 +214,7 @@ def encode_posterior(prep: "Prepared", index, chunk_size: int = _DEFAULT_CHUNK) 
     return mu, logvar
 
 
-def encode(prep: "Prepared", index, chunk_size: int = _DEFAULT_CHUNK) -> np.ndarray:
+def encode(prep: Prepared, index, chunk_size: int = _DEFAULT_CHUNK) -> np.ndarray:
     """Codes (posterior means) of the images at ``index``: float64 (N, M)."""
     return encode_posterior(prep, index, chunk_size)[0].astype(np.float64)
 
@@ -217,7 +234,7 @@ class CodeCache:
     nothing is kept (``keeps`` is False) and every request is encoded afresh.
     """
 
-    def __init__(self, prep: "Prepared", chunk_size: int = _DEFAULT_CHUNK, max_bytes: int | None = None) -> None:
+    def __init__(self, prep: Prepared, chunk_size: int = _DEFAULT_CHUNK, max_bytes: int | None = None) -> None:
         self.prep = prep
         self.chunk_size = check_positive_int(chunk_size, "chunk_size")
         n, m = len(prep.dataset), prep.model.latent_dim
@@ -297,7 +314,7 @@ class _TupleLookup:
 
 
 def representation_fn(
-    prep: "Prepared", rng: np.random.Generator | None = None, cache: CodeCache | None = None
+    prep: Prepared, rng: np.random.Generator | None = None, cache: CodeCache | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The representation as the sampler metrics call it: ``(n, K) factor classes -> (n, M) codes``.
 
@@ -309,6 +326,7 @@ def representation_fn(
     cache = cache or CodeCache(prep)
     ds = prep.dataset
     if ds.is_grid:
+
         def fn(factors: np.ndarray) -> np.ndarray:
             return cache.codes(ds.index_of(np.asarray(factors, dtype=np.int64)))  # (n, M)
     else:
@@ -316,6 +334,7 @@ def representation_fn(
 
         def fn(factors: np.ndarray) -> np.ndarray:
             return cache.codes(lookup.images(factors, rng))  # (n, M)
+
     return fn
 
 
@@ -468,7 +487,7 @@ def assigned_importance_fraction(importance, assigned: Sequence[np.ndarray | Non
 
 
 # --------------------------------------------------------------------------- reconstruction
-def reconstruction_scores(prep: "Prepared", index, chunk_size: int = 1024) -> dict:
+def reconstruction_scores(prep: Prepared, index, chunk_size: int = 1024) -> dict:
     """Reconstruction error and sharpness on the images at ``index`` of ``prep.dataset``.
 
     The code is the posterior mean (deterministic). Returns ``nll`` (mean over images of
@@ -523,8 +542,10 @@ def resolve_metrics(metrics: str | Iterable[str] | None) -> list[str]:
         if not name:
             continue
         if name == "udr":
-            raise ConfigError("udr ranks several runs of one configuration against each other, not one run; "
-                              "use gatedvae.evaluate.udr_runs(run_dirs)")
+            raise ConfigError(
+                "udr ranks several runs of one configuration against each other, not one run; "
+                "use gatedvae.evaluate.udr_runs(run_dirs)"
+            )
         if name in METRIC_ALIASES:
             chosen.update(METRIC_ALIASES[name])
         elif name in EVAL_METRICS:
@@ -544,26 +565,33 @@ def _stream(base: int, name: str) -> np.random.Generator:
     return np.random.default_rng([base, zlib.crc32(name.encode())])
 
 
-def _assignment(prep: "Prepared", factor_names: Sequence[str]) -> list[np.ndarray | None]:
+def _assignment(prep: Prepared, factor_names: Sequence[str]) -> list[np.ndarray | None]:
     """Latent dims assigned to each factor by the run's partitions (None: no partition claims it)."""
     out: list[np.ndarray | None] = []
     for name in factor_names:
-        dims = [np.arange(prep.partitions.slice(i).start, prep.partitions.slice(i).stop)
-                for i, p in enumerate(prep.config.gating.partitions) if name in p.factors]
+        dims = [
+            np.arange(prep.partitions.slice(i).start, prep.partitions.slice(i).stop)
+            for i, p in enumerate(prep.config.gating.partitions)
+            if name in p.factors
+        ]
         out.append(np.concatenate(dims) if dims else None)
     return out
 
 
-def _partition_extras(prep: "Prepared", scores: dict, factor_names: Sequence[str]) -> None:
+def _partition_extras(prep: Prepared, scores: dict, factor_names: Sequence[str]) -> None:
     """Add names and the assigned-importance fractions to a DCI result's ``partition`` entry."""
     part = scores["partition"]
     frac = assigned_importance_fraction(scores["importance"], _assignment(prep, factor_names))
     part["names"] = list(prep.partitions.names)
-    part["assigned_fraction"] = {"factors": list(factor_names), "per_factor": frac["fraction"],
-                                 "chance": frac["chance"], "mean": frac["mean"]}
+    part["assigned_fraction"] = {
+        "factors": list(factor_names),
+        "per_factor": frac["fraction"],
+        "chance": frac["chance"],
+        "mean": frac["mean"],
+    }
 
 
-def _dataset_info(ds: "FactorDataset", keep: np.ndarray, sampling: str) -> dict:
+def _dataset_info(ds: FactorDataset, keep: np.ndarray, sampling: str) -> dict:
     names = list(ds.factor_space.names)
     return {
         "name": ds.name,
@@ -577,13 +605,13 @@ def _dataset_info(ds: "FactorDataset", keep: np.ndarray, sampling: str) -> dict:
 
 
 def evaluate_model(
-    prep: "Prepared",
+    prep: Prepared,
     metrics: str | Iterable[str] | None = None,
     preset: str = "default",
     *,
     rng: np.random.Generator,
     progress: bool = False,
-    heldout: "FactorDataset | np.ndarray | None" = None,
+    heldout: FactorDataset | np.ndarray | None = None,
     chunk_size: int = _DEFAULT_CHUNK,
 ) -> dict:
     """Run the requested metrics on a prepared (trained) model and its dataset.
@@ -614,7 +642,9 @@ def evaluate_model(
     names = resolve_metrics(metrics)
     if preset not in SAMPLE_SIZES:
         close = difflib.get_close_matches(str(preset), list(SAMPLE_SIZES), n=1)
-        raise ConfigError(f"unknown preset {preset!r}" + (f"; did you mean {close[0]!r}?" if close else "; use default or fast"))
+        raise ConfigError(
+            f"unknown preset {preset!r}" + (f"; did you mean {close[0]!r}?" if close else "; use default or fast")
+        )
     rng = check_rng(rng)
     base = int(rng.integers(0, 2**63 - 1))
     sizes = SAMPLE_SIZES[preset]
@@ -642,12 +672,20 @@ def evaluate_model(
     }
     kl = kl_per_dim(mu, logvar)  # (M,)
     au = active_units(mu)
-    out["posterior"] = {"kl_per_dim": kl, "kl_total": float(kl.sum()), "n_active": au["n_active"],
-                        "active": au["active"], "variance": au["variance"], "n_images": int(idx.size)}
+    out["posterior"] = {
+        "kl_per_dim": kl,
+        "kl_total": float(kl.sum()),
+        "n_active": au["n_active"],
+        "active": au["active"],
+        "variance": au["variance"],
+        "n_images": int(idx.size),
+    }
     supervised = [n for n in names if KINDS.get(n) in ("arrays", "sampler")]
     if keep.size == 0 and supervised:
         if metrics is not None:
-            raise DataError(f"{ds.name}: no factor varies over the sampled images; {', '.join(supervised)} need factors")
+            raise DataError(
+                f"{ds.name}: no factor varies over the sampled images; {', '.join(supervised)} need factors"
+            )
         # Weak labels only (bring-your-own images without factor columns): score what needs no factors.
         names = [n for n in names if n not in supervised]
         out["metrics"] = names

@@ -28,7 +28,14 @@ from ..errors import ConfigError, DataError
 from .sampling import FactorSampler, GridSampler, RepresentationFn
 from .utils import check_choice, check_positive_int, check_rng, seed_from
 
-__all__ = ["beta_vae_score", "beta_vae_from_sampler", "beta_vae_features", "beta_vae_score_from_features", "BETA_VAE_DEFAULTS", "BETA_VAE_FAST"]
+__all__ = [
+    "beta_vae_score",
+    "beta_vae_from_sampler",
+    "beta_vae_features",
+    "beta_vae_score_from_features",
+    "BETA_VAE_DEFAULTS",
+    "BETA_VAE_FAST",
+]
 
 BETA_VAE_DEFAULTS = dict(batch_size=64, n_train=10000, n_eval=5000, classifier="logistic", c=1.0, max_iter=1000)
 BETA_VAE_FAST = dict(BETA_VAE_DEFAULTS, n_train=1000, n_eval=500)
@@ -46,8 +53,17 @@ def beta_vae_features(codes1, codes2) -> np.ndarray:
     return np.mean(np.abs(np.asarray(codes1, dtype=np.float64) - np.asarray(codes2, dtype=np.float64)), axis=1)
 
 
-def beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng: np.random.Generator, *,
-                                 classifier: str = "logistic", c: float = 1.0, max_iter: int = 1000) -> dict:
+def beta_vae_score_from_features(
+    train_x,
+    train_y,
+    eval_x,
+    eval_y,
+    rng: np.random.Generator,
+    *,
+    classifier: str = "logistic",
+    c: float = 1.0,
+    max_iter: int = 1000,
+) -> dict:
     """Fit the linear classifier on (train_x (V, D), train_y (V,)) and score it on both sets:
     ``train_accuracy``, ``eval_accuracy`` and their binomial standard errors (``*_se``)."""
     rng = check_rng(rng)
@@ -123,8 +139,9 @@ def beta_vae_from_sampler(
     eval_x, eval_y = points(n_eval)
     if eval_x.shape[1] != train_x.shape[1]:
         raise DataError(f"representation_fn: code width changed from {train_x.shape[1]} to {eval_x.shape[1]}")
-    out = beta_vae_score_from_features(train_x, train_y, eval_x, eval_y, rng,
-                                       classifier=classifier, c=c, max_iter=max_iter)
+    out = beta_vae_score_from_features(
+        train_x, train_y, eval_x, eval_y, rng, classifier=classifier, c=c, max_iter=max_iter
+    )
     out["chance"] = 1.0 / int(sampler.eligible.size)
     return out
 
@@ -160,5 +177,14 @@ def beta_vae_score(
         with more than one class).
     """
     sampler = GridSampler(representation_fn, factor_sizes, check_positive_int(chunk_size, "chunk_size"))
-    return beta_vae_from_sampler(sampler, rng, batch_size=batch_size, n_train=n_train, n_eval=n_eval,
-                                 classifier=classifier, c=c, max_iter=max_iter, chunk_size=chunk_size)
+    return beta_vae_from_sampler(
+        sampler,
+        rng,
+        batch_size=batch_size,
+        n_train=n_train,
+        n_eval=n_eval,
+        classifier=classifier,
+        c=c,
+        max_iter=max_iter,
+        chunk_size=chunk_size,
+    )

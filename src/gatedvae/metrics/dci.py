@@ -50,8 +50,20 @@ from .utils import (
     within_float32,
 )
 
-__all__ = ["dci", "dci_lasso", "dci_random_forest", "dci_classifier", "dci_from_importance", "group_importance", "DCI_DEFAULTS", "DCI_FAST",
-           "DCI_CLASSIFIER_DEFAULTS", "DCI_CLASSIFIER_FAST", "DCI_CLASSIFIER_REFERENCE", "DCI_CLASSIFIER_MAX_TRAIN"]
+__all__ = [
+    "dci",
+    "dci_lasso",
+    "dci_random_forest",
+    "dci_classifier",
+    "dci_from_importance",
+    "group_importance",
+    "DCI_DEFAULTS",
+    "DCI_FAST",
+    "DCI_CLASSIFIER_DEFAULTS",
+    "DCI_CLASSIFIER_FAST",
+    "DCI_CLASSIFIER_REFERENCE",
+    "DCI_CLASSIFIER_MAX_TRAIN",
+]
 
 #: The Gated-VAE paper's settings (``000_fc03c6fb001bc541.txt`` IV-A1).
 DCI_DEFAULTS = dict(regressor="lasso", alpha=0.02, n_estimators=10, max_depth=12, train_frac=0.8, max_samples=None)
@@ -59,8 +71,9 @@ DCI_DEFAULTS = dict(regressor="lasso", alpha=0.02, n_estimators=10, max_depth=12
 DCI_FAST = dict(DCI_DEFAULTS, max_samples=5000)
 #: disentanglement_lib's settings exactly: GradientBoostingClassifier() defaults, every training row
 #: (10,000 of the adapter's 12,500 at train_frac=0.8). ``n_jobs=None``: as many threads as torch.
-DCI_CLASSIFIER_REFERENCE = dict(n_estimators=100, max_depth=3, learning_rate=0.1, train_frac=0.8, max_samples=None,
-                                max_train=None, n_jobs=None)
+DCI_CLASSIFIER_REFERENCE = dict(
+    n_estimators=100, max_depth=3, learning_rate=0.1, train_frac=0.8, max_samples=None, max_train=None, n_jobs=None
+)
 #: A cap on the training rows some users want for budgets (``max_train``); no preset uses it: it
 #: moves the scores away from the reference (docs/metrics.md, "Deliberate deviations").
 DCI_CLASSIFIER_MAX_TRAIN = 2000
@@ -120,7 +133,9 @@ def _check_units(units, d: int) -> list[np.ndarray]:
         if (idx < 0).any() or (idx >= d).any():
             raise ConfigError(f"units[{p}]: latent indices {idx.tolist()} out of range for {d} latents")
         if seen[idx].any() or np.unique(idx).size != idx.size:
-            raise ConfigError(f"units[{p}]: latent(s) {idx[seen[idx]].tolist() or idx.tolist()} appear in more than one unit")
+            raise ConfigError(
+                f"units[{p}]: latent(s) {idx[seen[idx]].tolist() or idx.tolist()} appear in more than one unit"
+            )
         seen[idx] = True
         out.append(idx.astype(np.int64))
     return out
@@ -392,14 +407,20 @@ def dci_classifier(
     return out
 
 
-def _fit_gbt(x_tr, y_tr, x_te, y_te, seed: int, settings: dict, n_threads: int = 1,
-             exact_ties: bool = False) -> tuple[np.ndarray, float, float]:
+def _fit_gbt(
+    x_tr, y_tr, x_te, y_te, seed: int, settings: dict, n_threads: int = 1, exact_ties: bool = False
+) -> tuple[np.ndarray, float, float]:
     """One factor's classifier with :func:`.gbt.fit_gbt`: (importances (D,), train acc., test acc.)."""
     from .gbt import fit_gbt
 
-    model, pred_tr, pred_te = fit_gbt(x_tr, y_tr, random_state=seed, eval_x=x_te, n_threads=n_threads,
-                                      exact_ties=exact_ties, **settings)
-    return model.feature_importances.astype(np.float64), float(np.mean(pred_tr == y_tr)), float(np.mean(pred_te == y_te))
+    model, pred_tr, pred_te = fit_gbt(
+        x_tr, y_tr, random_state=seed, eval_x=x_te, n_threads=n_threads, exact_ties=exact_ties, **settings
+    )
+    return (
+        model.feature_importances.astype(np.float64),
+        float(np.mean(pred_tr == y_tr)),
+        float(np.mean(pred_te == y_te)),
+    )
 
 
 def _fit_classifier(x_tr, y_tr, x_te, y_te, seed: int, settings: dict) -> tuple[np.ndarray, float, float]:

@@ -30,7 +30,14 @@ from ..errors import DataError
 from .sampling import FactorSampler, GridSampler, RepresentationFn
 from .utils import check_positive_int, check_rng
 
-__all__ = ["factor_vae_score", "factor_vae_from_sampler", "factor_vae_votes", "factor_vae_score_from_votes", "FACTOR_VAE_DEFAULTS", "FACTOR_VAE_FAST"]
+__all__ = [
+    "factor_vae_score",
+    "factor_vae_from_sampler",
+    "factor_vae_votes",
+    "factor_vae_score_from_votes",
+    "FACTOR_VAE_DEFAULTS",
+    "FACTOR_VAE_FAST",
+]
 
 FACTOR_VAE_DEFAULTS = dict(batch_size=64, n_train=10000, n_eval=5000, n_variance=10000, prune_threshold=0.05)
 FACTOR_VAE_FAST = dict(FACTOR_VAE_DEFAULTS, n_train=1000, n_eval=500, n_variance=5000)
@@ -80,8 +87,13 @@ def factor_vae_score_from_votes(train_votes, eval_votes) -> dict:
     # noise of the estimate, larger under the ``fast`` preset's fewer votes
     se_tr = float(np.sqrt(train_acc * (1 - train_acc) / n_tr)) if n_tr else 0.0
     se_ev = float(np.sqrt(eval_acc * (1 - eval_acc) / n_ev)) if n_ev else 0.0
-    return {"train_accuracy": train_acc, "eval_accuracy": eval_acc, "train_accuracy_se": se_tr,
-            "eval_accuracy_se": se_ev, "classifier": classifier}
+    return {
+        "train_accuracy": train_acc,
+        "eval_accuracy": eval_acc,
+        "train_accuracy_se": se_tr,
+        "eval_accuracy_se": se_ev,
+        "classifier": classifier,
+    }
 
 
 def factor_vae_from_sampler(
@@ -118,8 +130,15 @@ def factor_vae_from_sampler(
     out = {"num_active_dims": int(active.sum()), "active": active, "global_variance": global_var}
     if not active.any():
         zeros = np.zeros((k_fac, d), dtype=np.int64)
-        out.update(train_accuracy=0.0, eval_accuracy=0.0, train_accuracy_se=0.0, eval_accuracy_se=0.0,
-                   train_votes=zeros, eval_votes=zeros.copy(), classifier=np.zeros(d, dtype=np.int64))
+        out.update(
+            train_accuracy=0.0,
+            eval_accuracy=0.0,
+            train_accuracy_se=0.0,
+            eval_accuracy_se=0.0,
+            train_votes=zeros,
+            eval_votes=zeros.copy(),
+            classifier=np.zeros(d, dtype=np.int64),
+        )
         return out
     per_chunk = max(1, chunk_size // batch_size)
 
@@ -172,5 +191,13 @@ def factor_vae_score(
         If no latent is active both accuracies are 0.
     """
     sampler = GridSampler(representation_fn, factor_sizes, check_positive_int(chunk_size, "chunk_size"))
-    return factor_vae_from_sampler(sampler, rng, batch_size=batch_size, n_train=n_train, n_eval=n_eval,
-                                   n_variance=n_variance, prune_threshold=prune_threshold, chunk_size=chunk_size)
+    return factor_vae_from_sampler(
+        sampler,
+        rng,
+        batch_size=batch_size,
+        n_train=n_train,
+        n_eval=n_eval,
+        n_variance=n_variance,
+        prune_threshold=prune_threshold,
+        chunk_size=chunk_size,
+    )

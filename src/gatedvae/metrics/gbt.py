@@ -169,12 +169,18 @@ def fit_gbt(
     n_estimators = check_positive_int(n_estimators, "n_estimators")
     max_depth = check_positive_int(max_depth, "max_depth")
     if max_depth > 10:  # trees live in heap arrays of 2^(depth+1) - 1 slots
-        raise ConfigError(f"max_depth: at most 10 here (got {max_depth}); use dci_classifier(backend='sklearn') for deeper trees")
+        raise ConfigError(
+            f"max_depth: at most 10 here (got {max_depth}); use dci_classifier(backend='sklearn') for deeper trees"
+        )
     n_threads = check_positive_int(n_threads, "n_threads")
     learning_rate = float(learning_rate)
     if not learning_rate > 0:
         raise ConfigError(f"learning_rate: expected a positive number, got {learning_rate!r}")
-    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or not 0 <= random_state < 2**32:
+    if (
+        isinstance(random_state, bool)
+        or not isinstance(random_state, (int, np.integer))
+        or not 0 <= random_state < 2**32
+    ):
         raise ConfigError(f"random_state: expected an integer in [0, 2**32), got {random_state!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)  # (N, D) scikit-learn's tree dtype
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
@@ -230,8 +236,28 @@ def fit_gbt(
     try:
         for s in range(n_estimators):
             _neg_gradient(raw, y_enc, t_count == 1, grad)
-            args = (x, order, sorted_x, has_dups, inv, grad, y_enc, seeds[s], max_depth, factor, learning_rate, t_count == 1,
-                    split[s], feature[s], threshold[s], value[s], importance[s], raw, ex_arr, raw_eval)
+            args = (
+                x,
+                order,
+                sorted_x,
+                has_dups,
+                inv,
+                grad,
+                y_enc,
+                seeds[s],
+                max_depth,
+                factor,
+                learning_rate,
+                t_count == 1,
+                split[s],
+                feature[s],
+                threshold[s],
+                value[s],
+                importance[s],
+                raw,
+                ex_arr,
+                raw_eval,
+            )
             if pool is None:
                 _fit_trees(0, t_count, *args)
             else:  # the kernel releases the GIL: one contiguous range of trees per thread
@@ -243,9 +269,18 @@ def fit_gbt(
     imp = importance[relevant].mean(axis=0) if relevant.any() else np.zeros(d)
     total = imp.sum()
     importances = imp / total if total > 0 else np.zeros(d)
-    model = GradientBoostedTrees(classes=classes, init_raw=init_raw, split=split, feature=feature, threshold=threshold,
-                                 value=value, feature_importances=importances, tree_importances=importance,
-                                 learning_rate=learning_rate, max_depth=max_depth)
+    model = GradientBoostedTrees(
+        classes=classes,
+        init_raw=init_raw,
+        split=split,
+        feature=feature,
+        threshold=threshold,
+        value=value,
+        feature_importances=importances,
+        tree_importances=importance,
+        learning_rate=learning_rate,
+        max_depth=max_depth,
+    )
     train_pred = classes[_decide(raw)]
     eval_pred = classes[_decide(raw_eval)] if ex is not None else None
     return model, train_pred, eval_pred
@@ -314,7 +349,9 @@ if _numba is not None:
         return sum_left, n_left
 
     @njit(cache=True)
-    def _build_tree(x, order, sorted_x, has_dups, inv, y, seed, max_depth, split, feature, threshold, count, impurity, leaf_of):
+    def _build_tree(
+        x, order, sorted_x, has_dups, inv, y, seed, max_depth, split, feature, threshold, count, impurity, leaf_of
+    ):
         """One regression tree on ``y (N,)``, grown as scikit-learn's best splitter and depth-first
         builder grow it (see the module docstring). Fills the heap arrays and ``leaf_of (N,)``."""
         n, d = x.shape
@@ -520,7 +557,9 @@ if _numba is not None:
                     sq_right = sq_total - sq_left
                     imp_left = sq_left / n_left - (sum_left / n_left) ** 2.0
                     imp_right = sq_right / n_right - (sum_right / n_right) ** 2.0
-                    improvement = (n_node / float(n)) * (imp - (n_right / n_node * imp_right) - (n_left / n_node * imp_left))
+                    improvement = (n_node / float(n)) * (
+                        imp - (n_right / n_node * imp_right) - (n_left / n_node * imp_left)
+                    )
                 is_leaf = best_pos >= end or improvement + eps < 0.0
             if is_leaf:
                 for q in range(start, end):
@@ -779,8 +818,30 @@ if _numba is not None:
         return h
 
     @njit(cache=True, nogil=True)
-    def _fit_trees(lo, hi, x, order, sorted_x, has_dups, inv, grad, y, seeds, max_depth, factor, learning_rate, binary,
-                   split, feature, threshold, value, importance, raw, ex, raw_eval):
+    def _fit_trees(
+        lo,
+        hi,
+        x,
+        order,
+        sorted_x,
+        has_dups,
+        inv,
+        grad,
+        y,
+        seeds,
+        max_depth,
+        factor,
+        learning_rate,
+        binary,
+        split,
+        feature,
+        threshold,
+        value,
+        importance,
+        raw,
+        ex,
+        raw_eval,
+    ):
         """Grow trees ``lo..hi-1`` of one stage, set their Newton leaf values, add them to the raw
         scores of the training rows and of ``ex``, and record their importances. Releases the GIL:
         the stage's trees are independent, so threads run disjoint ranges side by side."""
@@ -792,7 +853,22 @@ if _numba is not None:
             count = np.zeros(heap)
             impurity = np.zeros(heap)
             leaf_of = np.empty(n, dtype=np.int64)
-            _build_tree(x, order, sorted_x, has_dups, inv, grad[k], seeds[k], max_depth, split[k], feature[k], threshold[k], count, impurity, leaf_of)
+            _build_tree(
+                x,
+                order,
+                sorted_x,
+                has_dups,
+                inv,
+                grad[k],
+                seeds[k],
+                max_depth,
+                split[k],
+                feature[k],
+                threshold[k],
+                count,
+                impurity,
+                leaf_of,
+            )
             # Newton step per leaf, as _update_terminal_regions: np.average over the leaf's rows in
             # index order (NumPy's pairwise sum), numerator times (K-1)/K, p = y - r
             buf_r = np.empty(n)
@@ -832,8 +908,9 @@ if _numba is not None:
                 if split[k, h]:
                     left = 2 * h + 1
                     right = 2 * h + 2
-                    importance[k, feature[k, h]] += (count[h] * impurity[h] - count[left] * impurity[left]
-                                                     - count[right] * impurity[right])
+                    importance[k, feature[k, h]] += (
+                        count[h] * impurity[h] - count[left] * impurity[left] - count[right] * impurity[right]
+                    )
             for j in range(d):
                 importance[k, j] /= count[0]
 
@@ -843,4 +920,6 @@ if _numba is not None:
         for s in range(n_stages):
             for k in range(t_count):
                 for i in range(x.shape[0]):
-                    raw[i, k] += learning_rate * value[s, k, _leaf(x[i], split[s, k], feature[s, k], threshold[s, k], max_depth)]
+                    raw[i, k] += (
+                        learning_rate * value[s, k, _leaf(x[i], split[s, k], feature[s, k], threshold[s, k], max_depth)]
+                    )

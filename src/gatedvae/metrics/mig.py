@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .utils import check_codes, check_factors, check_positive_int, check_rng, discrete_entropy, discrete_mutual_info, discretize
+from .utils import (
+    check_codes,
+    check_factors,
+    check_positive_int,
+    check_rng,
+    discrete_entropy,
+    discrete_mutual_info,
+    discretize,
+)
 
 __all__ = ["mig", "mig_from_mutual_info", "MIG_DEFAULTS", "MIG_FAST"]
 

@@ -52,7 +52,9 @@ def sample_factors(rng: np.random.Generator, sizes: np.ndarray, shape: tuple[int
 def encode(representation_fn: RepresentationFn, factors: np.ndarray, chunk_size: int) -> np.ndarray:
     """Apply ``representation_fn`` to (n, K) factors in chunks; returns (n, D) float64, checked."""
     if not callable(representation_fn):
-        raise ConfigError(f"representation_fn: expected a callable (n, K) -> (n, D), got {type(representation_fn).__name__}")
+        raise ConfigError(
+            f"representation_fn: expected a callable (n, K) -> (n, D), got {type(representation_fn).__name__}"
+        )
     n = factors.shape[0]
     parts = []
     for start in range(0, n, chunk_size):

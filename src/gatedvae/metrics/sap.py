@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from ..errors import ConfigError, DataError
 from .utils import (
     check_choice,
     check_codes,
@@ -36,7 +37,6 @@ from .utils import (
     subsample,
     within_float32,
 )
-from ..errors import ConfigError, DataError
 
 __all__ = ["sap", "sap_from_scores", "SAP_DEFAULTS", "SAP_FAST"]
 

@@ -195,5 +195,10 @@ def udr(
             others = np.sort(rng.choice(others, size=n_partners, replace=False))
         partners.append(others)
         model_scores[i] = np.median(pairwise[i, others])
-    return {"model_scores": model_scores, "pairwise": pairwise, "active": active, "partners": partners,
-            "similarity": sims}
+    return {
+        "model_scores": model_scores,
+        "pairwise": pairwise,
+        "active": active,
+        "partners": partners,
+        "similarity": sims,
+    }

@@ -131,7 +131,9 @@ def subsample(rng: np.random.Generator, n: int, max_samples: int | None) -> np.n
     return np.sort(rng.choice(n, size=max_samples, replace=False))
 
 
-def split_indices(rng: np.random.Generator, n: int, train_frac: float, min_test: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    rng: np.random.Generator, n: int, train_frac: float, min_test: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Random train/test split of ``range(n)``; DataError if either side would be too small."""
     train_frac = check_fraction(train_frac, "train_frac")
     n_train = int(round(train_frac * n))

@@ -33,12 +33,37 @@ from ..gating import clamp_to_mean, gate
 from ..losses import bernoulli_nll, gaussian_nll, kl_diag_normal, kl_diag_per_dim
 from ..nets import Posterior, build_networks
 
-__all__ = ["GenerativeModel", "LossOutput", "register", "register_variant", "MODELS", "build_model", "resolve_hyper", "HYPER_FIELDS", "check_trainable"]
+__all__ = [
+    "GenerativeModel",
+    "LossOutput",
+    "register",
+    "register_variant",
+    "MODELS",
+    "build_model",
+    "resolve_hyper",
+    "HYPER_FIELDS",
+    "check_trainable",
+]
 
 #: ModelConfig fields that are objective hyperparameters (``None`` = the model's default).
 HYPER_FIELDS: tuple[str, ...] = (
-    "beta", "gamma", "c_max", "c_steps", "capacity_mode", "mmd_lambda", "info_alpha", "mmd_kernel",
-    "lambda_od", "lambda_d", "tc_alpha", "tc_estimator", "nu", "info_lambda", "noise_dim", "categorical", "gp_weight",
+    "beta",
+    "gamma",
+    "c_max",
+    "c_steps",
+    "capacity_mode",
+    "mmd_lambda",
+    "info_alpha",
+    "mmd_kernel",
+    "lambda_od",
+    "lambda_d",
+    "tc_alpha",
+    "tc_estimator",
+    "nu",
+    "info_lambda",
+    "noise_dim",
+    "categorical",
+    "gp_weight",
 )
 
 
@@ -186,7 +211,9 @@ class GenerativeModel(nn.Module):
         return self.encode(x, cond).mu
 
     # ------------------------------------------------------------------ objective
-    def regulariser(self, post: Posterior, z: torch.Tensor, step: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    def regulariser(
+        self, post: Posterior, z: torch.Tensor, step: int, generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
         """Named scalar terms added to the reconstruction loss (already weighted).
 
         The default is the VAE's KL to N(0, I) weighted by ``beta`` (1 unless set).
@@ -267,7 +294,9 @@ class GenerativeModel(nn.Module):
         """
         return []
 
-    def auxiliary_step(self, out: LossOutput, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    def auxiliary_step(
+        self, out: LossOutput, optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
         """Update auxiliary modules after the main step; returns terms to log."""
         return {}
 
@@ -282,9 +311,13 @@ def check_trainable(config) -> None:
     if entry is None or entry.cls.reconstructs:
         return
     if config.gating.enabled:
-        raise ConfigError(f"model {config.model.name} is a GAN: it has no reconstruction to gate or clamp; set gating.enabled=false")
+        raise ConfigError(
+            f"model {config.model.name} is a GAN: it has no reconstruction to gate or clamp; set gating.enabled=false"
+        )
     if config.train.finetune_steps:
-        raise ConfigError(f"model {config.model.name} is a GAN: it has no encoder-decoder to fine-tune; set train.finetune_steps=0")
+        raise ConfigError(
+            f"model {config.model.name} is a GAN: it has no encoder-decoder to fine-tune; set train.finetune_steps=0"
+        )
 
 
 def build_model(
@@ -298,10 +331,11 @@ def build_model(
     hyper = resolve_hyper(cfg)
     entry = MODELS[cfg.name]
     if cfg.condition and not getattr(entry.cls, "conditional", False):
-        raise ConfigError(f"model.condition is set but {cfg.name} is not conditional; use model.name=cvae or drop model.condition")
+        raise ConfigError(
+            f"model.condition is set but {cfg.name} is not conditional; use model.name=cvae or drop model.condition"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = entry.cls(cfg, image_shape, dataset_size, cond_dim=cond_dim, hyper=hyper, seed=seed)
     model.registered_name = cfg.name
     return model
-

@@ -21,7 +21,14 @@ from .base import GenerativeModel, register, register_variant
 __all__ = ["BetaTCVAE"]
 
 
-@register("beta_tcvae", "beta-TCVAE: total correlation weighted by beta (MWS estimator)", beta=6.0, tc_alpha=1.0, gamma=1.0, tc_estimator="mws")
+@register(
+    "beta_tcvae",
+    "beta-TCVAE: total correlation weighted by beta (MWS estimator)",
+    beta=6.0,
+    tc_alpha=1.0,
+    gamma=1.0,
+    tc_estimator="mws",
+)
 class BetaTCVAE(GenerativeModel):
     """beta-TCVAE: the total correlation of q(z) is penalised, estimated on the minibatch."""
 
@@ -34,4 +41,6 @@ class BetaTCVAE(GenerativeModel):
         }
 
 
-register_variant("beta_tcvae_mss", "beta_tcvae", "beta-TCVAE with the minibatch-stratified (MSS) estimator", tc_estimator="mss")
+register_variant(
+    "beta_tcvae_mss", "beta_tcvae", "beta-TCVAE with the minibatch-stratified (MSS) estimator", tc_estimator="mss"
+)

@@ -27,7 +27,9 @@ from .base import GenerativeModel, register
 __all__ = ["CHyVAE"]
 
 
-@register("chyvae", "CHyVAE: inverse-Wishart hyperprior (nu) on the prior covariance, full-covariance posterior", nu=13000.0)
+@register(
+    "chyvae", "CHyVAE: inverse-Wishart hyperprior (nu) on the prior covariance, full-covariance posterior", nu=13000.0
+)
 class CHyVAE(GenerativeModel):
     """CHyVAE: a full-covariance posterior regularised through an inverse-Wishart hyperprior."""
 
@@ -37,7 +39,9 @@ class CHyVAE(GenerativeModel):
         super().__init__(*args, **kwargs)
         p, nu = self.latent_dim, float(self.hyper["nu"])
         if nu <= p + 1:
-            raise ConfigError(f"model.nu={nu} must exceed latent_dim + 1 = {p + 1} (Psi = (nu - p - 1) I); raise model.nu")
+            raise ConfigError(
+                f"model.nu={nu} must exceed latent_dim + 1 = {p + 1} (Psi = (nu - p - 1) I); raise model.nu"
+            )
 
     def regulariser(self, post: Posterior, z: torch.Tensor, step: int, generator) -> dict[str, torch.Tensor]:
         z2 = post.rsample(generator)  # (B, M): the second posterior sample of Eq. 13

@@ -29,7 +29,9 @@ class _DIPVAE(GenerativeModel):
 
     def regulariser(self, post: Posterior, z: torch.Tensor, step: int, generator) -> dict[str, torch.Tensor]:
         kl = kl_diag_normal(post.mu, post.logvar).mean()  # scalar
-        dip = dip_penalty(post.mu, post.logvar, float(self.hyper["lambda_od"]), float(self.hyper["lambda_d"]), kind=self.kind)
+        dip = dip_penalty(
+            post.mu, post.logvar, float(self.hyper["lambda_od"]), float(self.hyper["lambda_d"]), kind=self.kind
+        )
         return {"kl": kl, "dip": dip}
 
 

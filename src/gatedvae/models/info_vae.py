@@ -30,7 +30,9 @@ from .base import GenerativeModel, register
 __all__ = ["InfoVAE"]
 
 
-@register("info_vae", "InfoVAE: MMD(q(z), p(z)) weighted by lambda = 500", mmd_lambda=500.0, info_alpha=1.0, mmd_kernel="rbf")
+@register(
+    "info_vae", "InfoVAE: MMD(q(z), p(z)) weighted by lambda = 500", mmd_lambda=500.0, info_alpha=1.0, mmd_kernel="rbf"
+)
 class InfoVAE(GenerativeModel):
     """InfoVAE: the aggregate posterior is matched to the prior with MMD."""
 

@@ -95,12 +95,18 @@ class CodeSpace:
         """H(c) in nats: ``continuous * log 2 + sum_k log K_k`` (a constant)."""
         return self.continuous * math.log(2.0) + sum(math.log(k) for k in self.categorical)
 
-    def sample(self, batch: int, generator: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(
+        self, batch: int, generator: torch.Generator | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Draw codes: ``(c (B, width), continuous values (B, n_cont), category indices (B, n_cat))``."""
         cont = torch.rand((batch, self.continuous), generator=generator, device=device) * 2.0 - 1.0  # (B, n_cont)
-        idx = torch.stack(
-            [torch.randint(0, k, (batch,), generator=generator, device=device) for k in self.categorical], dim=1
-        ) if self.categorical else torch.zeros((batch, 0), dtype=torch.long, device=device)  # (B, n_cat)
+        idx = (
+            torch.stack(
+                [torch.randint(0, k, (batch,), generator=generator, device=device) for k in self.categorical], dim=1
+            )
+            if self.categorical
+            else torch.zeros((batch, 0), dtype=torch.long, device=device)
+        )  # (B, n_cat)
         return self.assemble(cont, idx), cont, idx
 
     def assemble(self, cont: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -133,7 +139,9 @@ def code_cross_entropy(
         categorical:  -log softmax(logits)[c_k]
         continuous:   0.5 * (log(2 pi) + logvar_j + (c_j - mu_j)^2 / exp(logvar_j))
     """
-    ce = 0.5 * (math.log(2.0 * math.pi) + cont_logvar + (cont_value - cont_mu) ** 2 * torch.exp(-cont_logvar))  # (B, n_cont)
+    ce = 0.5 * (
+        math.log(2.0 * math.pi) + cont_logvar + (cont_value - cont_mu) ** 2 * torch.exp(-cont_logvar)
+    )  # (B, n_cont)
     total = ce.sum(dim=1)  # (B,)
     for i, logits in enumerate(cat_logits):
         total = total + F.cross_entropy(logits, cat_index[:, i], reduction="none")  # (B,)
@@ -149,7 +157,9 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, generator: 
     """WGAN-GP penalty per sample ``(B,)``: ``(||d critic(xhat) / d xhat||_2 - 1)^2`` at
     ``xhat = eps real + (1 - eps) fake``, ``eps ~ U(0, 1)`` per sample (Gulrajani et al.).
     The graph is kept (``create_graph``) so the penalty trains the critic."""
-    eps = torch.rand((real.shape[0],) + (1,) * (real.ndim - 1), generator=generator, device=real.device, dtype=real.dtype)  # (B, 1, 1, 1)
+    eps = torch.rand(
+        (real.shape[0],) + (1,) * (real.ndim - 1), generator=generator, device=real.device, dtype=real.dtype
+    )  # (B, 1, 1, 1)
     xhat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)  # (B, C, H, W)
     out = critic(xhat)  # (B,)
     (grad,) = torch.autograd.grad(out.sum(), xhat, create_graph=True)  # (B, C, H, W)
@@ -163,8 +173,10 @@ class _MLPTrunk(nn.Module):
     def __init__(self, n_pixels: int, hidden: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(n_pixels, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(n_pixels, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,10 +189,14 @@ class _ConvTrunk(nn.Module):
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(channels, 32, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, 32, 32, 32)
-            nn.Conv2d(32, 32, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, 32, 16, 16)
-            nn.Conv2d(32, 64, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, 64, 8, 8)
-            nn.Conv2d(64, 64, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, 64, 4, 4)
+            nn.Conv2d(channels, 32, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # (B, 32, 32, 32)
+            nn.Conv2d(32, 32, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # (B, 32, 16, 16)
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # (B, 64, 8, 8)
+            nn.Conv2d(64, 64, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # (B, 64, 4, 4)
         )
         self.fc = nn.Sequential(nn.Linear(64 * 4 * 4, hidden), nn.LeakyReLU(0.2))
 
@@ -226,7 +242,9 @@ class GANOutput(LossOutput):
 @register(
     "infogan",
     "InfoGAN (Chen et al.): GAN + lambda * L_I(G, Q); Q's mean is the representation",
-    info_lambda=1.0, noise_dim=62, categorical=(3,),
+    info_lambda=1.0,
+    noise_dim=62,
+    categorical=(3,),
 )
 class InfoGAN(GenerativeModel):
     """InfoGAN: a GAN whose discriminator's auxiliary head Q recovers the code c from G(z, c)."""
@@ -319,7 +337,9 @@ class InfoGAN(GenerativeModel):
         ``target`` is unused (a GAN reconstructs nothing); gating and clamping are refused.
         """
         if gate_mask is not None or clamp_mask is not None:
-            raise ConfigError(f"{self.registered_name} is a GAN: it has no reconstruction to gate or clamp; set gating.enabled=false")
+            raise ConfigError(
+                f"{self.registered_name} is a GAN: it has no reconstruction to gate or clamp; set gating.enabled=false"
+            )
         b = x.shape[0]
         c, cont, idx = self.codes.sample(b, generator, x.device)  # (B, M), (B, n_cont), (B, n_cat)
         noise = torch.randn((b, self.noise_dim), generator=generator, device=x.device, dtype=x.dtype)  # (B, noise)
@@ -364,7 +384,9 @@ class InfoGAN(GenerativeModel):
 
     # ------------------------------------------------------------------ figures
     @torch.no_grad()
-    def code_traversal_images(self, n_bases: int = 3, steps: int = 9, span: float = 2.0, seed: int = 0) -> tuple[torch.Tensor, list[str], list[str]]:
+    def code_traversal_images(
+        self, n_bases: int = 3, steps: int = 9, span: float = 2.0, seed: int = 0
+    ) -> tuple[torch.Tensor, list[str], list[str]]:
         """Code traversals ``(R, steps, C, H, W)`` with row labels and column labels.
 
         For each of ``n_bases`` random (z, c): one row per continuous code swept over
@@ -384,13 +406,17 @@ class InfoGAN(GenerativeModel):
             for j in range(self.codes.continuous):
                 cc = cont.repeat(steps, 1)  # (S, n_cont)
                 cc[:, j] = values
-                imgs = torch.sigmoid(self.generate(self.codes.assemble(cc, idx.repeat(steps, 1)), noise.repeat(steps, 1)))  # (S, C, H, W)
+                imgs = torch.sigmoid(
+                    self.generate(self.codes.assemble(cc, idx.repeat(steps, 1)), noise.repeat(steps, 1))
+                )  # (S, C, H, W)
                 rows.append(imgs)
                 labels.append(f"#{base} c{j}")
             for i, k in enumerate(self.codes.categorical):
                 ii = idx.repeat(k, 1)  # (K, n_cat)
                 ii[:, i] = torch.arange(k, device=dev)
-                imgs = torch.sigmoid(self.generate(self.codes.assemble(cont.repeat(k, 1), ii), noise.repeat(k, 1)))  # (K, C, H, W)
+                imgs = torch.sigmoid(
+                    self.generate(self.codes.assemble(cont.repeat(k, 1), ii), noise.repeat(k, 1))
+                )  # (K, C, H, W)
                 row = torch.full((steps, *shape), 0.5, device=dev)  # (S, C, H, W) grey padding
                 row[: min(k, steps)] = imgs[:steps]
                 rows.append(row)
@@ -422,17 +448,27 @@ class InfoGAN(GenerativeModel):
         ax.set_title(f"{self.registered_name}: samples G(z, c), z and c from their priors", fontsize=9)
         written = [save_figure(fig, out_dir / "samples.png")]
         trav, labels, cols = self.code_traversal_images(seed=seed)
-        written.append(save_figure(
-            dg.plot_image_rows(trav, labels, title="code traversals: continuous codes from -2 to 2, categorical codes by category", col_labels=cols),
-            out_dir / "code_traversals.png",
-        ))
+        written.append(
+            save_figure(
+                dg.plot_image_rows(
+                    trav,
+                    labels,
+                    title="code traversals: continuous codes from -2 to 2, categorical codes by category",
+                    col_labels=cols,
+                ),
+                out_dir / "code_traversals.png",
+            )
+        )
         return written
 
 
 @register(
     "infowgan_gp",
     "InfoWGAN-GP (Kim and Mnih): Wasserstein critic with gradient penalty + lambda * L_I",
-    info_lambda=0.2, noise_dim=62, categorical=(3,), gp_weight=10.0,
+    info_lambda=0.2,
+    noise_dim=62,
+    categorical=(3,),
+    gp_weight=10.0,
 )
 class InfoWGANGP(InfoGAN):
     """InfoWGAN-GP: InfoGAN with a Wasserstein critic and a gradient penalty."""
@@ -448,4 +484,3 @@ class InfoWGANGP(InfoGAN):
         """``D(G) - D(x)`` (the negated Wasserstein estimate) and ``gp_weight * penalty``, batch means."""
         gp = gradient_penalty(self.discriminator.critic, real, fake, generator).mean()
         return {"disc": adv_fake.mean() - adv_real.mean(), "gp": float(self.hyper["gp_weight"]) * gp}
-

@@ -63,7 +63,9 @@ def build_networks(
         features = hidden
     elif net == "conv64":
         if (h, w) != (64, 64):
-            raise ConfigError(f"model.net=conv64 needs 64x64 images, the data has {h}x{w}; use model.net=mlp or data.image_size=64")
+            raise ConfigError(
+                f"model.net=conv64 needs 64x64 images, the data has {h}x{w}; use model.net=mlp or data.image_size=64"
+            )
         trunk = Conv64Encoder(c, hidden, enc_cond_dim)
         decoder = Conv64Decoder(latent_dim, hidden, c, dec_cond_dim)
         features = hidden

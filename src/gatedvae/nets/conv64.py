@@ -19,10 +19,14 @@ class Conv64Encoder(nn.Module):
         super().__init__()
         self.cond_dim = cond_dim
         self.conv = nn.Sequential(
-            nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(inplace=True),  # (B, 32, 32, 32)
-            nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(inplace=True),  # (B, 32, 16, 16)
-            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(inplace=True),  # (B, 64, 8, 8)
-            nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(inplace=True),  # (B, 64, 4, 4)
+            nn.Conv2d(channels, 32, 4, 2, 1),
+            nn.ReLU(inplace=True),  # (B, 32, 32, 32)
+            nn.Conv2d(32, 32, 4, 2, 1),
+            nn.ReLU(inplace=True),  # (B, 32, 16, 16)
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(inplace=True),  # (B, 64, 8, 8)
+            nn.Conv2d(64, 64, 4, 2, 1),
+            nn.ReLU(inplace=True),  # (B, 64, 4, 4)
         )
         self.fc = nn.Sequential(nn.Linear(64 * 4 * 4 + cond_dim, hidden), nn.ReLU(inplace=True))
 
@@ -40,13 +44,18 @@ class Conv64Decoder(nn.Module):
         super().__init__()
         self.cond_dim = cond_dim
         self.fc = nn.Sequential(
-            nn.Linear(latent_dim + cond_dim, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, 64 * 4 * 4), nn.ReLU(inplace=True),
+            nn.Linear(latent_dim + cond_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 64 * 4 * 4),
+            nn.ReLU(inplace=True),
         )
         self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.ReLU(inplace=True),  # (B, 64, 8, 8)
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(inplace=True),  # (B, 32, 16, 16)
-            nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.ReLU(inplace=True),  # (B, 32, 32, 32)
+            nn.ConvTranspose2d(64, 64, 4, 2, 1),
+            nn.ReLU(inplace=True),  # (B, 64, 8, 8)
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.ReLU(inplace=True),  # (B, 32, 16, 16)
+            nn.ConvTranspose2d(32, 32, 4, 2, 1),
+            nn.ReLU(inplace=True),  # (B, 32, 32, 32)
             nn.ConvTranspose2d(32, channels, 4, 2, 1),  # (B, C, 64, 64)
         )
 

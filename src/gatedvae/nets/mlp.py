@@ -65,11 +65,15 @@ class BinaryInputLinear(nn.Linear):
         destination[prefix + "weight"] = w.t()  # (out, in), as nn.Linear's
         destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         if prefix + "weight" in state_dict:  # a copy made by load_state_dict: renaming the key is ours to do
             w = state_dict.pop(prefix + "weight")
             state_dict[prefix + "weight_t"] = w.t() if w.dim() == 2 else w  # a wrong shape is reported below
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         if prefix + "weight_t" in missing_keys:
             missing_keys[missing_keys.index(prefix + "weight_t")] = prefix + "weight"
 
@@ -108,7 +112,9 @@ class MLPDecoder(nn.Module):
         self.image_shape = tuple(image_shape)
         self.cond_dim = cond_dim
         n_out = image_shape[0] * image_shape[1] * image_shape[2]
-        self.layers = nn.Sequential(_block(latent_dim + cond_dim, hidden), _block(hidden, hidden), nn.Linear(hidden, n_out))
+        self.layers = nn.Sequential(
+            _block(latent_dim + cond_dim, hidden), _block(hidden, hidden), nn.Linear(hidden, n_out)
+        )
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.cond_dim:

@@ -18,7 +18,9 @@ def _default_dir(plan) -> Path:
     # The sweep's name becomes a directory under sweeps/: never a path that leaves it.
     name = plan.name
     if any(c in "/\\:" or ord(c) < 32 for c in name) or name.startswith(".") or len(name) > 100:
-        raise ConfigError(f"sweep name {name!r} must be a plain name (no '/', '\\', ':' or leading '.'); rename it, or choose the directory with --out")
+        raise ConfigError(
+            f"sweep name {name!r} must be a plain name (no '/', '\\', ':' or leading '.'); rename it, or choose the directory with --out"
+        )
     return Path("sweeps") / name
 
 
@@ -33,14 +35,21 @@ def _plan(sweep_file: str, out: str | None, check_data: bool, quiet: bool = Fals
     done = sum(1 for r in plan.runs if inspect_run(run_dir_of(sweep_dir, r.to_json()), r.to_json())["state"] == "done")
     if not quiet:
         ev = plan.runs[0].evaluate
-        evaluation = (f"evaluation: {','.join(ev.metrics) if ev.metrics else 'all metrics'}, preset {ev.preset}"
-                      if ev else "no evaluation (set evaluate: in the sweep file or train.evaluate)")
+        evaluation = (
+            f"evaluation: {','.join(ev.metrics) if ev.metrics else 'all metrics'}, preset {ev.preset}"
+            if ev
+            else "no evaluation (set evaluate: in the sweep file or train.evaluate)"
+        )
         print(f"planned {len(plan.runs)} runs in {len(labels)} configurations ({evaluation})")
         width = max(len(k) for k in labels)
         for label, n in labels.items():
             print(f"  {label:<{width}}  {n} run{'s' if n != 1 else ''}")
         kept = f"; {info['kept']} runs kept from the previous plan" if info["kept"] else ""
-        dropped = f"; {info['dropped']} runs of the previous plan dropped (their directories are left alone)" if info["dropped"] else ""
+        dropped = (
+            f"; {info['dropped']} runs of the previous plan dropped (their directories are left alone)"
+            if info["dropped"]
+            else ""
+        )
         print(f"wrote {path} ({done} runs already done{kept}{dropped})")
     return sweep_dir
 
@@ -62,24 +71,47 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError("--out is for a sweep file; a sweep directory runs where it is")
         sweep_dir = target
     if args.backend == "local":
-        given = [o for o, v in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run),
-                                ("--gpus-per-run", args.gpus_per_run)) if v is not None]
+        given = [
+            o
+            for o, v in (
+                ("--address", args.address),
+                ("--cpus-per-run", args.cpus_per_run),
+                ("--gpus-per-run", args.gpus_per_run),
+            )
+            if v is not None
+        ]
         if given:
-            raise ConfigError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for --backend ray; "
-                              "add --backend ray or drop them")
+            raise ConfigError(
+                f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for --backend ray; "
+                "add --backend ray or drop them"
+            )
     shard = parse_shard(args.shard) if args.shard else None
-    res = run_sweep(sweep_dir, workers=args.workers, index=args.index, shard=shard, backend=args.backend,
-                    address=args.address, cpus=args.cpus_per_run, gpus=args.gpus_per_run,
-                    retry_failed=not args.skip_failed, tensorboard=not args.no_tensorboard, progress=not args.quiet)
+    res = run_sweep(
+        sweep_dir,
+        workers=args.workers,
+        index=args.index,
+        shard=shard,
+        backend=args.backend,
+        address=args.address,
+        cpus=args.cpus_per_run,
+        gpus=args.gpus_per_run,
+        retry_failed=not args.skip_failed,
+        tensorboard=not args.no_tensorboard,
+        progress=not args.quiet,
+    )
     part = f" (of {len(res['status'].get('states', {}))} in the sweep)" if (args.index is not None or shard) else ""
-    print(f"{res['selected']} runs selected{part}: {res['done']} done, {res['failed']} failed"
-          + (f", {res['busy']} busy in another process" if res["busy"] else "")
-          + (f"; {res['skipped']} {'was' if res['skipped'] == 1 else 'were'} already finished" if res["skipped"] else ""))
+    print(
+        f"{res['selected']} runs selected{part}: {res['done']} done, {res['failed']} failed"
+        + (f", {res['busy']} busy in another process" if res["busy"] else "")
+        + (f"; {res['skipped']} {'was' if res['skipped'] == 1 else 'were'} already finished" if res["skipped"] else "")
+    )
     if res["failed"]:
         for o in res["outcomes"]:
             if o["state"] == "failed":
                 print(f"  failed: {o['name']} ({o['id']}): {o['error']}")
-        print(f"errors are in {sweep_dir}/runs/<id>/error.txt; run the same command again to retry (resumes from checkpoints)")
+        print(
+            f"errors are in {sweep_dir}/runs/<id>/error.txt; run the same command again to retry (resumes from checkpoints)"
+        )
     elif res["status"].get("complete"):
         print(f"sweep complete: gatedvae sweep report {sweep_dir}")
     return 0 if not res["failed"] and not res["busy"] else 1
@@ -100,11 +132,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     columns = [c.strip() for c in args.metrics.split(",") if c.strip()] if args.metrics else None
-    res = write_report(args.sweep_dir, args.out, formats=args.format.split(","), columns=columns,
-                       figures=not args.no_figures)
+    res = write_report(
+        args.sweep_dir, args.out, formats=args.format.split(","), columns=columns, figures=not args.no_figures
+    )
     col = res["collected"]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(col.counts.items()))
-    print(f"{len(col.runs)} runs ({counts}) in {len(col.rows)} configurations, {len(col.comparisons)} gated vs un-gated comparisons")
+    print(
+        f"{len(col.runs)} runs ({counts}) in {len(col.rows)} configurations, {len(col.comparisons)} gated vs un-gated comparisons"
+    )
     for f in res["files"]:
         print(f"wrote {f}")
     return 0
@@ -114,8 +149,11 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep directory (holds manifest.json)")
     p.add_argument("--out", help="output directory (default: SWEEP_DIR/report)")
     p.add_argument("--format", default="csv,md,html", help="comma-separated: csv, md, html (default: all three)")
-    p.add_argument("--metrics", help="scores shown in the tables, e.g. dci_lasso.disentanglement,mig.mig "
-                   "(default: the sweep file's report.metrics, else the usual headline scores)")
+    p.add_argument(
+        "--metrics",
+        help="scores shown in the tables, e.g. dci_lasso.disentanglement,mig.mig "
+        "(default: the sweep file's report.metrics, else the usual headline scores)",
+    )
     p.add_argument("--no-figures", action="store_true", help="no figures in the HTML page")
     p.set_defaults(func=cmd_report)
 
@@ -131,31 +169,56 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     ssub = s.add_subparsers(dest="sweep_command", metavar="ACTION")
 
-    p = ssub.add_parser("plan", help="resolve a sweep file into SWEEP_DIR/manifest.json (a typo fails here)",
-                        description="Resolve and check every run of a sweep file; write SWEEP_DIR/manifest.json with "
-                        "one resolved config, a stable id and a readable name per run.")
-    p.add_argument("sweep_file", metavar="SWEEP_FILE", help="a .yaml sweep file (see configs/sweeps/) or a .py file defining sweep()")
+    p = ssub.add_parser(
+        "plan",
+        help="resolve a sweep file into SWEEP_DIR/manifest.json (a typo fails here)",
+        description="Resolve and check every run of a sweep file; write SWEEP_DIR/manifest.json with "
+        "one resolved config, a stable id and a readable name per run.",
+    )
+    p.add_argument(
+        "sweep_file",
+        metavar="SWEEP_FILE",
+        help="a .yaml sweep file (see configs/sweeps/) or a .py file defining sweep()",
+    )
     p.add_argument("--out", metavar="SWEEP_DIR", help="the sweep directory (default: sweeps/<sweep name>)")
-    p.add_argument("--no-check-data", action="store_true",
-                   help="do not build the datasets to check partition factor names (for huge image folders)")
+    p.add_argument(
+        "--no-check-data",
+        action="store_true",
+        help="do not build the datasets to check partition factor names (for huge image folders)",
+    )
     p.set_defaults(func=cmd_plan)
 
-    r = ssub.add_parser("run", help="train and evaluate the runs not done yet",
-                        description="Run a planned sweep (or plan a sweep file, then run it). Finished runs are "
-                        "skipped, stopped runs resume from their checkpoint, failed runs are recorded (and retried "
-                        "next time); exit status 1 if any run failed.")
-    r.add_argument("target", metavar="SWEEP_DIR|SWEEP_FILE", help="a planned sweep directory, or a sweep file to plan first")
+    r = ssub.add_parser(
+        "run",
+        help="train and evaluate the runs not done yet",
+        description="Run a planned sweep (or plan a sweep file, then run it). Finished runs are "
+        "skipped, stopped runs resume from their checkpoint, failed runs are recorded (and retried "
+        "next time); exit status 1 if any run failed.",
+    )
+    r.add_argument(
+        "target", metavar="SWEEP_DIR|SWEEP_FILE", help="a planned sweep directory, or a sweep file to plan first"
+    )
     r.add_argument("--out", metavar="SWEEP_DIR", help="with a sweep file: the sweep directory (default: sweeps/<name>)")
-    r.add_argument("--workers", type=int, default=1,
-                   help="runs at once in local processes, each with cores/workers torch threads unless the config sets "
-                   "train.threads (default 1: in this process); with --backend ray and no --address: the local Ray "
-                   "instance's CPUs")
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs at once in local processes, each with cores/workers torch threads unless the config sets "
+        "train.threads (default 1: in this process); with --backend ray and no --address: the local Ray "
+        "instance's CPUs",
+    )
     r.add_argument("--index", type=int, help="run only run number INDEX (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
     r.add_argument("--shard", metavar="I/N", help="run only shard I of N (runs I, I+N, I+2N, ...)")
     r.add_argument("--backend", choices=("local", "ray"), default="local", help="local process pool (default) or Ray")
-    r.add_argument("--address", help="Ray: the cluster to join (auto, ray://HOST:10001); default: start a local instance")
-    r.add_argument("--cpus-per-run", type=float, help="Ray: CPUs each run asks for (default: the sweep's resources.cpus, else 1)")
-    r.add_argument("--gpus-per-run", type=float, help="Ray: GPUs each run asks for (default: the sweep's resources.gpus, else 0)")
+    r.add_argument(
+        "--address", help="Ray: the cluster to join (auto, ray://HOST:10001); default: start a local instance"
+    )
+    r.add_argument(
+        "--cpus-per-run", type=float, help="Ray: CPUs each run asks for (default: the sweep's resources.cpus, else 1)"
+    )
+    r.add_argument(
+        "--gpus-per-run", type=float, help="Ray: GPUs each run asks for (default: the sweep's resources.gpus, else 0)"
+    )
     r.add_argument("--skip-failed", action="store_true", help="do not retry runs whose last attempt failed")
     r.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs in the runs")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -167,9 +230,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=cmd_status)
 
-    rep = ssub.add_parser("report", help="CSV, Markdown and a self-contained HTML page of the results",
-                          description="Aggregate every run's metrics.json: mean ± std over seeds per configuration, "
-                          "gated vs un-gated with Welch's t-test; write CSV, Markdown and HTML (opens from disk).")
+    rep = ssub.add_parser(
+        "report",
+        help="CSV, Markdown and a self-contained HTML page of the results",
+        description="Aggregate every run's metrics.json: mean ± std over seeds per configuration, "
+        "gated vs un-gated with Welch's t-test; write CSV, Markdown and HTML (opens from disk).",
+    )
     _report_args(rep)
 
     def usage(_args: argparse.Namespace) -> int:
@@ -178,6 +244,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     s.set_defaults(func=usage)
 
-    top = sub.add_parser("report", help="the same as gatedvae sweep report",
-                         description="Report a sweep: the same as gatedvae sweep report.")
+    top = sub.add_parser(
+        "report",
+        help="the same as gatedvae sweep report",
+        description="Report a sweep: the same as gatedvae sweep report.",
+    )
     _report_args(top)

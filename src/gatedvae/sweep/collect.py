@@ -35,15 +35,34 @@ import numpy as np
 from .runner import _read_json, inspect_run, run_dir_of
 from .spec import read_manifest
 
-__all__ = ["RunRecord", "ConfigRow", "Comparison", "Collected", "collect", "write_csv", "markdown", "fmt",
-           "DEFAULT_COLUMNS"]
+__all__ = [
+    "RunRecord",
+    "ConfigRow",
+    "Comparison",
+    "Collected",
+    "collect",
+    "write_csv",
+    "markdown",
+    "fmt",
+    "DEFAULT_COLUMNS",
+]
 
 #: Scores shown in the Markdown and HTML tables when the sweep file names none (those present).
 DEFAULT_COLUMNS = (
-    "dci_lasso.disentanglement", "dci_lasso.completeness", "dci_lasso.informativeness",
-    "dci_random_forest.disentanglement", "dci_random_forest.completeness", "dci_random_forest.informativeness",
-    "dci_classifier.disentanglement", "dci_classifier.completeness", "dci_classifier.informativeness_test",
-    "mig.mig", "sap.sap", "factor_vae.eval_accuracy", "beta_vae.eval_accuracy", "modularity_explicitness.modularity",
+    "dci_lasso.disentanglement",
+    "dci_lasso.completeness",
+    "dci_lasso.informativeness",
+    "dci_random_forest.disentanglement",
+    "dci_random_forest.completeness",
+    "dci_random_forest.informativeness",
+    "dci_classifier.disentanglement",
+    "dci_classifier.completeness",
+    "dci_classifier.informativeness_test",
+    "mig.mig",
+    "sap.sap",
+    "factor_vae.eval_accuracy",
+    "beta_vae.eval_accuracy",
+    "modularity_explicitness.modularity",
     "reconstruction.nll",
 )
 
@@ -184,9 +203,22 @@ def collect(sweep_dir: str | os.PathLike, columns: list[str] | None = None) -> C
         rd = run_dir_of(d, e)
         info = inspect_run(rd, e)
         scores, figures = _scores(rd) if info["state"] == "done" else ({}, [])
-        runs.append(RunRecord(e["id"], e["name"], e["label"], int(e["seed"]), info["state"], info["error"],
-                              bool(e["config"].get("gating", {}).get("enabled", False)), e.get("params") or {},
-                              e["config"], scores, rd, figures))
+        runs.append(
+            RunRecord(
+                e["id"],
+                e["name"],
+                e["label"],
+                int(e["seed"]),
+                info["state"],
+                info["error"],
+                bool(e["config"].get("gating", {}).get("enabled", False)),
+                e.get("params") or {},
+                e["config"],
+                scores,
+                rd,
+                figures,
+            )
+        )
     groups: dict[str, list[RunRecord]] = {}
     for r in runs:
         groups.setdefault(_strip(r.config), []).append(r)
@@ -214,8 +246,17 @@ def collect(sweep_dir: str | os.PathLike, columns: list[str] | None = None) -> C
                     t, p = _welch(a, b)
                     um, us, un = u.stats[s]
                     gm, gs, gn = g.stats[s]
-                    tests[s] = {"ungated_mean": um, "ungated_std": us, "ungated_n": un, "gated_mean": gm, "gated_std": gs,
-                                "gated_n": gn, "difference": gm - um if un and gn else math.nan, "t": t, "p_value": p}
+                    tests[s] = {
+                        "ungated_mean": um,
+                        "ungated_std": us,
+                        "ungated_n": un,
+                        "gated_mean": gm,
+                        "gated_std": gs,
+                        "gated_n": gn,
+                        "difference": gm - um if un and gn else math.nan,
+                        "t": t,
+                        "p_value": p,
+                    }
                 comparisons.append(Comparison(_pair_label(u.label, g.label), u, g, tests))
     if columns is None:
         wanted = report.get("metrics")
@@ -280,17 +321,66 @@ def write_csv(col: Collected, out_dir: str | os.PathLike) -> list[Path]:
         os.replace(tmp, out / name)
         written.append(out / name)
 
-    write("runs.csv", ["id", "name", "configuration", "seed", "gated", "state", "error", *params, *col.scores],
-          [[r.id, r.name, r.label, r.seed, r.gated, r.state, r.error, *[r.params.get(p) for p in params],
-            *[r.scores.get(s) for s in col.scores]] for r in col.runs])
-    write("configurations.csv",
-          ["configuration", "gated", "runs", "done", *params, *[f"{s}.{x}" for s in col.scores for x in ("mean", "std", "n")]],
-          [[row.label, row.gated, len(row.runs), row.n_done, *[row.params.get(p) for p in params],
-            *[v for s in col.scores for v in row.stats[s]]] for row in col.rows])
-    keys = ["ungated_mean", "ungated_std", "ungated_n", "gated_mean", "gated_std", "gated_n", "difference", "t", "p_value"]
-    write("comparisons.csv", ["comparison", "ungated", "gated", "score", *keys],
-          [[c.label, c.ungated.label, c.gated.label, s, *[t[k] for k in keys]]
-           for c in col.comparisons for s, t in c.tests.items()])
+    write(
+        "runs.csv",
+        ["id", "name", "configuration", "seed", "gated", "state", "error", *params, *col.scores],
+        [
+            [
+                r.id,
+                r.name,
+                r.label,
+                r.seed,
+                r.gated,
+                r.state,
+                r.error,
+                *[r.params.get(p) for p in params],
+                *[r.scores.get(s) for s in col.scores],
+            ]
+            for r in col.runs
+        ],
+    )
+    write(
+        "configurations.csv",
+        [
+            "configuration",
+            "gated",
+            "runs",
+            "done",
+            *params,
+            *[f"{s}.{x}" for s in col.scores for x in ("mean", "std", "n")],
+        ],
+        [
+            [
+                row.label,
+                row.gated,
+                len(row.runs),
+                row.n_done,
+                *[row.params.get(p) for p in params],
+                *[v for s in col.scores for v in row.stats[s]],
+            ]
+            for row in col.rows
+        ],
+    )
+    keys = [
+        "ungated_mean",
+        "ungated_std",
+        "ungated_n",
+        "gated_mean",
+        "gated_std",
+        "gated_n",
+        "difference",
+        "t",
+        "p_value",
+    ]
+    write(
+        "comparisons.csv",
+        ["comparison", "ungated", "gated", "score", *keys],
+        [
+            [c.label, c.ungated.label, c.gated.label, s, *[t[k] for k in keys]]
+            for c in col.comparisons
+            for s, t in c.tests.items()
+        ],
+    )
     return written
 
 
@@ -307,34 +397,60 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def markdown(col: Collected) -> str:
     """The report as Markdown: status, the gated vs un-gated comparison, the configurations, failures."""
     counts = col.counts
-    lines = [f"# Sweep {col.name}", "",
-             f"{len(col.runs)} runs in {len(col.rows)} configurations: "
-             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
-             "Scores are mean ± standard deviation over seeds (n = runs with the score)."]
+    lines = [
+        f"# Sweep {col.name}",
+        "",
+        f"{len(col.runs)} runs in {len(col.rows)} configurations: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + ".",
+        "Scores are mean ± standard deviation over seeds (n = runs with the score).",
+    ]
     if col.comparisons:
-        lines += ["", "## Gated vs un-gated", "",
-                  "Welch's t-test (two-sided) of gated against un-gated runs of the same configuration; "
-                  "difference = gated - un-gated.", ""]
+        lines += [
+            "",
+            "## Gated vs un-gated",
+            "",
+            "Welch's t-test (two-sided) of gated against un-gated runs of the same configuration; "
+            "difference = gated - un-gated.",
+            "",
+        ]
         rows = []
         for c in col.comparisons:
             for s in col.columns:
                 t = c.tests.get(s)
                 if t is None:
                     continue
-                rows.append([c.label, s,
-                             f"{mean_std((t['ungated_mean'], t['ungated_std'], t['ungated_n']))} (n={t['ungated_n']})",
-                             f"{mean_std((t['gated_mean'], t['gated_std'], t['gated_n']))} (n={t['gated_n']})",
-                             fmt(t["difference"]), fmt_p(t["p_value"])])
+                rows.append(
+                    [
+                        c.label,
+                        s,
+                        f"{mean_std((t['ungated_mean'], t['ungated_std'], t['ungated_n']))} (n={t['ungated_n']})",
+                        f"{mean_std((t['gated_mean'], t['gated_std'], t['gated_n']))} (n={t['gated_n']})",
+                        fmt(t["difference"]),
+                        fmt_p(t["p_value"]),
+                    ]
+                )
         if rows:
             lines.append(_md_table(["configuration", "score", "un-gated", "gated", "difference", "p (Welch)"], rows))
         else:
             lines.append("No scores yet: no run of the compared configurations is done.")
-        lines += ["", "Configurations compared: " + "; ".join(f"{c.label}: {c.ungated.label} vs {c.gated.label}"
-                                                           for c in col.comparisons) + "."]
+        lines += [
+            "",
+            "Configurations compared: "
+            + "; ".join(f"{c.label}: {c.ungated.label} vs {c.gated.label}" for c in col.comparisons)
+            + ".",
+        ]
     lines += ["", "## Configurations", ""]
     header = ["configuration", "gated", "n", *col.columns]
-    rows = [[row.label, "yes" if row.gated else "no", f"{row.n_done}/{len(row.runs)}", *[mean_std(row.stats[s]) for s in col.columns]]
-            for row in col.rows]
+    rows = [
+        [
+            row.label,
+            "yes" if row.gated else "no",
+            f"{row.n_done}/{len(row.runs)}",
+            *[mean_std(row.stats[s]) for s in col.columns],
+        ]
+        for row in col.rows
+    ]
     lines.append(_md_table(header, rows))
     bad = [r for r in col.runs if r.state != "done"]
     if bad:

@@ -37,7 +37,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def select_runs(manifest: dict[str, Any], index: int | None = None, shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+def select_runs(
+    manifest: dict[str, Any], index: int | None = None, shard: tuple[int, int] | None = None
+) -> list[dict[str, Any]]:
     """The manifest's runs, or run number ``index`` (0-based), or every n-th run from ``i`` (shard i/n).
 
     Shards interleave (run k goes to shard k mod n) so that each shard gets a mix of the grid's
@@ -83,8 +85,13 @@ def sweep_status(sweep_dir: str | os.PathLike) -> dict[str, Any]:
     manifest = read_manifest(d)
     runs = [dict(inspect_run(run_dir_of(d, e), e), position=i) for i, e in enumerate(manifest["runs"])]
     counts = Counter(r["state"] for r in runs)
-    return {"sweep": manifest.get("name"), "dir": str(d), "runs": runs, "counts": {k: counts.get(k, 0) for k in STATES},
-            "complete": counts.get("done", 0) == len(runs)}
+    return {
+        "sweep": manifest.get("name"),
+        "dir": str(d),
+        "runs": runs,
+        "counts": {k: counts.get(k, 0) for k in STATES},
+        "complete": counts.get("done", 0) == len(runs),
+    }
 
 
 def format_status(status: dict[str, Any], show_all: bool = False) -> str:
@@ -176,11 +183,19 @@ def run_sweep(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(selected), initial=len(skipped), desc=f"sweep {manifest.get('name')}", unit="run",
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(
+            total=len(selected),
+            initial=len(skipped),
+            desc=f"sweep {manifest.get('name')}",
+            unit="run",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         if skipped:
-            bar.write(f"{sum(1 for _, s in skipped if s == 'done')} of {len(selected)} runs already done"
-                      + (f", {counts['failed']} failed runs skipped" if counts.get("failed") else ""))
+            bar.write(
+                f"{sum(1 for _, s in skipped if s == 'done')} of {len(selected)} runs already done"
+                + (f", {counts['failed']} failed runs skipped" if counts.get("failed") else "")
+            )
 
     def postfix() -> None:
         if bar is None:
@@ -216,17 +231,34 @@ def run_sweep(
     try:
         if backend == "local":
             threads = max(1, cores // workers)
-            run_local(d, todo, workers=workers, threads=threads, retry_failed=retry_failed, tensorboard=tensorboard,
-                      on_start=on_start, on_result=on_result, on_tick=postfix)
+            run_local(
+                d,
+                todo,
+                workers=workers,
+                threads=threads,
+                retry_failed=retry_failed,
+                tensorboard=tensorboard,
+                on_start=on_start,
+                on_result=on_result,
+                on_tick=postfix,
+            )
         else:
             from .ray_backend import run_ray
 
             res = manifest.get("resources") or {}
-            run_ray(d, todo, address=address, num_cpus=workers if (address is None and workers > 1) else None,
-                    cpus=cpus if cpus is not None else res.get("cpus", 1),
-                    gpus=gpus if gpus is not None else res.get("gpus", 0),
-                    retry_failed=retry_failed, tensorboard=tensorboard, on_start=on_start, on_result=on_result,
-                    on_tick=postfix)
+            run_ray(
+                d,
+                todo,
+                address=address,
+                num_cpus=workers if (address is None and workers > 1) else None,
+                cpus=cpus if cpus is not None else res.get("cpus", 1),
+                gpus=gpus if gpus is not None else res.get("gpus", 0),
+                retry_failed=retry_failed,
+                tensorboard=tensorboard,
+                on_start=on_start,
+                on_result=on_result,
+                on_tick=postfix,
+            )
     finally:
         if bar is not None:
             bar.close()

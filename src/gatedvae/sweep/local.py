@@ -19,10 +19,11 @@ import signal
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .runner import record_failure, run_dir_of, run_one
 
@@ -74,7 +75,11 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, *args), name="gatedvae-sweep-worker")
         # Start the child with SIGINT ignored (kept across exec): a Ctrl-C while it is still importing
         # torch must not print a traceback; the parent stops the workers itself.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
+        previous = (
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if threading.current_thread() is threading.main_thread()
+            else None
+        )
         try:
             self.proc.start()
         finally:
@@ -190,13 +195,24 @@ def run_local(
                 # The worker died with a run in hand: record it, replace the worker, go on.
                 w.proc.join(5)
                 entry = w.entry
-                msg = (f"the worker process died ({_exit_text(w.proc.exitcode)}) during this run; "
-                       "its last checkpoint is kept and the next gatedvae sweep run resumes it")
+                msg = (
+                    f"the worker process died ({_exit_text(w.proc.exitcode)}) during this run; "
+                    "its last checkpoint is kept and the next gatedvae sweep run resumes it"
+                )
                 record_failure(run_dir_of(sweep_dir, entry), msg)
                 w.conn.close()
                 pool[i] = _Worker(ctx, args)
-                on_result({"id": entry["id"], "name": entry["name"], "state": "failed", "action": "failed",
-                           "error": msg, "seconds": 0.0, "resumed_from": None})
+                on_result(
+                    {
+                        "id": entry["id"],
+                        "name": entry["name"],
+                        "state": "failed",
+                        "action": "failed",
+                        "error": msg,
+                        "seconds": 0.0,
+                        "resumed_from": None,
+                    }
+                )
     finally:
         for w in pool:
             # A normal end: workers are idle and leave at once. Ctrl-C: stop them now; their runs

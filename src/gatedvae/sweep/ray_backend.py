@@ -18,8 +18,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import GatedVAEError
 from .runner import RECORD, record_failure, run_dir_of, run_one
@@ -32,8 +33,10 @@ def _task(sweep_dir: str, entry: dict[str, Any], threads: int, retry_failed: boo
 
 
 def _too_big(cpus: float, gpus: float, have_cpus: float, have_gpus: float, where: str) -> str:
-    return (f"each run asks for {cpus:g} CPUs and {gpus:g} GPUs but {where} has {have_cpus:g} CPUs and {have_gpus:g} "
-            "GPUs; lower --cpus-per-run/--gpus-per-run (or resources: in the sweep file)")
+    return (
+        f"each run asks for {cpus:g} CPUs and {gpus:g} GPUs but {where} has {have_cpus:g} CPUs and {have_gpus:g} "
+        "GPUs; lower --cpus-per-run/--gpus-per-run (or resources: in the sweep file)"
+    )
 
 
 def _check_local_request(cpus: float, gpus: float, num_cpus: int | None) -> None:
@@ -50,7 +53,9 @@ def _check_local_request(cpus: float, gpus: float, num_cpus: int | None) -> None
         raise GatedVAEError(_too_big(cpus, gpus, have_cpus, have_gpus, "this machine's local Ray instance"))
 
 
-def _started(sweep_dir: str | os.PathLike, waiting: dict[str, dict[str, Any]], since: str, limit: int = 256) -> list[dict[str, Any]]:
+def _started(
+    sweep_dir: str | os.PathLike, waiting: dict[str, dict[str, Any]], since: str, limit: int = 256
+) -> list[dict[str, Any]]:
     """Entries of ``waiting`` whose run a Ray worker has started since ``since`` (for the progress bar)."""
     out = []
     for rid, entry in list(waiting.items())[:limit]:
@@ -87,7 +92,9 @@ def run_ray(
     except ImportError:
         raise GatedVAEError("the Ray backend needs ray; install it with pip install 'gatedvae[ray]'") from None
     if cpus <= 0 or gpus < 0:
-        raise GatedVAEError(f"a run must ask Ray for a positive number of CPUs and no negative GPUs (got cpus={cpus}, gpus={gpus})")
+        raise GatedVAEError(
+            f"a run must ask Ray for a positive number of CPUs and no negative GPUs (got cpus={cpus}, gpus={gpus})"
+        )
     if not entries:
         return
     on_start = on_start or (lambda e: None)
@@ -106,8 +113,10 @@ def run_ray(
         try:
             ray.init(**kwargs)
         except ConnectionError as exc:
-            raise GatedVAEError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}; "
-                                "start it with ray start --head, or drop --address for a local instance") from None
+            raise GatedVAEError(
+                f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}; "
+                "start it with ray start --head, or drop --address for a local instance"
+            ) from None
         started_here = True
     pending: dict[Any, dict[str, Any]] = {}
     try:
@@ -135,8 +144,15 @@ def run_ray(
                 except Exception as exc:  # the task's worker died or Ray failed it
                     msg = f"Ray task failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
                     record_failure(run_dir_of(sweep_dir, entry), msg, str(exc))
-                    outcome = {"id": entry["id"], "name": entry["name"], "state": "failed", "action": "failed",
-                               "error": msg, "seconds": 0.0, "resumed_from": None}
+                    outcome = {
+                        "id": entry["id"],
+                        "name": entry["name"],
+                        "state": "failed",
+                        "action": "failed",
+                        "error": msg,
+                        "seconds": 0.0,
+                        "resumed_from": None,
+                    }
                 on_result(outcome)
     except BaseException:
         for ref in pending:

@@ -21,8 +21,9 @@ import base64
 import html
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import ConfigError
 from .collect import Collected, ConfigRow, collect, fmt, fmt_p, markdown, mean_std, write_csv
@@ -69,15 +70,17 @@ def _table(header: list[str], rows: Iterable[list[tuple[str, str]]], cls: str, l
 
 def _img(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
 
 
 def _caption(stem: str) -> str:
     if stem.startswith("hinton_"):
-        what = stem[len("hinton_"):]
+        what = stem[len("hinton_") :]
         if what.endswith("_partitions"):
-            return f"Hinton diagram: {what[:-len('_partitions')]} importance, partitions x factors"
+            return f"Hinton diagram: {what[: -len('_partitions')]} importance, partitions x factors"
         return f"Hinton diagram: {what} importance, latents x factors"
     return {"traversals": "latent traversals", "reconstructions": "images and reconstructions"}.get(stem, stem)
 
@@ -102,21 +105,26 @@ def html_report(col: Collected, figures: bool = True) -> str:
     """The self-contained HTML page of a collected sweep (see the module docstring)."""
     counts = col.counts
     title = f"Sweep {col.name}"
-    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>{_e(title)}</h1>",
-           f'<p class="meta">{len(col.runs)} runs in {len(col.rows)} configurations: '
-           + _e(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-           + f". Generated {_e(time.strftime('%Y-%m-%d %H:%M'))} from {_e(col.sweep_dir)}. "
-           "Scores are mean ± standard deviation over seeds.</p>",
-           '<nav><a href="#comparison">gated vs un-gated</a><a href="#configurations">configurations</a>'
-           + ('<a href="#figures">figures</a>' if figures else "") + '<a href="#runs">runs</a></nav>']
+    out = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">{len(col.runs)} runs in {len(col.rows)} configurations: '
+        + _e(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        + f". Generated {_e(time.strftime('%Y-%m-%d %H:%M'))} from {_e(col.sweep_dir)}. "
+        "Scores are mean ± standard deviation over seeds.</p>",
+        '<nav><a href="#comparison">gated vs un-gated</a><a href="#configurations">configurations</a>'
+        + ('<a href="#figures">figures</a>' if figures else "")
+        + '<a href="#runs">runs</a></nav>',
+    ]
     # Comparison.
     out.append('<h2 id="comparison">Gated vs un-gated</h2>')
     if col.comparisons:
-        out.append("<p>Welch's t-test (two-sided) of the gated runs against the un-gated runs of the same "
-                   "configuration; difference = gated - un-gated; p &lt; 0.05 in bold.</p>")
+        out.append(
+            "<p>Welch's t-test (two-sided) of the gated runs against the un-gated runs of the same "
+            "configuration; difference = gated - un-gated; p &lt; 0.05 in bold.</p>"
+        )
         rows = []
         for c in col.comparisons:
             for s in col.columns:
@@ -124,25 +132,48 @@ def html_report(col: Collected, figures: bool = True) -> str:
                 if t is None:
                     continue
                 sig = "sig" if t["p_value"] is not None and t["p_value"] < 0.05 else ""
-                rows.append([(_e(c.label), "l"), (_e(s), "l"),
-                             (_e(f"{mean_std((t['ungated_mean'], t['ungated_std'], t['ungated_n']))}"), ""),
-                             (_e(t["ungated_n"]), ""),
-                             (_e(f"{mean_std((t['gated_mean'], t['gated_std'], t['gated_n']))}"), ""),
-                             (_e(t["gated_n"]), ""), (_e(fmt(t["difference"])), sig), (_e(fmt_p(t["p_value"])), sig)])
+                rows.append(
+                    [
+                        (_e(c.label), "l"),
+                        (_e(s), "l"),
+                        (_e(f"{mean_std((t['ungated_mean'], t['ungated_std'], t['ungated_n']))}"), ""),
+                        (_e(t["ungated_n"]), ""),
+                        (_e(f"{mean_std((t['gated_mean'], t['gated_std'], t['gated_n']))}"), ""),
+                        (_e(t["gated_n"]), ""),
+                        (_e(fmt(t["difference"])), sig),
+                        (_e(fmt_p(t["p_value"])), sig),
+                    ]
+                )
         if rows:
-            out.append(_table(["configuration", "score", "un-gated", "n", "gated", "n", "difference", "p (Welch)"],
-                              rows, "comparison", left=2))
+            out.append(
+                _table(
+                    ["configuration", "score", "un-gated", "n", "gated", "n", "difference", "p (Welch)"],
+                    rows,
+                    "comparison",
+                    left=2,
+                )
+            )
         else:
             out.append("<p>No scores yet: no run of the compared configurations is done.</p>")
-        out.append("<p>Compared: " + "; ".join(f"{_e(c.label)}: {_e(c.ungated.label)} vs {_e(c.gated.label)}"
-                                               for c in col.comparisons) + ".</p>")
+        out.append(
+            "<p>Compared: "
+            + "; ".join(f"{_e(c.label)}: {_e(c.ungated.label)} vs {_e(c.gated.label)}" for c in col.comparisons)
+            + ".</p>"
+        )
     else:
         out.append("<p>This sweep has no pair of configurations that differ only in gating.</p>")
     # Configurations.
     out.append('<h2 id="configurations">Configurations</h2>')
-    rows = [[(_e(r.label), "l"), (_e(_params_text(r.params)), "l params"), ("yes" if r.gated else "no", ""),
-             (_e(f"{r.n_done}/{len(r.runs)}"), ""), *[(_e(mean_std(r.stats[s])), "") for s in col.columns]]
-            for r in col.rows]
+    rows = [
+        [
+            (_e(r.label), "l"),
+            (_e(_params_text(r.params)), "l params"),
+            ("yes" if r.gated else "no", ""),
+            (_e(f"{r.n_done}/{len(r.runs)}"), ""),
+            *[(_e(mean_std(r.stats[s])), "") for s in col.columns],
+        ]
+        for r in col.rows
+    ]
     out.append(_table(["configuration", "parameters", "gated", "done", *col.columns], rows, "configurations", left=2))
     others = [s for s in col.scores if s not in col.columns]
     if others:
@@ -158,12 +189,20 @@ def html_report(col: Collected, figures: bool = True) -> str:
                 shown.update(r.key for r in blocks)
         rest = [r for r in col.rows if r.key not in shown]
         for i in range(0, len(rest), 2):
-            out.append('<div class="pair">' + "".join(_figure_block(r) for r in rest[i:i + 2]) + "</div>")
+            out.append('<div class="pair">' + "".join(_figure_block(r) for r in rest[i : i + 2]) + "</div>")
     # Runs.
     out.append('<h2 id="runs">Runs</h2>')
-    rows = [[(_e(r.name), "l"), (_e(r.id), "l"), (_e(r.seed), ""), (_e(r.state), f"state-{_e(r.state)}"),
-             *[(_e(fmt(r.scores.get(s))), "") for s in col.columns], (_e(r.error or ""), "err")]
-            for r in col.runs]
+    rows = [
+        [
+            (_e(r.name), "l"),
+            (_e(r.id), "l"),
+            (_e(r.seed), ""),
+            (_e(r.state), f"state-{_e(r.state)}"),
+            *[(_e(fmt(r.scores.get(s))), "") for s in col.columns],
+            (_e(r.error or ""), "err"),
+        ]
+        for r in col.runs
+    ]
     out.append(_table(["run", "id", "seed", "state", *col.columns, "error"], rows, "runs", left=2))
     out.append("</body></html>\n")
     return "".join(out)

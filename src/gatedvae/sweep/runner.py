@@ -25,9 +25,10 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import GatedVAEError
 from .spec import EvalSettings
@@ -49,7 +50,9 @@ except ImportError:  # pragma: no cover - Windows
 def run_dir_of(sweep_dir: str | os.PathLike, entry: dict[str, Any]) -> Path:
     run_id = str(entry.get("id", ""))
     if len(run_id) != 12 or any(c not in "0123456789abcdef" for c in run_id):  # a hand-edited manifest
-        raise GatedVAEError(f"run id {run_id!r} in the manifest of '{sweep_dir}' is not a config hash; plan the sweep again")
+        raise GatedVAEError(
+            f"run id {run_id!r} in the manifest of '{sweep_dir}' is not a config hash; plan the sweep again"
+        )
     return Path(sweep_dir) / "runs" / run_id
 
 
@@ -135,8 +138,14 @@ def inspect_run(run_dir: str | os.PathLike, entry: dict[str, Any], check_lock: b
     """The state of one run from its files: ``{"state", "step", "total", "error", ...}``."""
     run_dir = Path(run_dir)
     total = _total_steps(entry)
-    out: dict[str, Any] = {"id": entry["id"], "name": entry["name"], "state": "pending", "step": 0, "total": total,
-                           "error": None}
+    out: dict[str, Any] = {
+        "id": entry["id"],
+        "name": entry["name"],
+        "state": "pending",
+        "step": 0,
+        "total": total,
+        "error": None,
+    }
     if not run_dir.is_dir():
         return out
     record = _read_json(run_dir / RECORD)
@@ -217,8 +226,15 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _work(run_dir: Path, entry: dict[str, Any], threads: int, tensorboard: bool, attempt: dict[str, Any],
-          out: dict[str, Any], actions: list[str]) -> None:
+def _work(
+    run_dir: Path,
+    entry: dict[str, Any],
+    threads: int,
+    tensorboard: bool,
+    attempt: dict[str, Any],
+    out: dict[str, Any],
+    actions: list[str],
+) -> None:
     """Train (or resume) and evaluate one run; appends what it did to ``actions``."""
     import torch
 
@@ -231,8 +247,10 @@ def _work(run_dir: Path, entry: dict[str, Any], threads: int, tensorboard: bool,
     if not cfg_path.is_file():
         save_config(config, cfg_path)  # a new run: train(resume=True) then starts at step 0
     elif to_dict(load_config(cfg_path)) != to_dict(config):
-        raise GatedVAEError(f"{cfg_path} holds another config than the manifest's run {entry['id']}; "
-                            "move the directory away or plan the sweep again")
+        raise GatedVAEError(
+            f"{cfg_path} holds another config than the manifest's run {entry['id']}; "
+            "move the directory away or plan the sweep again"
+        )
     status = _read_json(run_dir / "status.json")
     if status.get("status") != "finished":
         from ..train import latest_checkpoint, train
@@ -245,8 +263,14 @@ def _work(run_dir: Path, entry: dict[str, Any], threads: int, tensorboard: bool,
     if ev is not None and not _metrics_ok(run_dir, ev, _total_steps(entry)):
         from ..evaluate import evaluate_run
 
-        evaluate_run(run_dir, metrics=list(ev.metrics) if ev.metrics is not None else None, preset=ev.preset,
-                     seed=ev.seed, progress=False, figures=ev.figures)
+        evaluate_run(
+            run_dir,
+            metrics=list(ev.metrics) if ev.metrics is not None else None,
+            preset=ev.preset,
+            seed=ev.seed,
+            progress=False,
+            figures=ev.figures,
+        )
         actions.append("evaluated")
 
 
@@ -279,8 +303,15 @@ def run_one(
 
     run_dir = run_dir_of(sweep_dir, entry)
     run_dir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {"id": entry["id"], "name": entry["name"], "state": "failed", "action": "skipped",
-                           "error": None, "seconds": 0.0, "resumed_from": None}
+    out: dict[str, Any] = {
+        "id": entry["id"],
+        "name": entry["name"],
+        "state": "failed",
+        "action": "skipped",
+        "error": None,
+        "seconds": 0.0,
+        "resumed_from": None,
+    }
     with _locked(run_dir, wait=3.0) as got:
         if not got:
             out.update(state="running", action="busy")
@@ -293,8 +324,13 @@ def run_one(
             return out
         record = _read_json(run_dir / RECORD)
         record.update(id=entry["id"], name=entry["name"], state="running", error=None, updated=_now())
-        attempt: dict[str, Any] = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
-                                   "from_state": info["state"], "outcome": "running"}
+        attempt: dict[str, Any] = {
+            "started": _now(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "from_state": info["state"],
+            "outcome": "running",
+        }
         for earlier in record.setdefault("history", []):
             if earlier.get("outcome") == "running":  # we hold the lock, so that process is gone
                 earlier["outcome"] = "stopped"
@@ -304,8 +340,10 @@ def run_one(
         prev_threads = torch.get_num_threads()
         actions: list[str] = []
         with open(run_dir / LOG, "a", encoding="utf-8") as log:
-            log.write(f"--- attempt {len(record['history'])} at {attempt['started']} on {attempt['host']} "
-                      f"(pid {attempt['pid']})\n")
+            log.write(
+                f"--- attempt {len(record['history'])} at {attempt['started']} on {attempt['host']} "
+                f"(pid {attempt['pid']})\n"
+            )
             log.flush()
             try:
                 with redirect_stdout(log), redirect_stderr(log):
@@ -317,8 +355,9 @@ def run_one(
                 attempt.update(outcome="failed", ended=_now(), error=msg, seconds=round(time.perf_counter() - t0, 2))
                 _atomic_json(run_dir / RECORD, record)
                 record_failure(run_dir, msg, details)
-                out.update(state="failed", action="+".join(actions) or "failed", error=msg,
-                           seconds=time.perf_counter() - t0)
+                out.update(
+                    state="failed", action="+".join(actions) or "failed", error=msg, seconds=time.perf_counter() - t0
+                )
                 return out
             except BaseException:
                 attempt.update(outcome="interrupted", ended=_now())

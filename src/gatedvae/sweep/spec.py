@@ -85,16 +85,24 @@ class EvalSettings:
     figures: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {"metrics": list(self.metrics) if self.metrics is not None else None, "preset": self.preset,
-                "seed": self.seed, "figures": self.figures}
+        return {
+            "metrics": list(self.metrics) if self.metrics is not None else None,
+            "preset": self.preset,
+            "seed": self.seed,
+            "figures": self.figures,
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "EvalSettings | None":
+    def from_json(cls, data: dict[str, Any] | None) -> EvalSettings | None:
         if data is None:
             return None
         metrics = data.get("metrics")
-        return cls(tuple(metrics) if metrics is not None else None, data.get("preset", "fast"),
-                   int(data.get("seed", 0)), bool(data.get("figures", True)))
+        return cls(
+            tuple(metrics) if metrics is not None else None,
+            data.get("preset", "fast"),
+            int(data.get("seed", 0)),
+            bool(data.get("figures", True)),
+        )
 
 
 @dataclass(frozen=True)
@@ -111,9 +119,16 @@ class PlannedRun:
     evaluate: EvalSettings | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "label": self.label, "variant": self.variant, "seed": self.seed,
-                "params": self.params, "evaluate": self.evaluate.to_json() if self.evaluate else None,
-                "config": to_dict(self.config)}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "label": self.label,
+            "variant": self.variant,
+            "seed": self.seed,
+            "params": self.params,
+            "evaluate": self.evaluate.to_json() if self.evaluate else None,
+            "config": to_dict(self.config),
+        }
 
 
 @dataclass
@@ -129,10 +144,16 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         from .. import __version__
 
-        return {"format": FORMAT, "name": self.name, "source": self.source, "gatedvae_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resources": self.resources,
-                "report": self.report,
-                "runs": [r.to_json() for r in self.runs]}
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "source": self.source,
+            "gatedvae_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "resources": self.resources,
+            "report": self.report,
+            "runs": [r.to_json() for r in self.runs],
+        }
 
 
 # --------------------------------------------------------------------------- helpers
@@ -205,8 +226,10 @@ def _load_base(spec: Any, sweep_path: Path, where: str) -> Config:
                 return load_config(p)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: base {p}: {exc}") from None
-    raise ConfigError(f"{where}: base config '{spec}' not found (looked in {tried[0].parent or '.'} and the current "
-                      "directory); fix the path")
+    raise ConfigError(
+        f"{where}: base config '{spec}' not found (looked in {tried[0].parent or '.'} and the current "
+        "directory); fix the path"
+    )
 
 
 def _overrides(value: Any, where: str) -> list[str]:
@@ -228,7 +251,11 @@ def _seeds(value: Any, where: str) -> list[int] | None:
         if value < 1:
             raise ConfigError(f"{where}: seeds: a count must be at least 1, got {value}")
         return list(range(value))
-    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+    ):
         if len(set(value)) != len(value):
             raise ConfigError(f"{where}: seeds {value} repeat a seed; list each once")
         return list(value)
@@ -243,7 +270,9 @@ def _eval_settings(value: Any, where: str) -> EvalSettings | None:
     if value is True:
         value = {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: evaluate must be a mapping (metrics, preset, seed, figures) or false, got {value!r}")
+        raise ConfigError(
+            f"{where}: evaluate must be a mapping (metrics, preset, seed, figures) or false, got {value!r}"
+        )
     _strict_keys(value, _EVAL_KEYS, f"{where}: evaluate")
     metrics = value.get("metrics")
     if metrics is not None:
@@ -280,7 +309,9 @@ def _report_settings(value: Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: report.metrics must be a list of score names like dci_lasso.disentanglement")
     ignore = report.get("compare_ignore", ["gating"])
     if not isinstance(ignore, list) or not all(isinstance(k, str) for k in ignore):
-        raise ConfigError(f"{where}: report.compare_ignore must be a list of dotted config keys, e.g. [gating, train.finetune_steps]")
+        raise ConfigError(
+            f"{where}: report.compare_ignore must be a list of dotted config keys, e.g. [gating, train.finetune_steps]"
+        )
     flat = _flatten(to_dict(Config()))
     sections = {k.rsplit(".", 1)[0] for k in flat} | set(flat)
     for key in ignore:
@@ -304,7 +335,9 @@ def _resources(value: Any, where: str) -> dict[str, float]:
         if key in value:
             v = value[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "cpus" and v <= 0):
-                raise ConfigError(f"{where}: resources.{key} must be a {'positive' if key == 'cpus' else 'non-negative'} number, got {v!r}")
+                raise ConfigError(
+                    f"{where}: resources.{key} must be a {'positive' if key == 'cpus' else 'non-negative'} number, got {v!r}"
+                )
             out[key] = v
     return out
 
@@ -330,7 +363,9 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
             spec.loader.exec_module(module)
             fn = getattr(module, "sweep", None)
             if not callable(fn):
-                raise ConfigError(f"sweep file '{p}' defines no function sweep(); define one that returns a list of configs")
+                raise ConfigError(
+                    f"sweep file '{p}' defines no function sweep(); define one that returns a list of configs"
+                )
             result = fn()
         except GatedVAEError:
             raise
@@ -341,9 +376,13 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
         if isinstance(result, dict):
             return {"spec": result}
         if isinstance(result, (list, tuple)):
-            extra = {k.lower(): getattr(module, k) for k in ("NAME", "EVALUATE", "REPORT", "RESOURCES") if hasattr(module, k)}
+            extra = {
+                k.lower(): getattr(module, k) for k in ("NAME", "EVALUATE", "REPORT", "RESOURCES") if hasattr(module, k)
+            }
             return {"configs": list(result), "module": extra}
-        raise ConfigError(f"sweep file '{p}': sweep() returned {type(result).__name__}; return a list of configs or a mapping")
+        raise ConfigError(
+            f"sweep file '{p}': sweep() returned {type(result).__name__}; return a list of configs or a mapping"
+        )
     try:
         text = p.read_text(encoding="utf-8")
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
@@ -406,8 +445,10 @@ def _plan_spec(spec: dict[str, Any], p: Path, where: str) -> Plan:
         try:
             json.dumps(values)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: grid.{key} holds a value that is not plain data (number, string, list, "
-                              f"mapping): {values!r}; quote it") from None
+            raise ConfigError(
+                f"{where}: grid.{key} holds a value that is not plain data (number, string, list, "
+                f"mapping): {values!r}; quote it"
+            ) from None
     seeds = _seeds(spec.get("seeds"), where)
     if seeds is not None and "train.seed" in grid:
         raise ConfigError(f"{where}: both seeds and grid['train.seed'] are given; keep one")
@@ -498,8 +539,13 @@ def _plan_list(items: list[Any], module: dict[str, Any], p: Path, where: str) ->
         cfg, ev = _finish_eval(cfg, sweep_eval)
         runs.append(PlannedRun(config_hash(cfg), run_name, label, None, cfg.train.seed, params, cfg, ev))
     _check_unique(runs, where)
-    return Plan(str(name), str(p), runs, _report_settings(module.get("report"), where),
-                _resources(module.get("resources"), where))
+    return Plan(
+        str(name),
+        str(p),
+        runs,
+        _report_settings(module.get("report"), where),
+        _resources(module.get("resources"), where),
+    )
 
 
 def _check_unique(runs: list[PlannedRun], where: str) -> None:
@@ -507,7 +553,9 @@ def _check_unique(runs: list[PlannedRun], where: str) -> None:
     names: set[str] = set()
     for r in runs:
         if r.id in seen:
-            raise ConfigError(f"{where}: runs '{seen[r.id]}' and '{r.name}' resolve to the same config; remove the duplicate")
+            raise ConfigError(
+                f"{where}: runs '{seen[r.id]}' and '{r.name}' resolve to the same config; remove the duplicate"
+            )
         seen[r.id] = r.name
         if r.name in names:
             raise ConfigError(f"{where}: two runs are named '{r.name}'; give them distinct names")
@@ -525,11 +573,15 @@ def _validate(plan: Plan, check_data: bool, where: str) -> None:
             resolve_hyper(cfg.model)
             entry = MODELS[cfg.model.name]
             if cfg.model.condition and not getattr(entry.cls, "conditional", False):
-                raise ConfigError(f"model.condition is set but {cfg.model.name} is not conditional; use model.name=cvae or drop model.condition")
+                raise ConfigError(
+                    f"model.condition is set but {cfg.model.name} is not conditional; use model.name=cvae or drop model.condition"
+                )
             if cfg.gating.mode == "clamp":
                 for part in cfg.gating.partitions:
                     if part.sampler != "exact":
-                        raise ConfigError(f"gating.mode=clamp (DC-IGN) needs exact factor partitions; partition '{part.name}' uses {part.sampler}")
+                        raise ConfigError(
+                            f"gating.mode=clamp (DC-IGN) needs exact factor partitions; partition '{part.name}' uses {part.sampler}"
+                        )
             if check_data and (cfg.gating.enabled or cfg.model.condition):
                 key = json.dumps(to_dict(cfg.data), sort_keys=True)
                 if key not in datasets:
@@ -538,15 +590,23 @@ def _validate(plan: Plan, check_data: bool, where: str) -> None:
                     datasets[key] = build_dataset(cfg.data)
                 ds = datasets[key]
                 known = list(ds.factor_space.names) + list(ds.weak_names)
-                used = [(f"gating.partitions '{q.name}'", f) for q in cfg.gating.partitions for f in q.factors] if cfg.gating.enabled else []
+                used = (
+                    [(f"gating.partitions '{q.name}'", f) for q in cfg.gating.partitions for f in q.factors]
+                    if cfg.gating.enabled
+                    else []
+                )
                 used += [("model.condition", f) for f in cfg.model.condition]
                 for what, f in used:
                     if f not in known:
                         close = difflib.get_close_matches(f, known, n=1)
                         hint = f"; did you mean '{close[0]}'?" if close else ""
-                        raise ConfigError(f"{what} names factor '{f}' that dataset '{ds.name}' lacks{hint} it has: {', '.join(known)}")
+                        raise ConfigError(
+                            f"{what} names factor '{f}' that dataset '{ds.name}' lacks{hint} it has: {', '.join(known)}"
+                        )
                 if cfg.train.batch_size > len(ds):
-                    raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the dataset's {len(ds)} images; lower it")
+                    raise ConfigError(
+                        f"train.batch_size={cfg.train.batch_size} exceeds the dataset's {len(ds)} images; lower it"
+                    )
         except GatedVAEError as exc:
             raise ConfigError(f"{where}, run '{run.name}': {exc}") from None
 
@@ -602,13 +662,19 @@ def read_manifest(sweep_dir: str | os.PathLike) -> dict[str, Any]:
     d = Path(sweep_dir)
     path = d / MANIFEST
     if not d.is_dir():
-        raise GatedVAEError(f"sweep directory '{d}' does not exist; create it with gatedvae sweep plan SWEEP_FILE --out {d}")
+        raise GatedVAEError(
+            f"sweep directory '{d}' does not exist; create it with gatedvae sweep plan SWEEP_FILE --out {d}"
+        )
     if not path.is_file():
-        raise GatedVAEError(f"'{d}' is not a sweep directory (no {MANIFEST}); create it with gatedvae sweep plan SWEEP_FILE --out {d}")
+        raise GatedVAEError(
+            f"'{d}' is not a sweep directory (no {MANIFEST}); create it with gatedvae sweep plan SWEEP_FILE --out {d}"
+        )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise GatedVAEError(f"'{path}' is damaged ({exc.msg} at line {exc.lineno}); plan the sweep again") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise GatedVAEError(f"'{path}' is not a gatedvae sweep manifest (format {doc.get('format') if isinstance(doc, dict) else None!r})")
+        raise GatedVAEError(
+            f"'{path}' is not a gatedvae sweep manifest (format {doc.get('format') if isinstance(doc, dict) else None!r})"
+        )
     return doc

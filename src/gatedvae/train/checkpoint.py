@@ -61,7 +61,9 @@ def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[st
     return tensors, {"param_groups": sd["param_groups"], "state": meta_state}
 
 
-def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def _restore_optimizer(
+    prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     pat = re.compile(rf"^{re.escape(prefix)}/state/(\d+)/(.+)$")
     params = _params_by_id(opt)
@@ -125,7 +127,11 @@ def save_checkpoint(
         # A full disk (ENOSPC), a quota, a read-only mount: drop the partial file, keep the older checkpoints.
         tmp.unlink(missing_ok=True)
         run = path.parent.parent if path.parent.name == "checkpoints" else None
-        way_out = f"free some space, then continue with: gatedvae train --resume {run}" if run else "free some space and save again"
+        way_out = (
+            f"free some space, then continue with: gatedvae train --resume {run}"
+            if run
+            else "free some space and save again"
+        )
         raise CheckpointError(
             f"could not write checkpoint '{path}' ({exc.strerror or exc}); the previous checkpoints are intact; {way_out}"
         ) from None
@@ -188,7 +194,9 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             f"'{path}' is not a gatedvae checkpoint (not a safetensors file: pickled or truncated files are refused)"
         ) from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"'{path}' is not a gatedvae checkpoint (format {meta.get('format')!r}, expected {FORMAT})")
+        raise CheckpointError(
+            f"'{path}' is not a gatedvae checkpoint (format {meta.get('format')!r}, expected {FORMAT})"
+        )
     return json.loads(meta["header"])
 
 
@@ -208,14 +216,20 @@ def load_checkpoint(
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint '{path}' is damaged ({str(exc).splitlines()[0]}); move it out of {path.parent} to use the checkpoint before it") from None
-    state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        raise CheckpointError(
+            f"checkpoint '{path}' is damaged ({str(exc).splitlines()[0]}); move it out of {path.parent} to use the checkpoint before it"
+        ) from None
+    state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     own = model.state_dict()
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
     reshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or reshaped:
-        shape = f", {len(reshaped)} of another shape (e.g. {reshaped[0]} {tuple(state[reshaped[0]].shape)} vs {tuple(own[reshaped[0]].shape)})" if reshaped else ""
+        shape = (
+            f", {len(reshaped)} of another shape (e.g. {reshaped[0]} {tuple(state[reshaped[0]].shape)} vs {tuple(own[reshaped[0]].shape)})"
+            if reshaped
+            else ""
+        )
         raise CheckpointError(
             f"checkpoint '{path}' does not fit this model ({len(missing)} missing and {len(unexpected)} unexpected tensors{shape}); "
             "was it written by another config?"

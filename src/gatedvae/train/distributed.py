@@ -80,7 +80,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not an integer; launch with torchrun or unset it") from None
+        raise ConfigError(
+            f"environment variable {name}={raw!r} is not an integer; launch with torchrun or unset it"
+        ) from None
 
 
 def launched_world() -> tuple[int, int, int]:
@@ -189,7 +191,9 @@ def setup(device: torch.device, batch_size: int) -> Context:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise ConfigError(f"data-parallel training runs on CUDA (nccl) or the CPU (gloo), not {device.type}; set train.device")
+        raise ConfigError(
+            f"data-parallel training runs on CUDA (nccl) or the CPU (gloo), not {device.type}; set train.device"
+        )
     if not dist.is_initialized():
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
         if missing:
@@ -278,7 +282,7 @@ class ShardedDraws:
         self.generator, self.rank, self.world = generator, rank, world
         self._saved: dict[str, Callable] = {}
 
-    def __enter__(self) -> "ShardedDraws":
+    def __enter__(self) -> ShardedDraws:
         self._saved = {name: getattr(torch, name) for name in _DRAWS}
         for name, func in self._saved.items():
             setattr(torch, name, self._sharded(name, func))
@@ -421,7 +425,9 @@ class FiniteGuard:
       gathered and the earliest step wins.
     """
 
-    def __init__(self, ctx: Context, every_step: bool, fail: Callable[[dict[str, torch.Tensor], torch.Tensor, int], None]) -> None:
+    def __init__(
+        self, ctx: Context, every_step: bool, fail: Callable[[dict[str, torch.Tensor], torch.Tensor, int], None]
+    ) -> None:
         self.ctx = ctx
         self.every_step = every_step
         self.fail = fail
@@ -445,7 +451,9 @@ class FiniteGuard:
             self.names = names
             self.first = torch.full((), -1, dtype=torch.int64, device=total.device)
             self.values = torch.zeros(len(names) + 1, dtype=torch.float32, device=total.device)
-        vals = torch.stack([v.detach().to(torch.float32) for v in terms.values()] + [total.detach().to(torch.float32)])  # (T+1,)
+        vals = torch.stack(
+            [v.detach().to(torch.float32) for v in terms.values()] + [total.detach().to(torch.float32)]
+        )  # (T+1,)
         new = (~torch.isfinite(vals[-1])) & (self.first < 0)  # ()
         self.first = torch.where(new, step, self.first)  # ()
         self.values = torch.where(new, vals, self.values)  # (T+1,)

@@ -73,7 +73,9 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def condition_vectors(dataset: FactorDataset, names: tuple[str, ...], index: np.ndarray, device: torch.device) -> torch.Tensor | None:
+def condition_vectors(
+    dataset: FactorDataset, names: tuple[str, ...], index: np.ndarray, device: torch.device
+) -> torch.Tensor | None:
     """One-hot labels of the named factors, concatenated: ``(B, sum of sizes)``."""
     if not names:
         return None
@@ -97,7 +99,9 @@ class Prepared:
     cond_dim: int
 
 
-def prepare(config: Config, device: torch.device | None = None, dataset: FactorDataset | None = None, progress: bool = False) -> Prepared:
+def prepare(
+    config: Config, device: torch.device | None = None, dataset: FactorDataset | None = None, progress: bool = False
+) -> Prepared:
     """Build the dataset (on the device), the partitions and the model of a config."""
     device = device or resolve_device(config.train.device)
     check_trainable(config)
@@ -122,8 +126,12 @@ def prepare(config: Config, device: torch.device | None = None, dataset: FactorD
                         f"gating.mode=clamp (DC-IGN) needs exact factor partitions; partition '{p.name}' uses {p.sampler}"
                     )
     if config.train.batch_size > len(dataset):
-        raise ConfigError(f"train.batch_size={config.train.batch_size} exceeds the dataset's {len(dataset)} images; lower it")
-    model = build_model(config.model, dataset.image_shape, len(dataset), cond_dim=cond_dim, seed=config.train.seed).to(device)
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} exceeds the dataset's {len(dataset)} images; lower it"
+        )
+    model = build_model(config.model, dataset.image_shape, len(dataset), cond_dim=cond_dim, seed=config.train.seed).to(
+        device
+    )
     if device.type == "cpu" and any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules()):
         # Convolution weights in NHWC: MKL-DNN's fast path on the CPU (conv64 step 0.86x the time of
         # NCHW in `gatedvae bench`, docs/performance.md). Checkpoints stay contiguous (NCHW).
@@ -209,7 +217,9 @@ class _Batcher:
                 while self.heldout is not None and self.heldout[b0]:
                     b0 = int(rng.integers(0, len(ds)))
                 base = np.full(self.batch_size, b0, dtype=np.int64)
-                batch = self._training_only(self.clamp_samplers[active].pairs_for(base, rng), self.clamp_samplers[active], rng)
+                batch = self._training_only(
+                    self.clamp_samplers[active].pairs_for(base, rng), self.clamp_samplers[active], rng
+                )
                 pairs = self.identity.pairs_for(batch.target, rng)
                 clamp_mask = ~mask
             else:
@@ -230,7 +240,9 @@ def _adam(params, device: torch.device, **kw) -> torch.optim.Optimizer:
 
 
 def _optimizers(model: GenerativeModel, lr: float, device: torch.device) -> dict[str, torch.optim.Optimizer]:
-    opts: dict[str, torch.optim.Optimizer] = {"main": _adam(model.main_parameters(), device, **{**model.main_optimizer_settings(), "lr": lr})}
+    opts: dict[str, torch.optim.Optimizer] = {
+        "main": _adam(model.main_parameters(), device, **{**model.main_optimizer_settings(), "lr": lr})
+    }
     settings = model.auxiliary_optimizer_settings()
     for name, module in model.auxiliary_modules().items():
         opts[name] = _adam(module.parameters(), device, **settings.get(name, {"lr": lr}))
@@ -260,7 +272,9 @@ def _check_finite(terms: dict[str, torch.Tensor], total: torch.Tensor, step: int
     bad = [name for name, v in terms.items() if not bool(torch.isfinite(v.detach()))] or ["total"]
     value = terms.get(bad[0], total).detach().item()
     last = latest_checkpoint(ckpt_dir)
-    kept = f"the last good checkpoint (step {last[0]}) is kept in {ckpt_dir}" if last else "no checkpoint was written yet"
+    kept = (
+        f"the last good checkpoint (step {last[0]}) is kept in {ckpt_dir}" if last else "no checkpoint was written yet"
+    )
     raise TrainingDiverged(
         f"loss term '{bad[0]}' is {value} at step {step}; {kept}; lower train.lr or the term's weight, or check the data"
     )
@@ -307,7 +321,9 @@ def load_run_config(run_dir: Path) -> Config:
     try:
         return load_config(cfg_path)
     except ConfigError as exc:
-        raise ConfigError(f"'{cfg_path}' is not a config this gatedvae can read ({exc}); check the run directory's path") from None
+        raise ConfigError(
+            f"'{cfg_path}' is not a config this gatedvae can read ({exc}); check the run directory's path"
+        ) from None
 
 
 def train(
@@ -335,9 +351,13 @@ def train(
         saved = load_run_config(run_dir)
         status = _read_status(run_dir)
         if status.get("status") == "finished":
-            raise GatedVAEError(f"run '{run_dir}' already finished at step {status.get('step')}; nothing to resume (score it with gatedvae evaluate {run_dir}, or train longer in a new run)")
+            raise GatedVAEError(
+                f"run '{run_dir}' already finished at step {status.get('step')}; nothing to resume (score it with gatedvae evaluate {run_dir}, or train longer in a new run)"
+            )
         if config is not None and to_dict(config) != to_dict(saved):
-            raise GatedVAEError(f"the config differs from the one saved in '{run_dir}'; resume without a config or start a new run")
+            raise GatedVAEError(
+                f"the config differs from the one saved in '{run_dir}'; resume without a config or start a new run"
+            )
         config = saved
     else:
         if config is None:
@@ -386,7 +406,9 @@ def train(
     batcher.shard = ctx.batch_shard(cfg.batch_size)
     epoch_len = len(prep.dataset) / cfg.batch_size
     check_every_step = device.type in PER_STEP_CHECK_DEVICES
-    guard = distributed.FiniteGuard(ctx, check_every_step, lambda terms, total, s: _check_finite(terms, total, s, ckpt_dir))
+    guard = distributed.FiniteGuard(
+        ctx, check_every_step, lambda terms, total, s: _check_finite(terms, total, s, ckpt_dir)
+    )
     sums: dict[str, torch.Tensor] = {}
     n_sum = 0
     t_start = time.perf_counter()
@@ -423,8 +445,14 @@ def train(
                 phase = finetune
             x, target, cond, gate_mask, clamp_mask, active = batcher.draw(step, rng, finetune)
             out = model.loss(
-                x, target, step, gen, cond=cond, gate_mask=gate_mask,
-                gate_regulariser=config.gating.gate_kl, clamp_mask=clamp_mask,
+                x,
+                target,
+                step,
+                gen,
+                cond=cond,
+                gate_mask=gate_mask,
+                gate_regulariser=config.gating.gate_kl,
+                clamp_mask=clamp_mask,
             )
             guard.observe(step, out.terms, out.total)  # CPU: checks now; CUDA: a device-side record
             if finetune:
@@ -528,7 +556,12 @@ def _tensorboard(run_dir: Path, start: int):
 
 
 def _log(run_dir: Path, writer, step: int, epoch_len: float, means: dict[str, float], finetune: bool) -> None:
-    line = {"step": step, "epoch": round(step / epoch_len, 4), "phase": "finetune" if finetune else "train", **{k: round(v, 6) for k, v in means.items()}}
+    line = {
+        "step": step,
+        "epoch": round(step / epoch_len, 4),
+        "phase": "finetune" if finetune else "train",
+        **{k: round(v, 6) for k, v in means.items()},
+    }
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
     if writer is not None:
@@ -541,4 +574,3 @@ def _log_images(writer, prep: Prepared, step: int) -> None:
 
     writer.add_image("reconstructions", reconstruction_tensor(prep), step)
     writer.add_image("traversals", traversal_tensor(prep), step)
-

@@ -140,7 +140,9 @@ def swap_codes(z_part, z_rest, dims) -> np.ndarray:
 
 
 @torch.no_grad()
-def swap_grid_images(prep: "Prepared", partition: int, index_part, index_rest) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def swap_grid_images(
+    prep: Prepared, partition: int, index_part, index_rest
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images of a swap grid for partition ``partition`` of a gated run.
 
     Returns ``(part (n, C, H, W), rest (m, C, H, W), grid (n, m, C, H, W))``: the images giving
@@ -183,7 +185,9 @@ def _plt():
 
 
 def _show(ax, img) -> None:
-    arr = np.asarray(img.permute(1, 2, 0) if isinstance(img, torch.Tensor) else np.transpose(img, (1, 2, 0)))  # (H, W, C)
+    arr = np.asarray(
+        img.permute(1, 2, 0) if isinstance(img, torch.Tensor) else np.transpose(img, (1, 2, 0))
+    )  # (H, W, C)
     ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -206,7 +210,9 @@ def plot_kl_bars(kl, groups=None, group_names: Sequence[str] | None = None, titl
         from matplotlib.patches import Patch
 
         handles = [Patch(color=_COLORS[p % len(_COLORS)], label=n) for p, n in enumerate(group_names)]
-        ax.legend(handles=handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars
+        ax.legend(
+            handles=handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0)
+        )  # beside the bars
     ax.set_title(title or f"KL per latent (total {kl.sum():.2f} nats)", fontsize=9)
     return fig
 
@@ -230,7 +236,7 @@ def plot_training_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)

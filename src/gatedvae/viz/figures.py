@@ -14,7 +14,14 @@ from .pairs import save_figure
 if TYPE_CHECKING:  # pragma: no cover
     from ..train.loop import Prepared
 
-__all__ = ["image_grid", "reconstruction_tensor", "traversal_tensor", "traversal_figure", "reconstruction_figure", "traversal_images"]
+__all__ = [
+    "image_grid",
+    "reconstruction_tensor",
+    "traversal_tensor",
+    "traversal_figure",
+    "reconstruction_figure",
+    "traversal_images",
+]
 
 
 def image_grid(images: torch.Tensor, rows: int, pad: int = 2) -> torch.Tensor:
@@ -24,7 +31,9 @@ def image_grid(images: torch.Tensor, rows: int, pad: int = 2) -> torch.Tensor:
     grid = torch.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 0.5, dtype=images.dtype)
     for i in range(n):
         r, q = divmod(i, cols)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = images[i]
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = images[
+            i
+        ]
     return grid
 
 
@@ -55,7 +64,7 @@ class _EvalMode:
 
 
 @torch.no_grad()
-def reconstruction_tensor(prep: "Prepared", count: int = 8) -> torch.Tensor:
+def reconstruction_tensor(prep: Prepared, count: int = 8) -> torch.Tensor:
     """Top row: images; bottom row: reconstructions from the posterior means."""
     from ..train.loop import condition_vectors
 
@@ -68,7 +77,9 @@ def reconstruction_tensor(prep: "Prepared", count: int = 8) -> torch.Tensor:
 
 
 @torch.no_grad()
-def traversal_images(prep: "Prepared", base_index: int | None = None, steps: int = 9, span: float = 2.5) -> torch.Tensor:
+def traversal_images(
+    prep: Prepared, base_index: int | None = None, steps: int = 9, span: float = 2.5
+) -> torch.Tensor:
     """Decoded traversals ``(M, steps, C, H, W)``: each latent dim swept over [-span, span]
     from one image's posterior mean, the others held."""
     from ..train.loop import condition_vectors
@@ -88,12 +99,12 @@ def traversal_images(prep: "Prepared", base_index: int | None = None, steps: int
     return imgs.view(m, steps, *imgs.shape[1:]).cpu()
 
 
-def traversal_tensor(prep: "Prepared") -> torch.Tensor:
+def traversal_tensor(prep: Prepared) -> torch.Tensor:
     imgs = traversal_images(prep)
     return image_grid(imgs.flatten(0, 1), rows=imgs.shape[0])
 
 
-def _row_labels(prep: "Prepared") -> list[str]:
+def _row_labels(prep: Prepared) -> list[str]:
     m = prep.config.model.latent_dim
     labels = [f"z{d}" for d in range(m)]
     if prep.partitions is not None:
@@ -111,7 +122,7 @@ def _show(ax, img: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def traversal_figure(prep: "Prepared", path: str | os.PathLike, title: str = "", steps: int = 9) -> Path:
+def traversal_figure(prep: Prepared, path: str | os.PathLike, title: str = "", steps: int = 9) -> Path:
     """PNG: one row per latent dim (labelled with its partition), swept over [-2.5, 2.5]."""
     import matplotlib
 
@@ -130,7 +141,7 @@ def traversal_figure(prep: "Prepared", path: str | os.PathLike, title: str = "",
     return save_figure(fig, path)
 
 
-def reconstruction_figure(prep: "Prepared", path: str | os.PathLike, title: str = "", count: int = 8) -> Path:
+def reconstruction_figure(prep: Prepared, path: str | os.PathLike, title: str = "", count: int = 8) -> Path:
     """PNG: images (top) and their reconstructions (bottom)."""
     import matplotlib
 

@@ -122,8 +122,12 @@ def hinton_figure(
     ax.set_aspect("equal")
     ax.set_xticks(range(cols))
     ax.set_yticks(range(rows))
-    ax.set_xticklabels(list(factor_names) if factor_names is not None else [str(c) for c in range(cols)],
-                       rotation=45, ha="right", fontsize=8)
+    ax.set_xticklabels(
+        list(factor_names) if factor_names is not None else [str(c) for c in range(cols)],
+        rotation=45,
+        ha="right",
+        fontsize=8,
+    )
     ax.set_yticklabels(list(row_labels), fontsize=8)
     ax.tick_params(length=0)
     if title:
