@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gatedvae.evaluate import load_trained
-from gatedvae.metrics.adapter import representation_fn
+from gatedvae.evaluation import representation_fn
 from gatedvae.metrics.beta_vae import beta_vae_score
+from gatedvae.run import load_trained
 
 
 def main() -> None:

@@ -54,9 +54,9 @@ def exp_compile(args, dataset, log) -> dict:
     return {
         "hidden": args.hidden,
         "compile_seconds": compile_s,
-        "eager_ms": bench._median(times["eager"]) * 1e3,
-        "compiled_ms": bench._median(times["compiled"]) * 1e3,
-        "relative_step_time": bench._ratio(times["compiled"], times["eager"]),
+        "eager_ms": bench.median(times["eager"]) * 1e3,
+        "compiled_ms": bench.median(times["compiled"]) * 1e3,
+        "relative_step_time": bench.ratio(times["compiled"], times["eager"]),
         "loadavg_per_round": loads,
     }
 
@@ -82,9 +82,9 @@ def exp_prealloc(args, dataset, log) -> dict:
     times, loads = bench.interleaved({"fresh": fresh, "preallocated": pre}, args.seconds, args.rounds, warmup=2)
     return {
         "hidden": args.hidden,
-        "fresh_ms": bench._median(times["fresh"]) * 1e3,
-        "preallocated_ms": bench._median(times["preallocated"]) * 1e3,
-        "relative_step_time": bench._ratio(times["preallocated"], times["fresh"]),
+        "fresh_ms": bench.median(times["fresh"]) * 1e3,
+        "preallocated_ms": bench.median(times["preallocated"]) * 1e3,
+        "relative_step_time": bench.ratio(times["preallocated"], times["fresh"]),
         "loadavg_per_round": loads,
     }
 
@@ -109,7 +109,7 @@ class _ColumnMajorFirstLayer(torch.nn.Linear):
 
 
 def exp_layout(args, dataset, log) -> dict:
-    from gatedvae.train.loop import _optimizers
+    from gatedvae.train import make_optimizers
 
     ours, _ = bench.build_runner(_spec(args.hidden), 128, dataset)
     before, _ = bench.build_runner(_spec(args.hidden), 128, dataset)
@@ -117,14 +117,14 @@ def exp_layout(args, dataset, log) -> dict:
     old = _ColumnMajorFirstLayer(block[0].in_features, block[0].out_features)
     old.load_state_dict(block[0].state_dict())
     block[0] = old
-    before.optimizers = _optimizers(before.model, before.config.train.lr, torch.device("cpu"))
+    before.optimizers = make_optimizers(before.model, before.config.train.lr, torch.device("cpu"))
     assert not old.weight.is_contiguous() and ours.first_layer().weight_t.is_contiguous()
     times, loads = bench.interleaved({"weight_t": ours, "column-major": before}, args.seconds, args.rounds, warmup=3)
     return {
         "hidden": args.hidden,
-        "weight_t_ms": bench._median(times["weight_t"]) * 1e3,
-        "column_major_ms": bench._median(times["column-major"]) * 1e3,
-        "relative_step_time": bench._ratio(times["weight_t"], times["column-major"]),
+        "weight_t_ms": bench.median(times["weight_t"]) * 1e3,
+        "column_major_ms": bench.median(times["column-major"]) * 1e3,
+        "relative_step_time": bench.ratio(times["weight_t"], times["column-major"]),
         "loadavg_per_round": loads,
     }
 
@@ -162,7 +162,7 @@ def exp_pinning(args, dataset, log) -> dict:
             ms[name].append(json.loads(out.stdout.strip().splitlines()[-1])["ms"])
         log(f"pinning: round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in ms.items()))
     names = list(envs)
-    return {"hidden": args.hidden, "ms": ms, "relative_step_time": bench._ratio(ms[names[1]], ms[names[0]])}
+    return {"hidden": args.hidden, "ms": ms, "relative_step_time": bench.ratio(ms[names[1]], ms[names[0]])}
 
 
 def main(argv: list[str] | None = None) -> int:

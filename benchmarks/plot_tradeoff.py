@@ -46,7 +46,7 @@ def main() -> None:
         raise SystemExit(f"error: no run in {args.runs_csv} has both {args.x} and {args.y}")
     panels = sorted({c.split("_", 1)[0] for c in points}) if args.split_prefix else [""]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes[0], panels, strict=True):
         for conf in sorted(c for c in points if c.startswith(panel)):
             p = np.array(points[conf])
             label = conf[len(panel) + 1 :] if panel else conf

@@ -35,7 +35,7 @@ from gatedvae import bench
 from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, TrainConfig
 from gatedvae.data import build_dataset
 from gatedvae.quickstart import DSPRITES_PARTITIONS
-from gatedvae.train.loop import prepare
+from gatedvae.run import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,12 +73,12 @@ def time_steps(points: dict[str, Config], dataset, seconds: float, rounds: int, 
             "batch": cfg.train.batch_size,
             "hidden": cfg.model.hidden,
             "latent": cfg.model.latent_dim,
-            "step_ms": bench._median(s) * 1e3,
-            "linalg_ms": bench._median(lin) * 1e3,
-            "dense_matmul_ms": bench._median(dense) * 1e3,
-            "non_matmul_fraction": 1 - bench._ratio(lin, s),
+            "step_ms": bench.median(s) * 1e3,
+            "linalg_ms": bench.median(lin) * 1e3,
+            "dense_matmul_ms": bench.median(dense) * 1e3,
+            "non_matmul_fraction": 1 - bench.ratio(lin, s),
             "flops_per_step": flops[name],
-            "gflops": bench._median(flops[name] / x / 1e9 for x in s),
+            "gflops": bench.median(flops[name] / x / 1e9 for x in s),
         }
     return {"points": out, "loadavg_per_round": loads}
 
@@ -101,9 +101,9 @@ def sweep_steps(kind: str, args, dataset, log) -> dict:
 
 
 def sweep_metrics(args, log) -> dict:
-    from gatedvae.evaluate import load_trained
+    from gatedvae.evaluation import encode
     from gatedvae.metrics import KINDS, METRICS, preset_kwargs
-    from gatedvae.metrics.adapter import encode
+    from gatedvae.run import load_trained
     from gatedvae.train import latest_checkpoint, train
 
     tmp = None
@@ -113,7 +113,7 @@ def sweep_metrics(args, log) -> dict:
         run = Path(tmp.name) / "run"
     if not (run / "config.yaml").is_file() or latest_checkpoint(run / "checkpoints") is None:
         o = bench.BenchOptions.quick_mode() if args.quick else bench.BenchOptions(threads=args.threads)
-        cfg = bench._metrics_config(args.metrics_steps, o)
+        cfg = bench.metrics_config(args.metrics_steps, o)
         log(f"metrics: training {cfg.train.steps} + {cfg.train.finetune_steps} steps in {run}")
         train(cfg, run, quiet=True, tensorboard=False)
     prep, step, _ = load_trained(run)
@@ -166,8 +166,8 @@ def sweep_memory(args, log) -> dict:
     for s in strides:
         data = {"name": "dsprites", "stride": {"posX": s, "posY": s} if s > 1 else {}}
         log(f"memory: dsprites stride {s}")
-        d = bench._child_json("data", {"data": data, "seconds": 0.1}, args.threads)
-        m = bench._child_json(
+        d = bench.run_child("data", {"data": data, "seconds": 0.1}, args.threads)
+        m = bench.run_child(
             "memory",
             {"data": data, "hidden": 256, "steps": 20, "batch": 128, "evaluate": "none", "threads": args.threads},
             args.threads,
@@ -184,7 +184,7 @@ def sweep_memory(args, log) -> dict:
         )
     for size in [5000] if args.quick else [25_000, 50_000, 100_000, 200_000]:
         log(f"memory: ellipses {size}")
-        d = bench._child_json("data", {"data": {"name": "ellipses", "size": size}, "seconds": 0.1}, args.threads)
+        d = bench.run_child("data", {"data": {"name": "ellipses", "size": size}, "seconds": 0.1}, args.threads)
         rows.append(
             {
                 "dataset": "ellipses",
@@ -277,9 +277,9 @@ def plot_all(doc: dict, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
         ax.plot(m["sizes"], m["encode_seconds"], "k--", label="encoding the codes")
         for name, ts in m["metrics"].items():
-            pts = [(n, t) for n, t in zip(m["sizes"], ts) if t is not None]
+            pts = [(n, t) for n, t in zip(m["sizes"], ts, strict=True) if t is not None]
             if pts:
-                ax.plot(*zip(*pts), "o-", label=name)
+                ax.plot(*zip(*pts, strict=True), "o-", label=name)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("number of codes")

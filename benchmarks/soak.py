@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpts = sorted((run / "checkpoints").glob("step-*.safetensors"))
     resumable = False
     if ckpts:
-        from gatedvae.train.checkpoint import read_header
+        from gatedvae.checkpoint import read_header
 
         resumable = int(read_header(ckpts[-1])["step"]) > 0
     warm = [s for s in samples if s["minute"] <= args.warmup]

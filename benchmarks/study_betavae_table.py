@@ -32,7 +32,7 @@ import torch
 from gatedvae.baselines import evaluate_baseline
 from gatedvae.config import DataConfig, load_config
 from gatedvae.data import build_dataset
-from gatedvae.evaluate import evaluate_run
+from gatedvae.evaluation import evaluate_run
 from gatedvae.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

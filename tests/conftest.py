@@ -1,10 +1,15 @@
-"""Shared fixtures: small synthetic datasets that need no rendering."""
+"""Shared test helpers: small synthetic datasets that need no rendering, and the tiny run config."""
 
 from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
 
+from gatedvae.config import Config, from_dict, to_dict
 from gatedvae.data import FactorDataset, FactorSpace, PackedBinaryStore, Uint8Store
 
 
@@ -32,6 +37,70 @@ def labelled_dataset(n=3000, sizes=(3, 4, 5), seed=0) -> FactorDataset:
     ds = FactorDataset("labelled", Uint8Store(images), space, factors=factors, weak=weak, weak_names=["pose", "au"])
     ds.blob = which  # ground-truth blob of each item, for cluster tests
     return ds
+
+
+# --------------------------------------------------------------------------- the tiny run config
+# One gated beta-VAE small enough that a training step takes a few milliseconds: 400 ellipses, a
+# 24-wide MLP, a 4-dim latent in three partitions. Every test that trains builds its config here,
+# with its own changes as overrides; plain data, so a test can also write it to a YAML file.
+TINY_PARTITIONS = (
+    {"name": "position", "size": 2, "factors": ["x", "y"]},
+    {"name": "scale", "size": 1, "factors": ["scale"]},
+    {"name": "orientation", "size": 1, "factors": ["orientation"]},
+)
+TINY = {
+    "data": {"name": "ellipses", "size": 400, "levels": 8},
+    "model": {"name": "beta_vae", "latent_dim": 4, "hidden": 24},
+    "gating": {"enabled": True, "partitions": list(TINY_PARTITIONS)},
+    "train": {"steps": 40, "batch_size": 16, "lr": 1e-3, "log_every": 5, "checkpoint_every": 10},
+}
+
+
+def merge(base: dict, patch: dict) -> dict:
+    """A deep copy of ``base`` with ``patch`` merged in (nested dicts merge; anything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A config dataclass (``GatingConfig(...)``) as plain data; anything else unchanged."""
+    return to_dict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+
+
+def tiny_dict(dotted: dict[str, Any] | None = None, *, gated: bool = True, **sections: Any) -> dict:
+    """The tiny run config as plain data (see :data:`TINY`), with a test's changes.
+
+    ``sections``: ``data=``, ``model=``, ``gating=``, ``train=`` as dicts merged into that section
+    (``train={"steps": 5}``) or as config objects that replace it (``gating=GatingConfig(...)``).
+    ``dotted``: ``{"train.steps": 5, "model.beta": 8}``, applied last. ``gated=False`` turns gating
+    off and drops the partitions.
+    """
+    unknown = set(sections) - set(TINY)
+    if unknown:
+        raise TypeError(f"tiny_dict: unknown section(s) {sorted(unknown)}; use {sorted(TINY)}")
+    data = copy.deepcopy(TINY)
+    if not gated:
+        data["gating"] = {"enabled": False, "partitions": []}
+    for name, value in sections.items():
+        # a dict changes some keys of the section; a config object (GatingConfig(...)) replaces it
+        data[name] = merge(data[name], value) if isinstance(value, dict) else _plain(value)
+    for key, value in (dotted or {}).items():
+        *path, leaf = key.split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = _plain(value)
+    return data
+
+
+def tiny_config(dotted: dict[str, Any] | None = None, *, gated: bool = True, **sections: Any) -> Config:
+    """The tiny run config (a :class:`~gatedvae.config.Config`); arguments as :func:`tiny_dict`."""
+    return from_dict(Config, tiny_dict(dotted, gated=gated, **sections))
 
 
 @pytest.fixture

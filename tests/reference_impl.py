@@ -193,7 +193,7 @@ def factor_vae_vote(batch_codes: np.ndarray, global_variances: np.ndarray, activ
 def factor_vae_votes(batches, factor_index, global_variances, active_dims, num_factors: int) -> np.ndarray:
     """(V, B, D) batches and their fixed factors (V,) -> (K, D) vote counts, one vote at a time."""
     votes = np.zeros((num_factors, global_variances.shape[0]), dtype=np.int64)
-    for batch, k in zip(batches, factor_index):
+    for batch, k in zip(batches, factor_index, strict=True):
         votes[k, factor_vae_vote(batch, global_variances, active_dims)] += 1
     return votes
 

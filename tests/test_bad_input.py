@@ -10,7 +10,6 @@ docs/reliability.md lists every case with its message.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import re
@@ -22,32 +21,16 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import merge, tiny_dict
 from gatedvae import cli
 from gatedvae.data.dsprites import DSPRITES_SPACE
 
-BASE = {
-    "data": {"name": "ellipses", "size": 200, "levels": 8},
-    "model": {"name": "beta_vae", "latent_dim": 4, "hidden": 16},
-    "gating": {
-        "enabled": True,
-        "partitions": [
-            {"name": "position", "size": 2, "factors": ["x", "y"]},
-            {"name": "scale", "size": 1, "factors": ["scale"]},
-            {"name": "orientation", "size": 1, "factors": ["orientation"]},
-        ],
-    },
-    "train": {"steps": 10, "batch_size": 8, "lr": 1e-3, "log_every": 5, "checkpoint_every": 5, "threads": 1},
-}
-
-
-def _merge(base: dict, patch: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in patch.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+# The tiny gated config on 200 ellipses, a 16-wide MLP and batches of 8 (tests/conftest.py).
+BASE = tiny_dict(
+    data={"size": 200},
+    model={"hidden": 16},
+    train={"steps": 10, "batch_size": 8, "checkpoint_every": 5, "threads": 1},
+)
 
 
 # --------------------------------------------------------------------------- the workspace
@@ -102,7 +85,7 @@ def ws(tmp_path_factory) -> Path:
         last = sorted((root / "damaged" / "checkpoints").glob("step-*"))[-1]
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
         # A run whose checkpoint was written by another model (hidden 32, not 16).
-        other = _merge(BASE, {"model": {"hidden": 32}})
+        other = merge(BASE, {"model": {"hidden": 32}})
         (root / "other.yaml").write_text(yaml.safe_dump(other), encoding="utf-8")
         assert cli.main(["train", "other.yaml", "--run-dir", "other", "--quiet", "--no-tensorboard"]) == 0
         shutil.copytree(root / "done", root / "mismatch")
@@ -187,7 +170,7 @@ def _train_cfg(name: str, patch: dict | None = None, text: str | None = None, su
     def argv(ws: Path) -> list[str]:
         (ws / "cases").mkdir(exist_ok=True)
         path = ws / "cases" / f"{name}{suffix}"
-        path.write_text(text if text is not None else yaml.safe_dump(_merge(BASE, patch or {})), encoding="utf-8")
+        path.write_text(text if text is not None else yaml.safe_dump(merge(BASE, patch or {})), encoding="utf-8")
         return ["train", str(path), *extra, "--run-dir", str(ws / "new-run"), "--quiet", "--no-tensorboard"]
 
     return argv
@@ -215,7 +198,7 @@ CASES = [
     Case(
         "config-unknown-nested-key",
         _train_cfg("unknown_nested", {"model": {"betta": 4}}),
-        r"unknown config key 'model.betta'",
+        r"model.betta is not a hyperparameter of beta_vae",
         r"did you mean 'beta'",
     ),
     Case(

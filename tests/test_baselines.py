@@ -14,7 +14,7 @@ from gatedvae.baselines import BASELINES, build_baseline, evaluate_baseline, fit
 from gatedvae.cli import main
 from gatedvae.config import DataConfig, ModelConfig
 from gatedvae.errors import ConfigError, GatedVAEError
-from gatedvae.metrics.adapter import CodeCache, evaluate_model
+from gatedvae.evaluation import CodeCache, evaluate_model
 from gatedvae.models import build_model
 
 SIZES = (1, 3, 4, 5, 6)  # 360 images of 8x8 (64 pixels)
@@ -82,7 +82,7 @@ def test_untrained_vae_is_the_registered_model_at_init(ds):
     raw = build_baseline("untrained_vae", ds, latent_dim=3, seed=5, hidden=16, bn_stats=False)
     assert torch.equal(raw.encode(x).mu, ref.eval().encode(x).mu) and not raw.info["bn_stats"]
     mod = build_baseline("untrained_vae", ds, latent_dim=3, seed=5, hidden=16, fit_size=300)
-    assert all(torch.equal(a, b) for a, b in zip(mod.parameters(), ref.parameters()))  # weights untouched
+    assert all(torch.equal(a, b) for a, b in zip(mod.parameters(), ref.parameters(), strict=True))  # weights untouched
     # Batch-norm statistics: the mean and (unbiased) variance of the first layer's pre-activations on the sample.
     idx, pix = fit_sample(ds, 300, 5)
     pre = (
@@ -109,7 +109,7 @@ def test_uncached_codes_equal_cached_codes(ds):
 
 
 def test_raw_pixels_scores_through_evaluate_model_without_a_cache(ds, monkeypatch):
-    import gatedvae.metrics.adapter as adapter
+    import gatedvae.evaluation.encoding as adapter
 
     prep = prepare_baseline("raw_pixels", DataConfig(), dataset=ds)
     kw = dict(metrics="beta_vae,mig", preset="fast")

@@ -97,7 +97,7 @@ def test_loader_runner_steps(dsprites, gated):
     runner, _ = bench.build_runner(bench.Spec("mlp-test", "beta_vae", "mlp", 16, gated, loader=0), 8, dsprites)
     for _ in range(3):
         runner()
-    assert runner.step_no == 3 and runner.sums["total"].isfinite()
+    assert runner.step_no == 3 and runner.sums.count == 3 and runner.sums.sums["total"].isfinite()
 
 
 def test_binary_input_linear_matches_linear():
@@ -247,5 +247,8 @@ def test_strided_dsprites_equals_the_cut_full_grid():
 
 def _check_strided(a, b, strides):
     assert torch.equal(a.store.packed, b.store.packed) and a.factor_space.sizes == b.factor_space.sizes
-    assert all(np.array_equal(x, y) for x, y in zip(a.factor_space.values, b.factor_space.values)) and a.is_grid
+    assert (
+        all(np.array_equal(x, y) for x, y in zip(a.factor_space.values, b.factor_space.values, strict=True))
+        and a.is_grid
+    )
     assert len(build_dataset(DataConfig(name="dsprites", stride=strides))) == len(a)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from gatedvae.config import (
     ALL_CONFIGS,
+    LEGACY_HYPERPARAMETERS,
     Config,
     DataConfig,
     GatingConfig,
@@ -20,6 +23,9 @@ from gatedvae.config import (
     to_dict,
 )
 from gatedvae.errors import ConfigError
+from gatedvae.models import MODELS, resolve_hyper
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def gated_config() -> Config:
@@ -52,16 +58,27 @@ def test_round_trip_nested_and_through_files(tmp_path):
 
 def test_unknown_key_names_nearest_and_lists_valid():
     with pytest.raises(ConfigError) as exc:
-        from_dict(Config, {"model": {"betta": 4}})
+        from_dict(Config, {"data": {"sise": 4}})
     msg = str(exc.value)
-    assert "model.betta" in msg and "did you mean 'beta'" in msg and "latent_dim" in msg
+    assert "data.sise" in msg and "did you mean 'size'" in msg and "correlation" in msg
     assert "\n" not in msg
     with pytest.raises(ConfigError, match="did you mean 'train'"):
         from_dict(Config, {"trian": {}})
 
 
+def test_misspelled_hyperparameter_fails_when_the_model_is_resolved():
+    """The model section is open-ended (each model declares its hyperparameters): a misspelled
+    one loads, and resolving the model (before anything is built or written) names the nearest."""
+    cfg = from_dict(Config, {"model": {"betta": 4}})
+    with pytest.raises(ConfigError) as exc:
+        resolve_hyper(cfg.model)
+    assert str(exc.value) == "model.betta is not a hyperparameter of beta_vae (it uses: beta); did you mean 'beta'?"
+    with pytest.raises(ConfigError, match="did you mean 'latent_dim'"):
+        resolve_hyper(apply_overrides(Config(), ["model.latnt_dim=3"]).model)
+
+
 def test_non_strict_ignores_unknown_keys():
-    assert from_dict(ModelConfig, {"beta": 2, "junk": 1}, strict=False) == ModelConfig(beta=2.0)
+    assert from_dict(DataConfig, {"size": 2, "junk": 1}, strict=False) == DataConfig(size=2)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +90,9 @@ def test_non_strict_ignores_unknown_keys():
         ({"train": {"lr": "fast"}}, "train.lr"),
         ({"train": {"lr": float("nan")}}, "finite"),
         ({"model": {"net": "resnet"}}, "not one of 'mlp', 'conv64'"),
-        ({"data": {"name": "mnist"}}, "data.name"),
+        ({"model": {"beta": "four"}}, "model.beta: expected float"),
+        ({"model": {"categorical": 3}}, "model.categorical: expected list of int"),
+        ({"model": {"hyper": {"beta": 4}}}, "write them directly under model"),
         ({"model": {"latent_dim": 0}}, "at least 1"),
         ({"train": {"batch_size": -1}}, "batch_size"),
         ({"gating": {"partitions": [{"size": 2}]}}, "missing required config key 'gating.partitions.0.name'"),
@@ -131,7 +150,7 @@ def test_overrides_into_dicts_lists_and_collections():
 @pytest.mark.parametrize(
     "override, match",
     [
-        ("model.betta=4", "did you mean 'beta'"),
+        ("data.sise=4", "did you mean 'size'"),
         ("modle.beta=4", "did you mean 'model'"),
         ("model.beta=four", "model.beta: expected float"),
         ("train.steps=1.5", "train.steps"),
@@ -167,3 +186,103 @@ def test_yaml_is_loaded_safely(tmp_path):
     with pytest.raises(ConfigError):
         load_config(evil)
     assert not (tmp_path / "pwned").exists()
+
+
+# --------------------------------------------------------------------------- hyperparameters owned by the models
+
+
+def test_hyperparameters_keep_the_0_1_python_api():
+    m = ModelConfig(name="beta_vae", beta=4)
+    assert m.beta == 4 and m.gamma is None and m.hyper == {"beta": 4}
+    assert dataclasses.replace(m, beta=2.0).beta == 2.0 and dataclasses.replace(m, beta=None) == ModelConfig()
+    assert ModelConfig(beta=None) == ModelConfig() and hash(ModelConfig(beta=1.0)) == hash(ModelConfig(beta=1.0))
+    assert ModelConfig(categorical=[3, 2]).categorical == (3, 2)  # frozen: hashable and equal to the tuple
+    with pytest.raises(AttributeError, match="hyper.get"):
+        _ = m.not_a_field
+    with pytest.raises(ConfigError, match="not a hyperparameter name"):
+        ModelConfig(hyper={"latent_dim": 3})
+
+
+def test_a_new_models_hyperparameter_round_trips_after_the_0_1_keys():
+    c = apply_overrides(Config(), ["model.name=my_model", "model.zeta=[1, 2]", "model.alpha=0.5"])
+    assert c.model.zeta == (1, 2) and c.model.alpha == 0.5
+    keys = list(to_dict(c.model))
+    assert keys[-4:] == ["alpha", "zeta", "condition", "condition_encoder"]  # sorted, after gp_weight
+    assert keys.index("gp_weight") == keys.index("alpha") - 1
+    assert from_dict(Config, to_dict(c)) == c
+    with pytest.raises(ConfigError, match="cannot descend"):
+        apply_overrides(c, ["model.zeta.x=1"])
+
+
+def test_out_of_range_hyperparameters_fail_when_resolved_with_the_0_1_messages():
+    for cfg, msg in [
+        (ModelConfig(beta=-4.0), "model.beta: must be non-negative, got -4.0"),
+        (ModelConfig(name="annealed_vae", c_steps=0), "model.c_steps: must be at least 1, got 0"),
+        (ModelConfig(name="infogan", noise_dim=-1), "model.noise_dim: must be non-negative, got -1"),
+        (
+            ModelConfig(name="infogan", categorical=(1,)),
+            "model.categorical: every categorical code needs at least 2 categories, got (1,)",
+        ),
+        (ModelConfig(name="info_vae", mmd_kernel="cosine"), "model.mmd_kernel: 'cosine' is not one of 'rbf', 'imq'"),
+    ]:
+        with pytest.raises(ConfigError) as exc:
+            resolve_hyper(cfg)
+        assert str(exc.value) == msg
+
+
+def test_every_registered_hyperparameter_is_typed_and_checked_by_its_model():
+    """Each model's declared defaults pass its own checks; 0.1's names keep 0.1's file type."""
+    seen = set()
+    for name, entry in MODELS.items():
+        assert resolve_hyper(ModelConfig(name=name)) == entry.defaults
+        for key, spec in entry.hyper.items():
+            seen.add(key)
+            assert spec.doc, f"{name}.{key} has no doc line"
+            wrong = "x" if spec.annotation is not str else 3
+            with pytest.raises(ConfigError, match=f"model.{key}"):
+                resolve_hyper(ModelConfig(name=name, **{key: wrong}))
+    assert seen == set(LEGACY_HYPERPARAMETERS)  # every 0.1 field is still some model's hyperparameter
+
+
+# 0.1's to_dict of these configs, hashed as sweep.spec.config_hash does (computed with fc8c70c's code):
+# the file layout and the run ids of every config 0.1 could express must not change.
+PINNED = {
+    "default": (Config(), "9a4d115d857f"),
+    "beta_vae beta=4 on ellipses": (
+        apply_overrides(
+            Config(),
+            ["model.name=beta_vae", "model.beta=4", "model.latent_dim=8", "data.name=ellipses", "data.size=1000"],
+        ),
+        "c8d46403ddd5",
+    ),
+    "infogan categorical": (
+        from_dict(Config, {"model": {"name": "infogan", "categorical": [3, 2], "noise_dim": 10, "latent_dim": 7}}),
+        "4a902700b243",
+    ),
+}
+
+
+@pytest.mark.parametrize("key", sorted(PINNED))
+def test_to_dict_is_byte_identical_to_0_1(key):
+    from gatedvae.sweep.spec import config_hash
+
+    cfg, pinned = PINNED[key]
+    assert config_hash(cfg) == pinned
+
+
+def test_shipped_configs_keep_their_0_1_layout():
+    """Every shipped config (and so every 0.1 run directory's config.yaml): the model section is
+    flat, every 0.1 hyperparameter key present (null when unset), in 0.1's order."""
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        model = to_dict(load_config(path))["model"]
+        assert list(model) == [
+            "name",
+            "net",
+            "latent_dim",
+            "hidden",
+            "likelihood",
+            *LEGACY_HYPERPARAMETERS,
+            "condition",
+            "condition_encoder",
+        ]
+        assert from_dict(Config, to_dict(load_config(path))) == load_config(path)

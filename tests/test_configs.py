@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from gatedvae.config import apply_overrides, load_config
-from gatedvae.train import prepare
+from gatedvae.run import condition_vectors, prepare
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -44,6 +46,23 @@ def test_config_builds(path):
     if cfg.data.name == "ellipses":
         cfg = apply_overrides(cfg, ["data.size=2000"])  # same factors, fewer images
     prep = prepare(cfg)
-    assert prep.model.latent_dim == cfg.model.latent_dim
+    # Run a few images through the built networks: the encoder's output width (not an attribute
+    # copied from the config) is the configured latent, and the decoder maps it back to images.
+    idx = np.arange(4)
+    x = prep.dataset.images(idx)  # (4, C, H, W)
+    cond = condition_vectors(prep.dataset, cfg.model.condition, idx, prep.device)
+    model = prep.model.eval()
+    with torch.no_grad():
+        mu = model.encode(x, cond).mu  # (4, M)
+        out = model.decode(mu, cond)  # (4, C, H, W)
+    assert mu.shape == (4, cfg.model.latent_dim) and torch.isfinite(mu).all()
+    assert out.shape == x.shape and torch.isfinite(out).all()
     if cfg.gating.enabled:
-        assert prep.partitions is not None and len(prep.partitions) == len(cfg.gating.partitions)
+        # The partitions tile the encoder's latent: each unit in exactly one, in the configured order and sizes.
+        masks = prep.partitions.masks()  # (P, M) bool
+        assert masks.shape == (len(cfg.gating.partitions), mu.shape[1])
+        assert masks.sum(0).tolist() == [1] * mu.shape[1]
+        assert masks.sum(1).tolist() == [p.size for p in cfg.gating.partitions]
+        assert masks.int().argmax(1).tolist() == sorted(masks.int().argmax(1).tolist())
+    else:
+        assert prep.partitions is None

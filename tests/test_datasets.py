@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gatedvae.data.base import FactorDataset, PackedBinaryStore
+from gatedvae.config import Config, DataConfig, apply_overrides, from_dict, to_dict
+from gatedvae.data import DATASETS, Option, build_dataset, register_dataset, validate_data_config
+from gatedvae.data.base import FactorDataset, PackedBinaryStore, Uint8Store
 from gatedvae.data.dsprites import (
     CACHE_FILE,
     DSPRITES_SPACE,
@@ -30,9 +32,10 @@ from gatedvae.data.dsprites import (
     sprite_bank,
 )
 from gatedvae.data.ellipses import bin_centres, make_ellipses, quantise, render_ellipses
+from gatedvae.data.factors import FactorSpace
 from gatedvae.data.images import load_images
 from gatedvae.data.preview import preview, traversal_indices
-from gatedvae.errors import DataError
+from gatedvae.errors import ConfigError, DataError
 
 SIZES = (1, 3, 6, 40, 32, 32)
 
@@ -695,3 +698,70 @@ def test_full_official_format_file_is_a_grid(tmp_path):
     ds = load_dsprites_npz(file)
     assert ds.is_grid and ds.factor_space == DSPRITES_SPACE
     assert np.array_equal(ds.store.packed.numpy(), full.store.packed.numpy())
+
+
+# --------------------------------------------------------------------------- the dataset registry
+
+# Small builds of the procedural datasets (the others read the user's files; their tests are above).
+SMALL = {
+    "dsprites": ["stride.posX=8", "stride.posY=8", "stride.orientation=10"],
+    "ellipses": ["size=300", "levels=4"],
+    "faces": [f"stride.{f}={s}" for f, s in (("yaw", 9), ("pitch", 5), ("smile", 5), ("mouth", 4))],
+}
+
+
+def test_every_registered_dataset_states_its_factors_and_settings():
+    assert set(SMALL) <= set(DATASETS)
+    fields = set(DataConfig.__dataclass_fields__)
+    for name, entry in DATASETS.items():
+        assert entry.name == name and entry.description and entry.factors
+        assert set(entry.uses) <= fields, name
+    for name, overrides in SMALL.items():
+        ds = build_dataset(apply_overrides(DataConfig(name=name), overrides))
+        assert len(ds) > 0
+        for factor in ds.factor_space.names:  # the registration's description names every factor
+            assert factor in DATASETS[name].factors, (name, factor)
+
+
+def test_unknown_dataset_name_and_option_fail_in_one_line_with_a_did_you_mean():
+    with pytest.raises(ConfigError) as exc:
+        build_dataset(DataConfig(name="elipses"))
+    assert_one_line(exc, "data.name: 'elipses' is not one of 'dsprites'", "did you mean 'ellipses'?")
+    with pytest.raises(ConfigError) as exc:
+        validate_data_config(DataConfig(name="mnist"))
+    assert_one_line(exc, "data.name: 'mnist' is not one of", "'faces'")
+    with pytest.raises(ConfigError) as exc:
+        validate_data_config(DataConfig(name="ellipses", options={"size": 3}))
+    assert_one_line(exc, "data.options.size is not an option of dataset ellipses (it has: none)")
+
+
+def test_a_new_dataset_is_one_registration_with_its_own_options():
+    @register_dataset(
+        "_test_bars",
+        "one bar per image",
+        factors="position (width)",
+        uses=("stride",),
+        options={"width": Option(8, "image side", check=(lambda v: v >= 2, "must be at least 2"))},
+    )
+    def build_bars(cfg: DataConfig, options: dict, progress: bool) -> FactorDataset:
+        w = options["width"]
+        images = np.zeros((w, 1, w, w), dtype=np.uint8)  # (N, 1, W, W)
+        images[np.arange(w), 0, :, np.arange(w)] = 255
+        space = FactorSpace(("position",), (w,), (np.arange(w, dtype=float),))
+        return FactorDataset("_test_bars", Uint8Store(images), space).subset_grid(dict(cfg.stride))
+
+    try:
+        cfg = apply_overrides(Config(), ["data.name=_test_bars", "data.options.width=6", "data.stride.position=2"])
+        assert from_dict(Config, to_dict(cfg)) == cfg and to_dict(cfg)["data"]["options"] == {"width": 6}
+        assert "options" not in to_dict(Config())["data"]  # 0.1's configs keep their layout and run ids
+        ds = build_dataset(cfg.data)
+        assert len(ds) == 3 and ds.image_shape == (1, 6, 6)
+        assert len(build_dataset(DataConfig(name="_test_bars"))) == 8  # the option's default
+        with pytest.raises(ConfigError, match="data.options.width: must be at least 2, got 1"):
+            build_dataset(DataConfig(name="_test_bars", options={"width": 1}))
+        with pytest.raises(ConfigError, match="data.options.width: expected int"):
+            build_dataset(DataConfig(name="_test_bars", options={"width": "wide"}))
+        with pytest.raises(ConfigError, match="did you mean 'width'"):
+            build_dataset(DataConfig(name="_test_bars", options={"widht": 4}))
+    finally:
+        DATASETS.pop("_test_bars", None)

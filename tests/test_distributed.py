@@ -21,34 +21,18 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig, save_config
+import conftest
+from gatedvae.config import Config, save_config
 from gatedvae.train import distributed, latest_checkpoint, train
 
 WORLD = 2
-PARTS = (
-    PartitionConfig(name="position", size=2, factors=("x", "y")),
-    PartitionConfig(name="scale", size=1, factors=("scale",)),
-    PartitionConfig(name="orientation", size=1, factors=("orientation",)),
-)
 
 
 def tiny_config(steps: int = 30, model: str = "beta_vae", batch_size: int = 16, **train_kw) -> Config:
     """A gated beta-VAE with the paper's MLP (batch norm in every hidden layer) on 400 ellipses."""
-    return Config(
-        data=DataConfig(name="ellipses", size=400, levels=8),
-        model=ModelConfig(name=model, latent_dim=4, hidden=24),
-        gating=GatingConfig(enabled=True, partitions=PARTS),
-        train=TrainConfig(
-            **{
-                "steps": steps,
-                "batch_size": batch_size,
-                "lr": 1e-3,
-                "log_every": 5,
-                "checkpoint_every": 10,
-                "threads": 1,
-                **train_kw,
-            }
-        ),
+    return conftest.tiny_config(
+        model={"name": model},
+        train={"steps": steps, "batch_size": batch_size, "checkpoint_every": 10, "threads": 1, **train_kw},
     )
 
 
@@ -76,7 +60,7 @@ def freeze_biases_feeding_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     for seq in model.modules():
         if isinstance(seq, torch.nn.Sequential):
             mods = list(seq)
-            for a, b in zip(mods, mods[1:]):
+            for a, b in zip(mods, mods[1:], strict=False):  # consecutive pairs
                 if (
                     isinstance(a, torch.nn.Linear)
                     and isinstance(b, torch.nn.modules.batchnorm._BatchNorm)
@@ -86,8 +70,8 @@ def freeze_biases_feeding_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _frozen_build_model(loop):
-    original = loop.build_model
+def _frozen_build_model(module):
+    original = module.build_model
 
     def build(*args, **kwargs):
         return freeze_biases_feeding_batch_norm(original(*args, **kwargs))
@@ -151,6 +135,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
+    from gatedvae import run as run_module
     from gatedvae.errors import ConfigError
     from gatedvae.train import TrainingDiverged, loop
 
@@ -178,11 +163,11 @@ def _worker(rank: int, port: int, out: str) -> None:
     report["summary"] = train(tiny_config(30), out_p / "ddp", quiet=True)
 
     # 1b. The same with the biases that feed a batch norm frozen, for the comparison with one process.
-    loop.build_model, original_build = _frozen_build_model(loop)
+    run_module.build_model, original_build = _frozen_build_model(run_module)
     try:
         train(tiny_config(30), out_p / "equiv", quiet=True, tensorboard=False)
     finally:
-        loop.build_model = original_build
+        run_module.build_model = original_build
 
     # 2. Stopped at step 13 and resumed.
     train(tiny_config(30), out_p / "stopped", quiet=True, tensorboard=False, stop_after=13)
@@ -240,10 +225,10 @@ def single(tmp_path_factory):
     """The single-process reference: the same config, the whole global batch in one process."""
     out = tmp_path_factory.mktemp("single")
     torch.set_num_threads(1)
-    from gatedvae.train import loop
+    from gatedvae import run as run_module
 
     with pytest.MonkeyPatch.context() as mp_:
-        mp_.setattr(loop, "build_model", _frozen_build_model(loop)[0])
+        mp_.setattr(run_module, "build_model", _frozen_build_model(run_module)[0])
         train(tiny_config(30), out / "run", quiet=True, tensorboard=False)
     return out / "run"
 
@@ -268,10 +253,12 @@ def test_two_processes_train_like_one_on_the_global_batch(spawned, single):
         if k.startswith("optim/"):
             assert (ddp[k] - one[k]).abs().max() <= 1e-4 * one[k].abs().max(), k
     assert torch.equal(ddp["rng/torch"], one["rng/torch"])
-    logged = [json.loads(l) for l in (out / "equiv" / "metrics.jsonl").read_text().splitlines()]
-    ref = [json.loads(l) for l in (single / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in logged] == [l["step"] for l in ref] == [5, 10, 15, 20, 25, 30]  # one line per log step
-    for a, b in zip(logged, ref):
+    logged = [json.loads(line) for line in (out / "equiv" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
+    assert (
+        [rec["step"] for rec in logged] == [rec["step"] for rec in ref] == [5, 10, 15, 20, 25, 30]
+    )  # one line per log step
+    for a, b in zip(logged, ref, strict=True):
         for term in ("recon", "kl", "total"):
             assert a[term] == pytest.approx(b[term], rel=1e-4), (a["step"], term)
 

@@ -15,22 +15,27 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import grid_dataset, labelled_dataset
+from conftest import grid_dataset, labelled_dataset, tiny_config
 from gatedvae.cli import main
-from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig, save_config
+from gatedvae.config import Config, DataConfig, ModelConfig, TrainConfig, save_config
 from gatedvae.errors import ConfigError, DataError, GatedVAEError
-from gatedvae.evaluate import evaluate_run, format_headline, to_jsonable, udr_runs
-from gatedvae.metrics.adapter import (
+from gatedvae.evaluation import (
     EVAL_METRICS,
+    HEADLINE,
     CodeCache,
     ObservedFactors,
     assigned_importance_fraction,
     encode,
     evaluate_model,
+    evaluate_run,
+    format_headline,
     laplacian_sharpness,
     representation_fn,
     resolve_metrics,
+    to_jsonable,
+    udr_runs,
 )
+from gatedvae.metrics import METRICS, get_metric, registered
 from gatedvae.train import prepare, train
 from gatedvae.viz.diagnostics import (
     latent_groups,
@@ -42,20 +47,10 @@ from gatedvae.viz.diagnostics import (
 from gatedvae.viz.hinton import hinton_figure, hinton_squares, unit_spans
 
 PNG = b"\x89PNG\r\n\x1a\n"
-PARTS = (
-    PartitionConfig(name="position", size=2, factors=("x", "y")),
-    PartitionConfig(name="scale", size=1, factors=("scale",)),
-    PartitionConfig(name="orientation", size=1, factors=("orientation",)),
-)
 
 
 def small_config(gated: bool = True, steps: int = 40) -> Config:
-    return Config(
-        data=DataConfig(name="ellipses", size=400, levels=8),
-        model=ModelConfig(name="beta_vae", latent_dim=4, hidden=24),
-        gating=GatingConfig(enabled=gated, partitions=PARTS if gated else ()),
-        train=TrainConfig(steps=steps, batch_size=16, lr=1e-3, log_every=5, checkpoint_every=20, device="cpu"),
-    )
+    return tiny_config(gated=gated, train={"steps": steps, "checkpoint_every": 20, "device": "cpu"})
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +105,10 @@ def test_metrics_json_has_every_score_with_parameters(run, doc):
         "reconstruction.sharpness_data",
     ):
         assert isinstance(doc["headline"][key], float) and math.isfinite(doc["headline"][key]), key
-    for name in ("dci_lasso", "dci_random_forest", "dci_classifier", "mig", "sap", "factor_vae", "beta_vae"):
+    for name in (n for n in EVAL_METRICS if n in METRICS and get_metric(n).needs_factors):
         assert all(math.isfinite(x) for x in _numbers(doc["results"][name]["scores"])), name
+    # every registered headline key of a gated run's metrics is in the headline (None where NaN)
+    assert set(doc["headline"]) == {f"{m}.{k}" for m, keys in HEADLINE.items() for k in keys}
     post = doc["posterior"]
     assert len(post["kl_per_dim"]) == 4 and all(k >= 0 for k in post["kl_per_dim"])
     assert 0 <= post["n_active"] <= 4
@@ -122,7 +119,9 @@ def test_metrics_json_has_every_score_with_parameters(run, doc):
 
 
 def test_partition_scores(doc):
-    for name in ("dci_lasso", "dci_random_forest", "dci_classifier"):
+    names = [s.name for s in registered() if s.partition_units]
+    assert names  # DCI's three variants
+    for name in names:
         part = doc["results"][name]["scores"]["partition"]
         assert part["names"] == ["position", "scale", "orientation"]
         assert np.asarray(part["importance"]).shape == (3, 4)  # partitions x factors
@@ -300,7 +299,7 @@ def test_representation_fn_grid_and_labelled(grid_prep):
     fn = representation_fn(prep, rng=np.random.default_rng(0), cache=cache)
     want = lab.factors[:5]  # (5, 3)
     z = fn(want)  # (5, M)
-    for f, zi in zip(want, z):
+    for f, zi in zip(want, z, strict=True):
         same = np.all(lab.factors == f, axis=1)  # the images with exactly these classes
         assert np.any(np.all(np.isclose(cache.mu[same], zi), axis=1))
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in (3, 4, 5)], indexing="ij"), -1).reshape(-1, 3)  # (60, 3)
@@ -449,7 +448,7 @@ def test_diagnostics_arrays(tmp_path):
 
 # --------------------------------------------------------------------------- held-out images (data.holdout)
 def test_heldout_indices_fixed_by_the_data_config_not_the_training_seed():
-    from gatedvae.train.loop import heldout_indices
+    from gatedvae.run import heldout_indices
 
     data = DataConfig(name="ellipses", size=400, holdout=0.05)
     a = heldout_indices(data, 400)
@@ -463,13 +462,14 @@ def test_heldout_indices_fixed_by_the_data_config_not_the_training_seed():
 
 @pytest.mark.parametrize("gated", [True, False])
 def test_trainer_never_draws_heldout_images(gated):
-    from gatedvae.train.loop import _Batcher, heldout_indices
+    from gatedvae.run import heldout_indices
+    from gatedvae.train import Batcher
 
     cfg = small_config(gated=gated)
     cfg = replace(cfg, data=replace(cfg.data, holdout=0.2))
     prep = prepare(cfg)
     held = heldout_indices(cfg.data, len(prep.dataset))
-    batcher = _Batcher(prep)
+    batcher = Batcher(prep)
     seen = []
     original = prep.dataset.images
 

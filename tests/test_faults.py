@@ -22,6 +22,7 @@ tests; see docs/reliability.md.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -40,31 +41,21 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from conftest import tiny_config
+from gatedvae import checkpoint as ckpt_module
 from gatedvae import cli
-from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig, save_config
-from gatedvae.train import checkpoint as ckpt_module
+from gatedvae.config import Config, save_config
 from gatedvae.train import loop as loop_module
+from gatedvae.train.batch import Batcher
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the fork server needs os.fork (POSIX)")
 
 TOTAL = 100  # steps of every fault run
-PARTS = (
-    PartitionConfig(name="position", size=2, factors=("x", "y")),
-    PartitionConfig(name="scale", size=1, factors=("scale",)),
-    PartitionConfig(name="orientation", size=1, factors=("orientation",)),
-)
 
 
 def fault_config(steps: int = TOTAL, keep: int = 2) -> Config:
     """A gated beta-VAE small enough for a step to take about 2 ms, checkpointing every 10 steps."""
-    return Config(
-        data=DataConfig(name="ellipses", size=400, levels=8),
-        model=ModelConfig(name="beta_vae", latent_dim=4, hidden=24),
-        gating=GatingConfig(enabled=True, partitions=PARTS),
-        train=TrainConfig(
-            steps=steps, batch_size=16, lr=1e-3, log_every=5, checkpoint_every=10, keep_checkpoints=keep, threads=1
-        ),
-    )
+    return tiny_config(train={"steps": steps, "keep_checkpoints": keep, "threads": 1})
 
 
 # --------------------------------------------------------------------------- the fork server
@@ -368,22 +359,22 @@ def test_no_space_left_while_logging(tmp_path, monkeypatch, capsys):
     """ENOSPC on the metrics log (not a checkpoint): one line naming the file, exit 2, no traceback."""
     cfg_path = tmp_path / "c.yaml"
     save_config(fault_config(steps=30), cfg_path)
-    real_log = loop_module._log
+    real_log = loop_module.append_metrics
 
-    def full_disk(run_dir, writer, step, *a, **kw):
+    def full_disk(path, step, *a, **kw):
         if step == 25:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / "metrics.jsonl"))
-        return real_log(run_dir, writer, step, *a, **kw)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_log(path, step, *a, **kw)
 
-    monkeypatch.setattr(loop_module, "_log", full_disk)
+    monkeypatch.setattr(loop_module, "append_metrics", full_disk)
     run = tmp_path / "run"
     assert cli.main(_train_args(cfg_path, run)) == 2
     err = _one_error_line(capsys.readouterr().err)
     assert "No space left on device" in err and "metrics.jsonl" in err and "free disk space" in err
     assert [s for s, _ in ckpt_module.list_checkpoints(run / "checkpoints")] == [10, 20]
-    monkeypatch.setattr(loop_module, "_log", real_log)
+    monkeypatch.setattr(loop_module, "append_metrics", real_log)
     assert cli.main(_resume_args(run)) == 0
-    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20, 25, 30]
 
 
@@ -395,16 +386,17 @@ def test_nan_in_a_batch_stops_at_that_step_naming_the_term(tmp_path, monkeypatch
     save_config(fault_config(steps=40, keep=10), cfg_path)
     assert cli.main(_train_args(cfg_path, tmp_path / "clean")) == 0
 
-    real_draw = loop_module._Batcher.draw
+    real_draw = Batcher.draw
 
     def poisoned(self, step, rng, finetune):
-        x, target, *rest = real_draw(self, step, rng, finetune)
+        batch = real_draw(self, step, rng, finetune)
         if step == 23:
-            x = x.clone()
+            x = batch.x.clone()
             x[3, 0, 5, 7] = float("nan")
-        return (x, target, *rest)
+            batch = dataclasses.replace(batch, x=x)
+        return batch
 
-    monkeypatch.setattr(loop_module._Batcher, "draw", poisoned)
+    monkeypatch.setattr(Batcher, "draw", poisoned)
     run = tmp_path / "nan"
     rc = cli.main(_train_args(cfg_path, run))
     err = _one_error_line(capsys.readouterr().err)
@@ -418,4 +410,4 @@ def test_nan_in_a_batch_stops_at_that_step_naming_the_term(tmp_path, monkeypatch
     assert all(torch.isfinite(v).all() for v in good.values() if v.is_floating_point())
     status = _status(run)
     assert status["status"] == "failed" and status["step"] == 23 and "recon" in status["error"]
-    assert np.isfinite([json.loads(l)["total"] for l in (run / "metrics.jsonl").read_text().splitlines()]).all()
+    assert np.isfinite([json.loads(line)["total"] for line in (run / "metrics.jsonl").read_text().splitlines()]).all()

@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch.distributions import Categorical, Normal, Uniform
 
+from conftest import tiny_config
 from gatedvae.cli import main
 from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig
 from gatedvae.errors import ConfigError
-from gatedvae.evaluate import evaluate_run
-from gatedvae.models import MODELS, build_model
+from gatedvae.evaluation import evaluate_run
+from gatedvae.models import build_model
 from gatedvae.models.infogan import CodeSpace, GANOutput, code_cross_entropy, gradient_penalty, info_lower_bound
 from gatedvae.train import train
 
@@ -138,8 +139,8 @@ def test_generator_step_leaves_d_alone_and_d_step_leaves_g_alone(name):
     if name == "infowgan_gp":
         assert "gp" in terms and terms["gp"].item() >= 0
     assert all(p.grad is None for p in model.main_parameters())
-    assert all(torch.equal(a, b) for a, b in zip(g_before, model.main_parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(g_before, model.main_parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters(), strict=True))
     assert terms["l_i"].item() <= model.codes.entropy() + 3 * 2.1  # categorical part <= H; Gaussian log-density bounded
 
 
@@ -162,30 +163,42 @@ def test_q_learns_the_codes_of_a_fixed_generator():
 def test_configuration_errors():
     with pytest.raises(ConfigError, match="latent_dim = continuous codes"):
         make("infogan", latent=2, categorical=(3,))
-    with pytest.raises(ConfigError, match="at least 2 categories"):
-        ModelConfig(name="infogan", categorical=(1,))
+    with pytest.raises(
+        ConfigError, match="at least 2 categories"
+    ):  # checked when the model resolves its hyperparameters
+        make("infogan", latent=3, categorical=(1,))
     with pytest.raises(ConfigError, match="gp_weight is not a hyperparameter of infogan"):
         make("infogan", gp_weight=10.0)
     only_cat = make("infogan", latent=3, categorical=(3,))
     assert only_cat.codes.continuous == 0
-    assert MODELS["infowgan_gp"].defaults["info_lambda"] == 0.2 and MODELS["infowgan_gp"].defaults["gp_weight"] == 10.0
+
+
+def test_infowgan_gp_defaults_reach_its_objective():
+    """infowgan_gp's own defaults (lambda = 0.2, gp_weight = 10: the WGAN-GP settings) are what its
+    loss and its critic step use: the same networks and noise give 0.2 times the L_I term and 10
+    times the gradient penalty of lambda = gp_weight = 1."""
+    x = torch.rand(16, *IMAGE, generator=torch.Generator().manual_seed(0))
+
+    def terms(model) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model.loss(x, x, 0, torch.Generator().manual_seed(1))
+        opts = {"discriminator": torch.optim.Adam(model.discriminator.parameters(), lr=1e-4)}
+        aux = model.auxiliary_step(out, opts, torch.Generator().manual_seed(2))
+        return out.terms["info"].detach(), aux["gp"].detach()
+
+    info, gp = terms(make("infowgan_gp"))
+    info_1, gp_1 = terms(make("infowgan_gp", info_lambda=1.0, gp_weight=1.0))
+    assert info_1.abs() > 0 and gp_1 > 0
+    torch.testing.assert_close(info, 0.2 * info_1)
+    torch.testing.assert_close(gp, 10.0 * gp_1)
 
 
 def _tiny(**train_kw) -> Config:
-    return Config(
-        data=DataConfig(name="ellipses", size=300, levels=8),
-        model=ModelConfig(name="infowgan_gp", latent_dim=5, hidden=24, categorical=(2,), noise_dim=4),
-        train=TrainConfig(
-            **{
-                "steps": 30,
-                "batch_size": 16,
-                "lr": 1e-3,
-                "log_every": 10,
-                "checkpoint_every": 15,
-                "device": "cpu",
-                **train_kw,
-            }
-        ),
+    """The tiny config as an ungated InfoWGAN-GP on 300 ellipses: 5 codes (one 2-way categorical), 4 noise dims."""
+    return tiny_config(
+        gated=False,
+        data={"size": 300},
+        model={"name": "infowgan_gp", "latent_dim": 5, "categorical": [2], "noise_dim": 4},
+        train={"steps": 30, "log_every": 10, "checkpoint_every": 15, "device": "cpu", **train_kw},
     )
 
 

@@ -394,7 +394,7 @@ def test_discriminator_architecture_and_seeded_init():
     acts = [m for m in d1.modules() if isinstance(m, torch.nn.LeakyReLU)]
     assert [(m.in_features, m.out_features) for m in linears] == [(10, 1000)] + [(1000, 1000)] * 5 + [(1000, 2)]
     assert len(acts) == 6 and all(a.negative_slope == 0.2 for a in acts)
-    for a, b in zip(d1.parameters(), d2.parameters()):
+    for a, b in zip(d1.parameters(), d2.parameters(), strict=True):
         assert torch.equal(a, b)
     assert d1(torch.zeros(3, 10)).shape == (3, 2)
 

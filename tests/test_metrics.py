@@ -154,7 +154,7 @@ def test_every_array_metric_has_expectations():
 
 
 def _all_finite(result) -> bool:
-    for key, value in result.items():
+    for value in result.values():
         if isinstance(value, dict):
             if not _all_finite(value):
                 return False
@@ -191,7 +191,7 @@ def _assert_same(a, b):
         if isinstance(a[key], dict):
             _assert_same(a[key], b[key])
         elif isinstance(a[key], list):
-            for x, y in zip(a[key], b[key]):
+            for x, y in zip(a[key], b[key], strict=True):
                 np.testing.assert_array_equal(x, y)
         else:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -488,7 +488,9 @@ def test_factor_vae_votes_and_majority_classifier():
 
 
 def test_factor_vae_prunes_dead_latents_and_size_one_factors():
-    fn = lambda f: np.concatenate([np.zeros((len(f), 1)), f[:, 1:] * 1.0], axis=1)  # latent 0 dead
+    def fn(f):
+        return np.concatenate([np.zeros((len(f), 1)), f[:, 1:] * 1.0], axis=1)  # latent 0 dead
+
     r = factor_vae_score(fn, (1, 3, 6, 10), np.random.default_rng(0), n_train=300, n_eval=100, n_variance=1000)
     assert r["active"].tolist() == [False, True, True, True]
     assert r["train_votes"][0].sum() == 0  # the size-1 factor is never the fixed one
@@ -688,3 +690,59 @@ def test_registry_runs_every_metric_by_kind(data):
             r = compute(name, z, rng, preset="fast")
         assert isinstance(r, dict) and r, name
         assert preset_kwargs(name, "default") == PRESETS[name]["default"]
+
+
+# --------------------------------------------------------------------------- one registration per metric
+def test_every_registration_is_complete():
+    """Each metric's file registers it with both presets, accepted by its function, and a kind."""
+    from gatedvae.metrics import registered
+
+    assert [s.name for s in registered()] == list(METRICS) == list(KINDS) == list(PRESETS)
+    for spec in registered():
+        assert METRICS[spec.name] is spec.fn and KINDS[spec.name] == spec.kind, spec.name
+        assert set(spec.presets) == {"default", "fast"}, spec.name
+        assert preset_kwargs(spec.name, "fast") == PRESETS[spec.name]["fast"], spec.name
+        assert spec.suite or spec.not_in_suite, f"{spec.name}: say how to run a metric outside the suite"
+        assert (spec.from_sampler is not None) == (spec.kind == "sampler"), spec.name
+        assert spec.partition_units <= (spec.kind == "arrays"), spec.name
+    with pytest.raises(ConfigError, match="did you mean 'fast'"):
+        preset_kwargs("mig", "fats")
+
+
+def test_register_metric_is_all_it_takes(monkeypatch):
+    """A metric registered from outside shows up in every view, in compute() and in the evaluation suite."""
+    from gatedvae.evaluation import suite
+    from gatedvae.metrics import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # undone after the test
+
+    def spread(codes, factors, rng, *, scale=1.0):
+        return {"spread": scale * float(np.ptp(codes))}
+
+    registry.register_metric(
+        "spread",
+        spread,
+        kind="arrays",
+        default={"scale": 1.0},
+        fast={"scale": 2.0},
+        headline=("spread",),
+        aliases=("sp",),
+    )
+    assert "spread" in METRICS and KINDS["spread"] == "arrays" and PRESETS["spread"]["fast"] == {"scale": 2.0}
+    z = np.array([[0.0], [3.0]])
+    assert compute("spread", z, z, np.random.default_rng(0), preset="fast") == {"spread": 6.0}
+    assert suite.EVAL_METRICS[-2:] == ("spread", "reconstruction")  # after the built-in metrics
+    assert suite.resolve_metrics("sp") == ["spread"] and suite.HEADLINE["spread"] == ("spread",)
+    assert suite.headline({"results": {"spread": {"scores": {"spread": 6.0}}}}) == {"spread.spread": 6.0}
+    with pytest.raises(ConfigError, match="registered twice"):
+        registry.register_metric("spread", spread, kind="arrays", default={}, fast={})
+    with pytest.raises(ConfigError, match="unknown metric kind 'array'; did you mean 'arrays'"):
+        registry.register_metric("other", spread, kind="array", default={}, fast={})
+
+
+def test_the_metrics_package_never_loads_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, gatedvae.metrics; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

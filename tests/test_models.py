@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from gatedvae.checkpoint import load_checkpoint, save_checkpoint
 from gatedvae.config import ModelConfig
 from gatedvae.errors import ConfigError
 from gatedvae.gating import clamp_to_mean, gate
 from gatedvae.models import MODELS, build_model, resolve_hyper
-from gatedvae.train.checkpoint import load_checkpoint, save_checkpoint
 
 IMAGE = (1, 8, 8)
 LATENT = 6
@@ -109,7 +109,7 @@ def test_save_load_gives_equal_tensors(name, tmp_path):
     gen2 = torch.Generator().manual_seed(99)
     header = load_checkpoint(path, other, {"main": opt2}, gen2)
     assert header["step"] == 1
-    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert torch.equal(gen.get_state(), gen2.get_state())
     sa, sb = opt.state_dict()["state"], opt2.state_dict()["state"]
@@ -119,9 +119,11 @@ def test_save_load_gives_equal_tensors(name, tmp_path):
             assert torch.equal(torch.as_tensor(sa[pid][key]), torch.as_tensor(sb[pid][key]))
 
 
-@pytest.mark.parametrize(
-    "name", ["beta_vae", "info_vae", "dip_vae_ii", "factor_vae", "beta_tcvae", "chyvae", "annealed_vae"]
-)
+# Every registered model that reconstructs its input can be gated; a GAN says so by its flag.
+RECONSTRUCTING = [name for name in sorted(MODELS) if MODELS[name].cls.reconstructs]
+
+
+@pytest.mark.parametrize("name", RECONSTRUCTING)
 def test_gate_blocks_reconstruction_gradient_outside_the_active_partition(name):
     model = make(name)
     x, cond = batch(model)
@@ -143,25 +145,32 @@ def test_gate_blocks_reconstruction_gradient_outside_the_active_partition(name):
     assert torch.all(z.grad.abs().sum(0) > 0)
 
 
-def _encoder_head_grad(model, **loss_kw):
+def _posterior_grad(model, **loss_kw):
+    """The loss's gradient reaching each latent unit's posterior parameters, summed over the batch:
+    the mean ``(M,)`` and the spread ``(M,)`` (log-variance, or the rows of a full covariance's
+    Cholesky factor)."""
     x, cond = batch(model)
     model.zero_grad()
     out = model.loss(x, x.flip(0), 3, torch.Generator().manual_seed(0), cond=cond, **loss_kw)
+    post = out.posterior
+    spread = post.logvar if post.scale_tril is None else post.scale_tril  # (B, M) or (B, M, M)
+    post.mu.retain_grad()
+    spread.retain_grad()
     out.total.backward()
-    w = model.encoder.head.linear.weight.grad  # rows: mu (M) then logvar (M)
-    return w[:LATENT].abs().sum(1), w[LATENT:].abs().sum(1)
+    g = torch.zeros_like(spread) if spread.grad is None else spread.grad.abs()
+    return post.mu.grad.abs().sum(0), g.sum(dim=(0, 2)) if g.dim() == 3 else g.sum(0)
 
 
-@pytest.mark.parametrize("name", ["beta_vae", "info_vae", "dip_vae_ii", "beta_tcvae", "factor_vae"])
+@pytest.mark.parametrize("name", RECONSTRUCTING)
 def test_gated_step_with_gated_regulariser_leaves_other_partitions_untouched(name):
     model = make(name)
-    mu_g, logvar_g = _encoder_head_grad(model, gate_mask=MASK, gate_regulariser=True)
+    mu_g, logvar_g = _posterior_grad(model, gate_mask=MASK, gate_regulariser=True)
     assert torch.all(mu_g[~MASK] == 0) and torch.all(logvar_g[~MASK] == 0)
     assert torch.all(mu_g[MASK] > 0)
-    mu_u, logvar_u = _encoder_head_grad(model)
+    mu_u, logvar_u = _posterior_grad(model)
     assert torch.all(mu_u > 0) and torch.all(logvar_u > 0)
     # Default (the paper): regulariser over the whole latent, so every partition gets its KL gradient.
-    mu_k, _ = _encoder_head_grad(model, gate_mask=MASK)
+    mu_k, _ = _posterior_grad(model, gate_mask=MASK)
     assert torch.all(mu_k > 0)
 
 
@@ -203,9 +212,9 @@ def test_seeded_construction_is_reproducible_and_leaves_global_rng_alone():
     before = torch.get_rng_state()
     a, b, c = make("factor_vae", seed=4), make("factor_vae", seed=4), make("factor_vae", seed=5)
     assert torch.equal(torch.get_rng_state(), before)
-    for (k, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), k
-    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True))
 
 
 def test_hyperparameter_rules():
@@ -222,11 +231,79 @@ def test_hyperparameter_rules():
 
 
 def test_registry_variants_fix_hyperparameters():
-    assert MODELS["beta_vae"].cls is MODELS["vae"].cls
-    assert MODELS["annealed_vae_relu"].defaults["capacity_mode"] == "relu"
-    assert MODELS["beta_tcvae_mss"].defaults["tc_estimator"] == "mss"
-    assert MODELS["dip_vae_ii"].defaults == {"lambda_od": 250.0, "lambda_d": 250.0}
-    assert MODELS["info_vae"].defaults["mmd_lambda"] == 500.0
+    """Entries sharing a class (variants) declare the same hyperparameters and differ in a default,
+    and that default reaches the objective: the built model's resolved hyperparameters are it."""
+    by_cls: dict[type, list[str]] = {}
+    for name, entry in MODELS.items():
+        by_cls.setdefault(entry.cls, []).append(name)
+    variants = [names for names in by_cls.values() if len(names) > 1]
+    assert variants, "no variant registered"
+    for names in variants:
+        first = MODELS[names[0]]
+        for other in names[1:]:
+            assert set(MODELS[other].hyper) == set(first.hyper), other
+            assert MODELS[other].defaults != first.defaults, f"{other} fixes nothing over {names[0]}"
+    for name, entry in MODELS.items():
+        assert make(name).hyper == entry.defaults
+
+
+def test_a_hyperparameter_reaches_the_loss():
+    """beta_vae is vae with beta = 4: same weights and noise, a KL term exactly 4 times vae's."""
+    vae, beta_vae = make("vae"), make("beta_vae")
+    beta_vae.load_state_dict(vae.state_dict())
+    x, _ = batch(vae)
+    kl = [m.loss(x, x, 0, torch.Generator().manual_seed(3)).terms["kl"] for m in (vae, beta_vae)]
+    torch.testing.assert_close(kl[1], 4.0 * kl[0])
+    two = make("beta_vae", beta=2.0)
+    two.load_state_dict(vae.state_dict())
+    torch.testing.assert_close(two.loss(x, x, 0, torch.Generator().manual_seed(3)).terms["kl"], 2.0 * kl[0])
+
+
+# Every pair of registered entries sharing one class (a model and its variants).
+SAME_CLASS = [(a, b) for a in sorted(MODELS) for b in sorted(MODELS) if a < b and MODELS[a].cls is MODELS[b].cls]
+
+
+@pytest.mark.parametrize("a, b", SAME_CLASS, ids=[f"{a}-{b}" for a, b in SAME_CLASS])
+def test_a_variant_is_its_class_with_other_hyperparameters_that_change_the_loss(a, b):
+    """``a`` built with ``b``'s hyperparameters set explicitly computes exactly ``b``'s loss terms
+    (same seed, batch and noise); with its own defaults it computes other ones."""
+
+    def terms(model) -> dict[str, torch.Tensor]:
+        x, cond = batch(model)
+        step = 10**7  # late in every schedule: an annealed capacity is at its maximum
+        out = model.loss(x, x.flip(0), step, torch.Generator().manual_seed(0), cond=cond)
+        return {k: v.detach() for k, v in out.terms.items()}
+
+    as_b, own_b, own_a = terms(make(a, **MODELS[b].defaults)), terms(make(b)), terms(make(a))
+    assert as_b.keys() == own_b.keys() and all(torch.equal(as_b[k], own_b[k]) for k in as_b), (as_b, own_b)
+    assert own_a.keys() != own_b.keys() or any(not torch.equal(own_a[k], own_b[k]) for k in own_a), own_a
+
+
+def test_a_model_declares_its_hyperparameters_in_one_file():
+    """A new model with a new hyperparameter: one registration, no config or registry edit."""
+    from gatedvae.models.base import NON_NEGATIVE, GenerativeModel, Hyper, register
+
+    @register("_test_scaled_vae", "KL times lam", lam=Hyper(3.0, "KL weight", check=NON_NEGATIVE))
+    class ScaledVAE(GenerativeModel):
+        def regulariser(self, post, z, step, generator):
+            return {"kl": self.hyper["lam"] * super().regulariser(post, z, step, generator)["kl"]}
+
+    try:
+        assert resolve_hyper(ModelConfig(name="_test_scaled_vae")) == {"lam": 3.0}
+        assert resolve_hyper(ModelConfig(name="_test_scaled_vae", lam=1)) == {"lam": 1.0}
+        with pytest.raises(ConfigError, match="model.lam: must be non-negative, got -1.0"):
+            resolve_hyper(ModelConfig(name="_test_scaled_vae", lam=-1))
+        with pytest.raises(ConfigError, match="model.lam: expected float"):
+            resolve_hyper(ModelConfig(name="_test_scaled_vae", lam="big"))
+        with pytest.raises(ConfigError, match="did you mean 'lam'"):
+            resolve_hyper(ModelConfig(name="_test_scaled_vae", lamb=1.0))
+        model = make("_test_scaled_vae", lam=0.5)
+        assert model.hyper == {"lam": 0.5}
+        with pytest.raises(TypeError, match="0.1's type"):
+            register("_test_bad", beta=Hyper(1, "an int beta"))(ScaledVAE)
+    finally:
+        MODELS.pop("_test_scaled_vae", None)
+        MODELS.pop("_test_bad", None)
 
 
 def test_factor_vae_discriminator_step_does_not_touch_the_encoder():
@@ -242,4 +319,4 @@ def test_factor_vae_discriminator_step_does_not_touch_the_encoder():
     terms = model.auxiliary_step(out, opts, torch.Generator().manual_seed(0))
     assert "disc" in terms and np.isfinite(terms["disc"].item())
     assert all(p.grad is None for p in model.encoder.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.encoder.parameters(), strict=True))

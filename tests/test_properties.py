@@ -40,6 +40,7 @@ from gatedvae.data import (
 )
 from gatedvae.errors import GatedVAEError
 from gatedvae.metrics import KINDS, METRICS, compute
+from gatedvae.models import MODELS
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -207,7 +208,7 @@ def configs(draw):
             weak_columns=tuple(draw(st.lists(names_st, max_size=3))),
         ),
         model=ModelConfig(
-            name=draw(st.sampled_from(["beta_vae", "vae", "factor_vae"])),
+            name=draw(st.sampled_from(sorted(MODELS))),
             latent_dim=latent,
             hidden=draw(st.integers(1, 2048)),
             beta=draw(st.none() | st.floats(0.0, 1e3)),
@@ -306,11 +307,22 @@ def test_a_typed_override_is_accepted_only_when_it_fits(value):
 
 
 # --------------------------------------------------------------------------- metrics
-FAST = {
+FAST = {  # smaller settings than the "fast" preset where a metric would take too long here
     "dci_classifier": {"n_estimators": 5, "max_depth": 2},
     "modularity_explicitness": {"max_iter": 100},
+    "factor_vae": {"n_train": 60, "n_eval": 30, "n_variance": 200, "batch_size": 16},
+    "beta_vae": {"n_train": 60, "n_eval": 30, "batch_size": 16},
 }
-ARRAY_METRICS = sorted(n for n, k in KINDS.items() if k == "arrays")
+
+
+def _of_kind(kind: str) -> list[str]:
+    """The registered metrics of one call shape: each property below runs over all of them."""
+    return sorted(n for n, k in KINDS.items() if k == kind)
+
+
+ARRAY_METRICS, SAMPLER_METRICS = _of_kind("arrays"), _of_kind("sampler")
+CODE_METRICS, MODEL_METRICS = _of_kind("codes"), _of_kind("models")
+PROPERTY_KINDS = ("arrays", "sampler", "codes", "models")  # the call shapes that have a property here
 
 
 def _finite(result) -> bool:
@@ -360,6 +372,7 @@ def test_array_metrics_give_finite_scores_for_any_finite_input(name, cf, seed):
     assert _finite(result), (name, result)
 
 
+@pytest.mark.parametrize("name", SAMPLER_METRICS)
 @settings(max_examples=10, **SETTINGS)
 @given(
     sizes=st.lists(st.integers(2, 4), min_size=2, max_size=3),
@@ -367,25 +380,19 @@ def test_array_metrics_give_finite_scores_for_any_finite_input(name, cf, seed):
     const=st.floats(-1e3, 1e3),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_sampler_metrics_give_finite_scores_for_any_finite_representation(sizes, mix, const, seed):
-    """FactorVAE and beta-VAE scores for any finite representation of the factors (linear maps of
-    any rank, including constant latents)."""
+def test_sampler_metrics_give_finite_scores_for_any_finite_representation(name, sizes, mix, const, seed):
+    """Scores that draw their own factor batches (FactorVAE, beta-VAE) for any finite representation
+    of the factors (linear maps of any rank, including constant latents)."""
     k = len(sizes)
 
     def representation(factors):  # (B, K) -> (B, 3)
         return factors.astype(np.float64) @ mix[:k] + const
 
-    for name in ("factor_vae", "beta_vae"):
-        kw = (
-            {"n_train": 60, "n_eval": 30, "n_variance": 200, "batch_size": 16}
-            if name == "factor_vae"
-            else {"n_train": 60, "n_eval": 30, "batch_size": 16}
-        )
-        try:
-            result = compute(name, representation, sizes, np.random.default_rng(seed), preset="fast", **kw)
-        except GatedVAEError as exc:
-            pytest.fail(f"{name} refused a finite representation: {exc}")
-        assert _finite(result), (name, result)
+    try:
+        result = compute(name, representation, sizes, np.random.default_rng(seed), preset="fast", **FAST.get(name, {}))
+    except GatedVAEError as exc:
+        pytest.fail(f"{name} refused a finite representation: {exc}")
+    assert _finite(result), (name, result)
 
 
 def _no_nan(result) -> bool:
@@ -398,7 +405,7 @@ def _no_nan(result) -> bool:
 
 @settings(max_examples=10, **SETTINGS)
 @given(cf=codes_and_factors(), seed=st.integers(0, 2**32 - 1))
-def test_code_only_and_multi_model_metrics(cf, seed):
+def test_unsupervised_scores_are_true_quantities(cf, seed):
     """The factor-free scores never give NaN. They report true quantities, so two cases are infinite
     by definition: the Gaussian total correlation and mutual information of exactly collinear
     latents, and the variance of codes beyond ~1e154 (it exceeds float64); apart from those, finite."""
@@ -414,13 +421,31 @@ def test_code_only_and_multi_model_metrics(cf, seed):
             assert (
                 math.isfinite(result["gaussian_total_correlation"]) or np.linalg.cond(np.cov(live, rowvar=False)) > 1e12
             )
+
+
+@pytest.mark.parametrize("name", CODE_METRICS)
+@settings(max_examples=6, **SETTINGS)
+@given(cf=codes_and_factors(), seed=st.integers(0, 2**32 - 1))
+def test_factor_free_metrics_never_give_nan(name, cf, seed):
+    codes, _ = cf
+    assert _no_nan(compute(name, codes, np.random.default_rng(seed), preset="fast")), name
+
+
+@pytest.mark.parametrize("name", MODEL_METRICS)
+@settings(max_examples=6, **SETTINGS)
+@given(cf=codes_and_factors(), seed=st.integers(0, 2**32 - 1))
+def test_multi_model_metrics_give_finite_scores(name, cf, seed):
+    codes, _ = cf
     other = codes[:, ::-1] * 2.0 + 1.0
-    assert _finite(compute("udr", [codes, other], rng, preset="fast"))
+    assert _finite(compute(name, [codes, other], np.random.default_rng(seed), preset="fast")), name
 
 
 def test_every_metric_has_a_property():
-    covered = set(ARRAY_METRICS) | {"factor_vae", "beta_vae", "unsupervised", "udr"}
-    assert covered == set(METRICS)
+    """The properties above run over the registry by call shape; a metric of another shape would
+    have none (and a call shape with no metric means the registry lost them)."""
+    kinds = {name: KINDS[name] for name in METRICS}
+    assert kinds and all(kind in PROPERTY_KINDS for kind in kinds.values()), kinds
+    assert set(kinds.values()) == set(PROPERTY_KINDS), kinds
 
 
 @pytest.mark.parametrize("scale", [1e300, 1e-300])

@@ -30,27 +30,21 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_dict
 from gatedvae import cli
+from gatedvae.checkpoint import read_header
 from gatedvae.config import Config, PartitionConfig, apply_overrides, load_config
 from gatedvae.errors import ConfigError, GatedVAEError
 from gatedvae.train import CheckpointError, load_checkpoint
-from gatedvae.train.checkpoint import read_header
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gatedvae"
 
-BASE = {
-    "data": {"name": "ellipses", "size": 200, "levels": 8},
-    "model": {"name": "beta_vae", "latent_dim": 4, "hidden": 16},
-    "gating": {
-        "enabled": True,
-        "partitions": [
-            {"name": "position", "size": 2, "factors": ["x", "y"]},
-            {"name": "scale", "size": 1, "factors": ["scale"]},
-            {"name": "orientation", "size": 1, "factors": ["orientation"]},
-        ],
-    },
-    "train": {"steps": 10, "batch_size": 8, "lr": 1e-3, "log_every": 5, "checkpoint_every": 5, "threads": 1},
-}
+# The tiny gated config on 200 ellipses, a 16-wide MLP and batches of 8 (tests/conftest.py).
+BASE = tiny_dict(
+    data={"size": 200},
+    model={"hidden": 16},
+    train={"steps": 10, "batch_size": 8, "checkpoint_every": 5, "threads": 1},
+)
 
 
 class Payload:
@@ -129,7 +123,7 @@ def test_checkpoint_loading_needs_no_pickle(trained, monkeypatch):
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "Unpickler", forbidden)
     monkeypatch.setattr(torch, "load", forbidden)
-    from gatedvae.evaluate import load_trained
+    from gatedvae.run import load_trained
 
     prep, step, path = load_trained(trained)
     assert step == 10 and path.name == "step-000000010.safetensors"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import tiny_dict
 from gatedvae.cli import main
 from gatedvae.config import Config, from_dict, load_config
 from gatedvae.errors import ConfigError, GatedVAEError
@@ -30,29 +31,17 @@ from gatedvae.sweep import (
 )
 from gatedvae.sweep.runner import run_one
 
-PARTS = [
-    {"name": "position", "size": 2, "factors": ["x", "y"]},
-    {"name": "scale", "size": 1, "factors": ["scale"]},
-    {"name": "orientation", "size": 1, "factors": ["orientation"]},
-]
+PARTS = tiny_dict()["gating"]["partitions"]  # position (x, y), scale, orientation as plain data
 
 
 def tiny_base(steps: int = 20, checkpoint_every: int = 10) -> dict:
-    """A run of a second or two: 300 ellipses, a 16-wide MLP, one thread."""
-    return {
-        "data": {"name": "ellipses", "size": 300, "levels": 8},
-        "model": {"name": "beta_vae", "latent_dim": 4, "hidden": 16},
-        "gating": {"partitions": PARTS},
-        "train": {
-            "steps": steps,
-            "batch_size": 16,
-            "lr": 1e-3,
-            "log_every": 5,
-            "checkpoint_every": checkpoint_every,
-            "device": "cpu",
-            "threads": 1,
-        },
-    }
+    """A run of a second or two: 300 ellipses, a 16-wide MLP, one thread; partitions declared, gating off."""
+    return tiny_dict(
+        data={"size": 300},
+        model={"hidden": 16},
+        gating={"enabled": False},
+        train={"steps": steps, "checkpoint_every": checkpoint_every, "device": "cpu", "threads": 1},
+    )
 
 
 def grid_spec(**extra) -> dict:
@@ -106,7 +95,7 @@ def test_plan_resolves_the_grid_with_stable_ids_and_names(tmp_path):
     assert [r.id for r in plan_sweep(path).runs] == [r.id for r in plan.runs]
     write_manifest(plan, tmp_path / "sw")
     doc = read_manifest(tmp_path / "sw")
-    for entry, r in zip(doc["runs"], plan.runs):
+    for entry, r in zip(doc["runs"], plan.runs, strict=True):
         assert from_dict(Config, entry["config"]) == r.config
         assert entry["id"] == r.id and entry["name"] == r.name and entry["label"] == r.label
 

@@ -27,12 +27,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import grid_dataset
-from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig
+from conftest import grid_dataset, tiny_config
+from gatedvae.config import Config, GatingConfig, PartitionConfig
 from gatedvae.data.base import PackedBinaryStore, as_index_tensor, host_to_device
 from gatedvae.models import MODELS
 from gatedvae.models.base import GenerativeModel
+from gatedvae.run import condition_vectors
 from gatedvae.train import TrainingDiverged, latest_checkpoint, loop, train
+from gatedvae.train.batch import Batcher
 
 #: aten operators that read device memory back to the host (or need a data-dependent shape).
 SYNC_OPS = {
@@ -53,11 +55,7 @@ SYNC_OPS = {
 #: tensor methods that copy to host memory.
 HOST_METHODS = ("cpu", "tolist", "numpy", "__array__")
 
-PARTS = (
-    PartitionConfig(name="position", size=2, factors=("x", "y")),
-    PartitionConfig(name="scale", size=1, factors=("scale",)),
-    PartitionConfig(name="orientation", size=1, factors=("orientation",)),
-)
+PARTS = tiny_config().gating.partitions  # position (x, y), scale, orientation
 STEPS = 6  # steps 0..4 are plain steps; step 5 logs and checkpoints
 
 
@@ -90,13 +88,13 @@ def counter(monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     marks: list[int] = []
-    draw = loop._Batcher.draw
+    draw = Batcher.draw
 
     def marked(self, *a, **k):
         marks.append(c.total)
         return draw(self, *a, **k)
 
-    monkeypatch.setattr(loop._Batcher, "draw", marked)
+    monkeypatch.setattr(Batcher, "draw", marked)
     c.per_step = lambda: np.diff(marks).tolist() if len(marks) > 1 else []
     return c
 
@@ -131,15 +129,15 @@ def cuda_path(monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "one_hot", cuda_one_hot)
 
 
-def config(model: str = "beta_vae", gating: GatingConfig | None = None, steps: int = STEPS, **kw) -> Config:
-    m = dict(name=model, latent_dim=4, hidden=16)
-    m.update(kw.pop("model_kw", {}))
-    t = {"steps": steps, "batch_size": 8, "lr": 1e-3, "log_every": steps, "checkpoint_every": steps, "threads": 1, **kw}
-    return Config(
-        data=DataConfig(name="ellipses", size=200, levels=8),
-        model=ModelConfig(**m),
+def config(
+    model: str = "beta_vae", gating: GatingConfig | None = None, steps: int = STEPS, model_kw: dict | None = None, **kw
+) -> Config:
+    """The tiny config on 200 ellipses, a 16-wide MLP, batches of 8, ungated unless ``gating`` says."""
+    return tiny_config(
+        data={"size": 200},
+        model={"name": model, "hidden": 16, **(model_kw or {})},
         gating=gating or GatingConfig(),
-        train=TrainConfig(**t),
+        train={"steps": steps, "batch_size": 8, "log_every": steps, "checkpoint_every": steps, "threads": 1, **kw},
     )
 
 
@@ -261,7 +259,7 @@ def test_deferred_nan_check_names_the_first_bad_step_and_keeps_the_last_good_che
     assert latest_checkpoint(run / "checkpoints")[0] == 20, found_at
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed" and "step 23" in status["error"]
-    logged = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(logged) <= 21  # nothing logged from the bad step on
 
 
@@ -289,4 +287,4 @@ def test_host_to_device_copies_go_through_pinned_memory_without_blocking(monkeyp
     # The trainer's other per-step copy (condition vectors) goes through the same helper.
     import inspect
 
-    assert "host_to_device(" in inspect.getsource(loop.condition_vectors)
+    assert "host_to_device(" in inspect.getsource(condition_vectors)

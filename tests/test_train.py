@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +16,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gatedvae.config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig, save_config
+from conftest import tiny_config
+from gatedvae.config import Config, GatingConfig, PartitionConfig, save_config
 from gatedvae.errors import GatedVAEError
 from gatedvae.models.base import GenerativeModel
 from gatedvae.train import TrainingDiverged, latest_checkpoint, train
 
-PARTS = (
-    PartitionConfig(name="position", size=2, factors=("x", "y")),
-    PartitionConfig(name="scale", size=1, factors=("scale",)),
-    PartitionConfig(name="orientation", size=1, factors=("orientation",)),
-)
+PARTS = tiny_config().gating.partitions  # position (x, y), scale, orientation: 2 + 1 + 1 latents
 
 
 def small_config(steps=40, gated=True, **train_kw) -> Config:
-    return Config(
-        data=DataConfig(name="ellipses", size=400, levels=8),
-        model=ModelConfig(name="beta_vae", latent_dim=4, hidden=24),
-        gating=GatingConfig(enabled=gated, partitions=PARTS if gated else ()),
-        train=TrainConfig(steps=steps, batch_size=16, lr=1e-3, log_every=5, checkpoint_every=10, **train_kw),
-    )
+    return tiny_config(gated=gated, train={"steps": steps, **train_kw})
 
 
 def final_tensors(run: Path) -> dict[str, torch.Tensor]:
@@ -50,8 +41,8 @@ def test_run_directory_contents(tmp_path):
     assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
     status = json.loads((run / "status.json").read_text())
     assert status == {"status": "finished", "step": 40, "total_steps": 40}
-    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert {"recon", "kl", "total", "epoch"} <= set(lines[0])
     assert any((run / "tensorboard").iterdir())
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -81,7 +72,7 @@ def test_resume_in_process_is_bitwise(tmp_path):
     assert full.keys() == resumed.keys()
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
-    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 40
 
 
@@ -89,9 +80,8 @@ def test_first_layer_moments_are_saved_in_linear_layout_and_restored_contiguous(
     """The MLP's first layer trains ``weight_t`` (in, out) so that fused Adam needs no layout copy;
     checkpoints keep nn.Linear's (out, in) for the weight and for its Adam moments (one format
     with runs saved before), and a restore gives the moments back in the parameter's layout."""
-    from gatedvae.train import prepare
-    from gatedvae.train.checkpoint import load_checkpoint
-    from gatedvae.train.loop import _optimizers
+    from gatedvae.checkpoint import load_checkpoint
+    from gatedvae.train import make_optimizers, prepare
 
     cfg = small_config(steps=10)
     run = _trained(tmp_path / "run", cfg)
@@ -104,7 +94,7 @@ def test_first_layer_moments_are_saved_in_linear_layout_and_restored_contiguous(
     assert w.shape == (first.out_features, first.in_features)
     moments = {k: v for k, v in saved.items() if k.startswith("optim/main/state/0/exp_avg")}
     assert len(moments) == 2 and all(v.shape == w.shape and v.is_contiguous() for v in moments.values())
-    opts = _optimizers(prep.model, 1e-3, prep.device)
+    opts = make_optimizers(prep.model, 1e-3, prep.device).all()
     load_checkpoint(path, prep.model, opts)
     st = opts["main"].state[first.weight_t]
     assert st["exp_avg"].shape == first.weight_t.shape and st["exp_avg"].is_contiguous()
@@ -117,7 +107,7 @@ def test_conv_weights_are_channels_last_on_cpu_and_resume_is_bitwise(tmp_path):
     resumed run (weights and Adam moments restored into that layout) equals an uninterrupted one."""
     from gatedvae.train import prepare
 
-    cfg = replace(small_config(steps=12), model=ModelConfig(name="beta_vae", net="conv64", latent_dim=4, hidden=32))
+    cfg = tiny_config(model={"net": "conv64", "hidden": 32}, train={"steps": 12})
     prep = prepare(cfg)
     convs = [m.weight for m in prep.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
@@ -228,7 +218,7 @@ def test_decoder_finetuning_freezes_the_encoder(tmp_path):
     assert enc and dec
     assert all(torch.equal(at20[k], at30[k]) for k in enc)  # parameters and batch-norm statistics
     assert any(not torch.equal(at20[k], at30[k]) for k in dec)
-    phases = [json.loads(l)["phase"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    phases = [json.loads(line)["phase"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert phases[-1] == "finetune" and phases[0] == "train"
 
 
@@ -249,31 +239,67 @@ def test_decoder_finetuning_freezes_the_encoder(tmp_path):
     ids=["random", "dcign-clamp", "gate-kl", "cluster+free"],
 )
 def test_gating_modes_train(tmp_path, gating):
-    cfg = small_config(steps=12)
-    cfg = Config(data=cfg.data, model=cfg.model, gating=gating, train=cfg.train)
+    cfg = tiny_config(gating=gating, train={"steps": 12})
     summary = train(cfg, tmp_path / "m", quiet=True, tensorboard=False)
     assert summary["status"] == "finished" and np.isfinite(summary["final"]["total"])
 
 
 def test_conditional_vae_trains_on_factor_labels(tmp_path):
-    cfg = small_config(steps=10, gated=False)
-    cfg = Config(
-        data=cfg.data, model=ModelConfig(name="cvae", latent_dim=4, hidden=24, condition=("scale",)), train=cfg.train
-    )
+    cfg = tiny_config(gated=False, model={"name": "cvae", "condition": ["scale"]}, train={"steps": 10})
     assert train(cfg, tmp_path / "c", quiet=True, tensorboard=False)["status"] == "finished"
 
 
 def test_partition_naming_missing_factor_is_a_clear_error(tmp_path):
-    cfg = small_config(steps=5)
     bad = GatingConfig(enabled=True, partitions=(PartitionConfig(name="shape", size=4, factors=("shape",)),))
     with pytest.raises(GatedVAEError, match="lacks; its factors are: x, y, scale, orientation"):
-        train(Config(data=cfg.data, model=cfg.model, gating=bad, train=cfg.train), tmp_path / "p", quiet=True)
+        train(tiny_config(gating=bad, train={"steps": 5}), tmp_path / "p", quiet=True)
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p" / "checkpoints").glob("*"))
 
 
 def test_evaluation_as_the_last_step_of_training(tmp_path):
+    """train.evaluate is run by the callback gatedvae train attaches; the bare loop never evaluates."""
+    from gatedvae.callbacks import standard_callbacks
+
+    bare = tmp_path / "bare"
+    summary = train(small_config(steps=10, evaluate="fast"), bare, quiet=True, tensorboard=False)
+    assert "evaluation" not in summary and not (bare / "metrics.json").exists()
     run = tmp_path / "e"
-    summary = train(small_config(steps=10, evaluate="fast"), run, quiet=True, tensorboard=False)
+    cfg = small_config(steps=10, evaluate="fast")
+    summary = train(cfg, run, quiet=True, tensorboard=False, callbacks=standard_callbacks())
     doc = json.loads((run / "metrics.json").read_text())
     assert doc["preset"] == "fast" and doc["checkpoint_step"] == 10
     assert summary["evaluation"] == doc["headline"] and summary["evaluation"]
+    assert json.loads((run / "summary.json").read_text())["evaluation"] == summary["evaluation"]
+
+
+def test_callbacks_are_called_after_each_step_and_at_the_end(tmp_path):
+    """on_step sees every step (counted from 1) before its checkpoint, on_end the finished run; a
+    field a callback adds to the summary lands in summary.json. TensorBoard images come from the
+    TensorBoardImages callback (every train.image_every steps and at the end)."""
+    from gatedvae.callbacks import TensorBoardImages
+    from gatedvae.train import Callback
+
+    calls: list = []
+
+    class Record(Callback):
+        def on_step(self, run, step):
+            calls.append((step, latest_checkpoint(run.run_dir / "checkpoints")))
+
+        def on_end(self, run, summary):
+            status = json.loads((run.run_dir / "status.json").read_text())["status"]
+            calls.append(("end", status, run.prep.model.training))
+            summary["note"] = "seen"
+
+    run = tmp_path / "run"
+    summary = train(small_config(steps=20, image_every=10), run, quiet=True, callbacks=[Record(), TensorBoardImages()])
+    assert [c[0] for c in calls[:-1]] == list(range(1, 21))
+    assert calls[10][1][0] == 10  # step 11 sees checkpoint 10; step 10 saw none yet
+    assert calls[9][1] is None
+    assert calls[-1] == ("end", "finished", False)
+    assert summary["note"] == "seen" == json.loads((run / "summary.json").read_text())["note"]
+    events = b"".join(p.read_bytes() for p in (run / "tensorboard").iterdir())
+    assert b"reconstructions" in events and b"traversals" in events and b"loss/recon" in events
+    bare = tmp_path / "bare"
+    train(small_config(steps=20, image_every=10), bare, quiet=True)
+    events = b"".join(p.read_bytes() for p in (bare / "tensorboard").iterdir())
+    assert b"loss/recon" in events and b"reconstructions" not in events

@@ -1,8 +1,11 @@
 """gatedvae: Gated-VAE and the disentanglement toolbox around it.
 
-See README.md and docs/ for the tour. The public API is listed in ``__all__``.
+See README.md and docs/ (docs/architecture.md for the layers). The public API is listed in
+``__all__``; its names are imported on first use, so that ``import gatedvae.metrics`` (pure numpy)
+or ``import gatedvae.config`` does not load PyTorch.
 """
 
+import importlib as _importlib
 import os as _os
 
 # OpenMP threads that spin-wait for a partner the OS has descheduled make a 2-thread torch step 3.5x
@@ -12,29 +15,39 @@ import os as _os
 # imported before torch (as the `gatedvae` command does); a value the user set is kept.
 _os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
-from .config import Config, DataConfig, GatingConfig, ModelConfig, PartitionConfig, TrainConfig, load_config
-from .data import FactorDataset, FactorSpace, build_dataset
-from .encode import TrainedRun, load_run
-from .errors import ConfigError, DataError, GatedVAEError, PartitionError
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
+#: public name -> the module that defines it (imported when the name is first used).
+_EXPORTS = {
+    "Config": "config",
+    "DataConfig": "config",
+    "GatingConfig": "config",
+    "ModelConfig": "config",
+    "PartitionConfig": "config",
+    "TrainConfig": "config",
+    "load_config": "config",
+    "FactorDataset": "data",
+    "FactorSpace": "data",
+    "build_dataset": "data",
+    "load_run": "encode",
+    "TrainedRun": "encode",
+    "GatedVAEError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "PartitionError": "errors",
+}
 
-__all__ = [
-    "Config",
-    "DataConfig",
-    "GatingConfig",
-    "ModelConfig",
-    "PartitionConfig",
-    "TrainConfig",
-    "load_config",
-    "FactorDataset",
-    "FactorSpace",
-    "build_dataset",
-    "load_run",
-    "TrainedRun",
-    "GatedVAEError",
-    "ConfigError",
-    "DataError",
-    "PartitionError",
-    "__version__",
-]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gatedvae' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

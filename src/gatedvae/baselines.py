@@ -13,7 +13,7 @@ representations that need no training loop of ours.
 
 Each image-based baseline is a module with the interface the metrics adapter uses for a trained
 model -- ``encode(x) -> Posterior``, ``decode``, ``reconstruction``, ``mean_image``,
-``latent_dim`` -- so :func:`gatedvae.metrics.adapter.evaluate_model` scores it exactly as it scores
+``latent_dim`` -- so :func:`gatedvae.evaluation.evaluate_model` scores it exactly as it scores
 a run (same sampling, same presets, same seeds), and the result has the ``metrics.json`` format of
 ``gatedvae evaluate``. The linear baselines decode too (PCA/ICA: the inverse transform; raw
 pixels: the identity), so the reconstruction scores mean something; their decoded images are
@@ -30,7 +30,6 @@ fits the baseline with ``seed``, evaluates it with ``seed`` and optionally write
 
 from __future__ import annotations
 
-import difflib
 import os
 import time
 import warnings
@@ -43,6 +42,7 @@ from torch import nn
 
 from .config import Config, DataConfig, ModelConfig, to_dict
 from .errors import ConfigError, GatedVAEError
+from .io import closest
 from .losses import bernoulli_nll, gaussian_nll
 from .nets import Posterior
 
@@ -72,8 +72,8 @@ _CLIP = 1e-4
 
 def _check_name(name: str) -> str:
     if name not in BASELINES:
-        close = difflib.get_close_matches(str(name), list(BASELINES), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = closest(str(name), BASELINES)
+        hint = f"; did you mean '{close}'?" if close else ""
         raise ConfigError(f"unknown baseline '{name}'{hint} baselines: {', '.join(BASELINES)}")
     return name
 
@@ -109,11 +109,12 @@ class _PixelModel(nn.Module):
     def representation(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode(x, cond).mu
 
-    def extra_figures(self, prep, out_dir, rng) -> list:
+    def figure_panels(self, rng) -> list:
         return []
 
     def describe(self) -> str:
-        return f"{self.registered_name} baseline ({', '.join(f'{k}={v}' for k, v in self.info.items() if not isinstance(v, (list, dict)))})"
+        params = ", ".join(f"{k}={v}" for k, v in self.info.items() if not isinstance(v, (list, dict)))
+        return f"{self.registered_name} baseline ({params})"
 
 
 class RawPixels(_PixelModel):
@@ -286,7 +287,7 @@ def _batch_norm_statistics(model: nn.Module, norms: list, x: torch.Tensor, batch
                 continue
             model.decode(model.encode(xb).mu)
     finally:
-        for m, mom in zip(norms, saved):
+        for m, mom in zip(norms, saved, strict=True):
             m.momentum = mom
         model.eval()
 
@@ -301,7 +302,7 @@ def _record_config(name: str, data: DataConfig, module: nn.Module) -> Config:
 def prepare_baseline(name: str, data: DataConfig, dataset=None, device: str = "cpu", progress: bool = False, **kw):
     """A :class:`gatedvae.train.Prepared` holding the baseline as its model, for the metrics adapter."""
     from .data import build_dataset
-    from .train.loop import Prepared, resolve_device
+    from .run import Prepared, resolve_device
 
     dev = resolve_device(device)
     ds = dataset if dataset is not None else build_dataset(data, progress=progress)
@@ -318,8 +319,8 @@ def ground_truth_scores(dataset, metrics, preset: str, rng: np.random.Generator)
     array metrics get the classes of the shared codes sample as both codes and factors.
     Unsupervised and reconstruction scores do not apply and are listed under ``skipped``.
     """
+    from .evaluation.suite import SAMPLE_SIZES, _stream, resolve_metrics
     from .metrics import KINDS, METRICS, preset_kwargs
-    from .metrics.adapter import SAMPLE_SIZES, _stream, resolve_metrics
 
     names = resolve_metrics(metrics)
     base = int(rng.integers(0, 2**63 - 1))
@@ -394,12 +395,19 @@ def evaluate_baseline(
     Returns:
         the JSON-safe document (``headline``, ``results``, ``baseline`` with the fit facts).
     """
-    from .evaluate import FORMAT, _atomic_json, to_jsonable
-    from .metrics import adapter
+    from .evaluation import (
+        FORMAT,
+        SAMPLE_SIZES,
+        evaluate_model,
+        headline,
+        resolve_metrics,
+        to_jsonable,
+        write_json,
+    )
 
     _check_name(name)
-    names = adapter.resolve_metrics(metrics)
-    if preset not in adapter.SAMPLE_SIZES:
+    names = resolve_metrics(metrics)
+    if preset not in SAMPLE_SIZES:
         raise ConfigError(f"unknown preset '{preset}'; use default or fast")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
@@ -430,7 +438,7 @@ def evaluate_baseline(
             hidden=hidden,
             bn_stats=bn_stats,
         )
-        result = adapter.evaluate_model(prep, names, preset, rng=rng, progress=progress)
+        result = evaluate_model(prep, names, preset, rng=rng, progress=progress)
         describe, latent = prep.model.describe(), prep.model.latent_dim
         spec.update(prep.model.info)
     doc: dict[str, Any] = {
@@ -449,7 +457,7 @@ def evaluate_baseline(
         "partitions": [],
         "dataset": result.get("dataset", {"name": data.name}),
         "samples": result.get("samples", {}),
-        "headline": adapter.headline(result),
+        "headline": headline(result),
         "posterior": result.get("posterior", {}),
         "results": result["results"],
         "timing": {
@@ -464,8 +472,8 @@ def evaluate_baseline(
     doc = to_jsonable(doc)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_json(out / "baseline.json", to_jsonable(spec))
-        _atomic_json(out / "metrics.json", doc)
+        write_json(out / "baseline.json", to_jsonable(spec))
+        write_json(out / "metrics.json", doc)
     return doc
 
 

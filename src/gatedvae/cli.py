@@ -28,6 +28,7 @@ def _data_config(name: str, overrides: list[str]) -> DataConfig:
 
 def cmd_data_describe(args: argparse.Namespace) -> int:
     from .data import build_dataset
+    from .data.preview import describe_dataset
 
     cfg = _data_config(args.name, args.overrides)
     t0 = time.perf_counter()
@@ -36,22 +37,6 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
     print(describe_dataset(ds))
     print(f"built in {took:.1f} s")
     return 0
-
-
-def describe_dataset(ds) -> str:
-    """A few lines about a dataset: size, image shape, memory, factors and weak labels."""
-    c, h, w = ds.image_shape
-    lines = [
-        f"{ds.name}: {len(ds):,} images of {c}x{h}x{w}, {ds.store.nbytes / 1e6:.1f} MB in memory"
-        f" ({type(ds.store).__name__}), {'full factor grid' if ds.is_grid else 'labelled items'}",
-    ]
-    for name, size, values in zip(ds.factor_space.names, ds.factor_space.sizes, ds.factor_space.values):
-        lo, hi = (float(values.min()), float(values.max())) if size else (0.0, 0.0)
-        lines.append(f"  factor {name:<12} {size:>4} values in [{lo:.3g}, {hi:.3g}]")
-    for name in ds.weak_names:
-        col = ds.weak[:, ds.weak_names.index(name)]
-        lines.append(f"  weak   {name:<12} continuous in [{col.min():.3g}, {col.max():.3g}]")
-    return "\n".join(lines)
 
 
 def cmd_data_preview(args: argparse.Namespace) -> int:
@@ -67,28 +52,33 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .callbacks import standard_callbacks
     from .config import load_config
     from .train import distributed, train
 
+    callbacks = standard_callbacks()  # TensorBoard images; the train.evaluate evaluation at the end
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError(
                 "--resume takes the config saved in the run directory; drop the config file and overrides"
             )
-        summary = train(None, args.resume, resume=True, quiet=args.quiet, tensorboard=not args.no_tensorboard)
+        summary = train(
+            None, args.resume, resume=True, quiet=args.quiet, tensorboard=not args.no_tensorboard, callbacks=callbacks
+        )
         run_dir = Path(args.resume)
     else:
         if not args.config:
             raise ConfigError("give a config file (see configs/) or --resume RUN_DIR")
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-        summary = train(config, run_dir, quiet=args.quiet, tensorboard=not args.no_tensorboard)
+        summary = train(config, run_dir, quiet=args.quiet, tensorboard=not args.no_tensorboard, callbacks=callbacks)
     if summary.get("world_size", 1) > 1 and not distributed.is_main_process():
         return 0  # launched by torchrun: rank 0 reports
     final = summary.get("final", {})
     terms = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("step", "epoch", "phase"))
     print(
-        f"finished {summary['steps']} steps in {summary['seconds']:.0f} s ({summary['images_per_second']:.0f} images/s): {terms}"
+        f"finished {summary['steps']} steps in {summary['seconds']:.0f} s "
+        f"({summary['images_per_second']:.0f} images/s): {terms}"
     )
     if "evaluation" in summary:
         print("evaluation (metrics.json): " + ", ".join(f"{k} {v:.3g}" for k, v in summary["evaluation"].items()))
@@ -97,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run, format_headline
+    from .evaluation import evaluate_run, format_headline
 
     doc = evaluate_run(args.run_dir, metrics=args.metrics, preset=args.preset, seed=args.seed, progress=not args.quiet)
     print(format_headline(doc))
@@ -109,12 +99,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from .baselines import BASELINES, evaluate_baseline, format_baseline
 
     if args.name not in BASELINES:  # refuse before building the dataset
-        import difflib
+        from .io import closest
 
-        close = difflib.get_close_matches(args.name, list(BASELINES), n=1)
+        close = closest(args.name, BASELINES)
         raise ConfigError(
             f"unknown baseline '{args.name}'"
-            + (f"; did you mean '{close[0]}'?" if close else "")
+            + (f"; did you mean '{close}'?" if close else "")
             + f" baselines: {', '.join(BASELINES)}"
         )
     for flag, value in (("--latent-dim", args.latent_dim), ("--fit-size", args.fit_size), ("--hidden", args.hidden)):
@@ -182,6 +172,17 @@ def cmd_list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list_datasets(args: argparse.Namespace) -> int:
+    from .data import DATASETS
+
+    for name, entry in DATASETS.items():
+        options = ", ".join(f"options.{k}={o.default}" for k, o in entry.options.items())
+        print(f"{name}: {entry.description}")
+        print(f"  factors: {entry.factors}")
+        print(f"  settings: {', '.join([*entry.uses, options] if options else entry.uses) or '-'}")
+    return 0
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from .encode import encode_to_file
 
@@ -192,7 +193,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     )
     start, stop = info["dims"]
     print(
-        f"wrote {info['out']}: {info['shape'][0]} x {info['shape'][1]} codes (partition {info['partition']}, latent dims {start}..{stop - 1}, step {info['step']})"
+        f"wrote {info['out']}: {info['shape'][0]} x {info['shape'][1]} codes (partition {info['partition']}, "
+        f"latent dims {start}..{stop - 1}, step {info['step']})"
     )
     return 0
 
@@ -388,21 +390,22 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--quiet", action="store_true", help="no progress messages")
     fs.set_defaults(func=cmd_face_study)
 
-    ls = sub.add_parser("list", help="list registered things: models")
+    ls = sub.add_parser("list", help="list registered things: models, datasets")
     lsub = ls.add_subparsers(dest="list_command", metavar="WHAT")
     lm = lsub.add_parser("models", help="the registered models with their default hyperparameters")
     lm.set_defaults(func=cmd_list_models)
+    ld = lsub.add_parser("datasets", help="the registered datasets with their factors and settings")
+    ld.set_defaults(func=cmd_list_datasets)
     ls.set_defaults(func=lambda a: _usage(ls))
 
     d = sub.add_parser("data", help="datasets: describe, preview")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
-    names = "dsprites, dsprites_file, ellipses, images, faces"
     for action, func, helptext in (
         ("describe", cmd_data_describe, "print a dataset's size, memory and factors"),
         ("preview", cmd_data_preview, "write a PNG grid of samples and one traversal row per factor"),
     ):
         p = dsub.add_parser(action, help=helptext)
-        p.add_argument("name", help=f"dataset: {names}")
+        p.add_argument("name", help="a registered dataset (gatedvae list datasets): dsprites, ellipses, faces, ...")
         p.add_argument(
             "overrides",
             nargs="*",

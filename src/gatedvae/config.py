@@ -9,6 +9,13 @@ Command-line overrides are ``dotted.key=value`` strings (``model.beta=4``,
 ``data.stride.posX=4``, ``gating.partitions.0.size=3``); values are parsed as YAML scalars
 or flow collections and then checked against the field's type.
 
+Two sections are open-ended, because what they hold belongs to a registry this layer does not
+import: a model's hyperparameters (``model.beta``, ``model.gamma``, ...) are declared by each model's
+file (:mod:`gatedvae.models`) and are type- and range-checked when the model is resolved
+(``gatedvae.models.validate_model_config``, called before anything is built or written); a
+dataset's own options (``data.options.NAME``) are declared by the dataset's file
+(:mod:`gatedvae.data.registry`) and checked when the dataset is built.
+
 No third-party config framework is used on purpose (see ``../shared/STYLE.md``, habit 6).
 """
 
@@ -23,7 +30,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -42,6 +49,8 @@ __all__ = [
     "load_config",
     "save_config",
     "config_keys",
+    "coerce_value",
+    "LEGACY_HYPERPARAMETERS",
 ]
 
 
@@ -164,14 +173,25 @@ def from_dict(cls: type, data: dict[str, Any] | None, *, strict: bool = True, _w
         raise ConfigError(f"{_where or 'config'}: expected a mapping of keys to values, got {data!r}")
     hints = _field_types(cls)
     valid = config_keys(cls)
+    open_field = getattr(cls, "_open_field", None)
     kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     for key, value in data.items():
         where = f"{_where}.{key}" if _where else str(key)
+        if open_field is not None and (key == open_field or key not in valid):
+            # a key of the open-ended part (a model's hyperparameter): checked when it is resolved
+            if key == open_field or not isinstance(key, str):
+                section = _where or "model"
+                raise ConfigError(f"'{where}' is not a valid key; write them directly under {section} ({section}.beta)")
+            extra[key] = _coerce(value, cls._open_types.get(key, Any), where)
+            continue
         if key not in hints or key not in valid:
             if strict:
                 raise ConfigError(f"unknown config key '{where}'{_suggest(str(key), valid)}")
             continue
         kwargs[key] = _coerce(value, hints[key], where)
+    if open_field is not None:
+        kwargs[open_field] = extra
     for f in dataclasses.fields(cls):
         if (
             f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
@@ -189,6 +209,9 @@ def from_dict(cls: type, data: dict[str, Any] | None, *, strict: bool = True, _w
 def to_dict(obj: Any) -> Any:
     """Plain data (dicts, lists, scalars) for a config dataclass; the inverse of :func:`from_dict`."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        plain = getattr(obj, "_to_plain", None)
+        if plain is not None:  # a section whose file layout is not one key per field
+            return plain()
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (tuple, list)):
         return [to_dict(v) for v in obj]
@@ -210,6 +233,11 @@ def _set_path(data: Any, cls: Any, parts: list[str], raw: str, where: str) -> An
     origin = get_origin(cls)
     if dataclasses.is_dataclass(cls):
         valid = config_keys(cls)
+        open_field = getattr(cls, "_open_field", None)
+        if open_field is not None and head not in valid:  # a hyperparameter: typed if 0.1 had it, else as written
+            new = dict(data)
+            new[head] = _leaf_or_descend(data.get(head), cls._open_types.get(head, Any), rest, raw, where)
+            return new
         if head not in valid:
             prefix = where.rsplit(".", 1)[0] if "." in where else ""
             full = f"{prefix}.{head}" if prefix else head
@@ -298,6 +326,12 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
     os.replace(tmp, p)
 
 
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it, as :func:`from_dict` does for a
+    field (``where`` names it in the error). The registries use it for hyperparameters and options."""
+    return _coerce(value, tp, where)
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ConfigError(message)
@@ -305,19 +339,21 @@ def _require(cond: bool, message: str) -> None:
 
 # --------------------------------------------------------------------------- the configs
 
-DatasetName = Literal["dsprites", "dsprites_file", "ellipses", "images", "faces"]
-
 
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset to use and how to build it.
 
-    ``name``: ``dsprites`` (procedural, 737,280 images), ``dsprites_file`` (the official
+    ``name``: a registered dataset (``gatedvae list datasets``; checked, with a did-you-mean, when the
+    dataset is built): ``dsprites`` (procedural, 737,280 images), ``dsprites_file`` (the official
     ``.npz`` at ``path``), ``ellipses`` (CorrelatedEllipses of CHyVAE), ``images`` (a
     folder of images, or an ``.npy``/``.npz`` array, at ``path`` with a CSV of labels) or
     ``faces`` (procedural faces with tracker-like weak labels: ``pose_noise`` in degrees and
     ``au_noise`` in action-unit intensity, drawn with ``seed``; ``color``, ``image_size`` and
     ``stride`` apply).
+    ``options``: the options of a dataset added after 0.1 (``data.options.NAME=value``), declared
+    by its registration and checked when it is built; the fields above are the options 0.1's
+    datasets use, kept as fields so that config files and run ids stay as they were.
     ``stride`` keeps every k-th value of the named factors, which keeps the factor grid
     intact for exact pair sampling (``{posX: 4, posY: 4}`` shrinks dSprites 16-fold).
     ``holdout`` is the fraction of images held out of training (drawn with ``seed``, the same
@@ -326,7 +362,7 @@ class DataConfig:
     every image.
     """
 
-    name: DatasetName = "dsprites"
+    name: str = "dsprites"
     path: str = ""
     labels: str = ""
     data_dir: str = ""
@@ -347,8 +383,17 @@ class DataConfig:
     au_noise: float = 0.75
     # Images held out of training (reconstruction is measured on them)
     holdout: float = 0.0
+    # Options of datasets registered after 0.1 (written to files only when set)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def _to_plain(self) -> dict[str, Any]:
+        out = {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if not self.options:
+            del out["options"]  # a 0.1 config's file and run id stay byte-identical
+        return out
 
     def __post_init__(self) -> None:
+        _require(bool(self.name), "data.name: must not be empty; name a dataset (gatedvae list datasets)")
         _require(0.0 <= self.holdout < 0.5, f"data.holdout: a fraction in [0, 0.5), got {self.holdout}")
         _require(self.pose_noise >= 0, f"data.pose_noise: must be non-negative (degrees), got {self.pose_noise}")
         _require(self.au_noise >= 0, f"data.au_noise: must be non-negative, got {self.au_noise}")
@@ -438,12 +483,53 @@ class GatingConfig:
             )
 
 
-@dataclass(frozen=True)
+#: Serialization compatibility, not a registry: the objective hyperparameters 0.1's flat ``ModelConfig``
+#: had as fields, with their 0.1 types. :func:`to_dict` always writes these keys, in this order and
+#: ``null`` when unset, so that 0.1's config files, run directories (``config.yaml``, resume compares
+#: it) and sweep run ids (the SHA-256 of ``to_dict``) stay byte-identical; :func:`from_dict` and the
+#: dotted overrides convert them to these types. A new model declares its hyperparameters in its own
+#: file (``gatedvae.models.base.Hyper``) and does not edit this list; a model that reuses one of
+#: these names must declare it with the same type (registration checks).
+LEGACY_HYPERPARAMETERS: dict[str, Any] = {
+    "beta": float | None,
+    "gamma": float | None,
+    "c_max": float | None,
+    "c_steps": int | None,
+    "capacity_mode": Literal["abs", "relu"] | None,
+    "mmd_lambda": float | None,
+    "info_alpha": float | None,
+    "mmd_kernel": Literal["rbf", "imq"] | None,
+    "lambda_od": float | None,
+    "lambda_d": float | None,
+    "tc_alpha": float | None,
+    "tc_estimator": Literal["mws", "mss"] | None,
+    "nu": float | None,
+    "info_lambda": float | None,
+    "noise_dim": int | None,
+    "categorical": tuple[int, ...] | None,
+    "gp_weight": float | None,
+}
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (from YAML or a caller) as tuples, so that a config stays hashable and compares equal."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True, init=False)
 class ModelConfig:
     """Which objective and network, and the objective's hyperparameters.
 
-    A hyperparameter left at ``null`` takes the registered model's default (``gatedvae list
-    models`` prints them); setting one the model does not use is an error.
+    The hyperparameters belong to the model: each model's file declares them (type, default,
+    range, a one-line doc; ``gatedvae list models`` prints them). Here they are a mapping,
+    ``hyper``, holding only the values set; in files and overrides they sit directly under
+    ``model`` (``model.beta: 4``), and ``ModelConfig(name="beta_vae", beta=4.0)``,
+    ``cfg.beta`` (``None`` when unset), ``dataclasses.replace(cfg, beta=2.0)`` work as in 0.1.
+    A value of ``None`` means the model's default. Unknown names, wrong types and out-of-range
+    values are refused when the model is resolved (``gatedvae.models.validate_model_config``),
+    before any data is built or anything written.
     """
 
     name: str = "beta_vae"
@@ -451,51 +537,75 @@ class ModelConfig:
     latent_dim: int = 8
     hidden: int = 1200
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
-    beta: float | None = None
-    gamma: float | None = None
-    c_max: float | None = None
-    c_steps: int | None = None
-    capacity_mode: Literal["abs", "relu"] | None = None
-    mmd_lambda: float | None = None
-    info_alpha: float | None = None
-    mmd_kernel: Literal["rbf", "imq"] | None = None
-    lambda_od: float | None = None
-    lambda_d: float | None = None
-    tc_alpha: float | None = None
-    tc_estimator: Literal["mws", "mss"] | None = None
-    nu: float | None = None
-    info_lambda: float | None = None
-    noise_dim: int | None = None
-    categorical: tuple[int, ...] | None = None
-    gp_weight: float | None = None
     condition: tuple[str, ...] = ()
     condition_encoder: bool = False
+    hyper: dict[str, Any] = field(default_factory=dict)
+
+    # from_dict and the dotted overrides put keys that are not fields into ``hyper``, typed as below
+    _open_field: ClassVar[str] = "hyper"
+    _open_types: ClassVar[dict[str, Any]] = LEGACY_HYPERPARAMETERS
+
+    def __init__(
+        self,
+        name: str = "beta_vae",
+        net: Literal["mlp", "conv64"] = "mlp",
+        latent_dim: int = 8,
+        hidden: int = 1200,
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        *,
+        condition: tuple[str, ...] = (),
+        condition_encoder: bool = False,
+        hyper: dict[str, Any] | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        values = {**(hyper or {}), **hyperparameters}  # keywords win: dataclasses.replace(cfg, beta=2.0)
+        common = {f.name for f in dataclasses.fields(self)}
+        for key in values:
+            _require(
+                isinstance(key, str) and key not in common,
+                f"model.{key}: not a hyperparameter name; pass it as ModelConfig({key}=...)",
+            )
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "net", net)
+        setattr_(self, "latent_dim", latent_dim)
+        setattr_(self, "hidden", hidden)
+        setattr_(self, "likelihood", likelihood)
+        setattr_(self, "condition", _frozen(condition))
+        setattr_(self, "condition_encoder", condition_encoder)
+        setattr_(self, "hyper", {k: _frozen(v) for k, v in values.items() if v is not None})
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         _require(self.latent_dim >= 1, f"model.latent_dim: must be at least 1, got {self.latent_dim}")
         _require(self.hidden >= 1, f"model.hidden: must be at least 1, got {self.hidden}")
-        for key in (
-            "beta",
-            "gamma",
-            "c_max",
-            "mmd_lambda",
-            "lambda_od",
-            "lambda_d",
-            "tc_alpha",
-            "info_lambda",
-            "gp_weight",
-        ):
-            v = getattr(self, key)
-            _require(v is None or v >= 0, f"model.{key}: must be non-negative, got {v}")
-        _require(self.c_steps is None or self.c_steps >= 1, f"model.c_steps: must be at least 1, got {self.c_steps}")
-        _require(
-            self.noise_dim is None or self.noise_dim >= 0,
-            f"model.noise_dim: must be non-negative, got {self.noise_dim}",
+
+    def __getattr__(self, key: str) -> Any:
+        """``cfg.beta``: a hyperparameter's value, ``None`` when unset (the model's default)."""
+        hyper = self.__dict__.get("hyper", {})
+        if key in hyper:
+            return hyper[key]
+        if key in LEGACY_HYPERPARAMETERS:
+            return None
+        raise AttributeError(
+            f"ModelConfig has no field or set hyperparameter {key!r}; read an unset one with cfg.hyper.get({key!r})"
         )
-        _require(
-            self.categorical is None or all(k >= 2 for k in self.categorical),
-            f"model.categorical: every categorical code needs at least 2 categories, got {self.categorical}",
-        )
+
+    def __hash__(self) -> int:
+        common = tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "hyper")
+        return hash((common, tuple(sorted(self.hyper.items()))))
+
+    def _to_plain(self) -> dict[str, Any]:
+        """The 0.1 layout: common keys, the legacy hyperparameters (null when unset), then any other
+        set hyperparameter in name order, then the condition keys."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in ("name", "net", "latent_dim", "hidden", "likelihood")}
+        for key in LEGACY_HYPERPARAMETERS:
+            out[key] = to_dict(self.hyper.get(key))
+        for key in sorted(k for k in self.hyper if k not in LEGACY_HYPERPARAMETERS):
+            out[key] = to_dict(self.hyper[key])
+        out["condition"] = to_dict(self.condition)
+        out["condition_encoder"] = self.condition_encoder
+        return out
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ training time. The code is the posterior mean (deterministic), computed in eval 
 from __future__ import annotations
 
 import csv
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,22 +30,13 @@ import numpy as np
 import torch
 
 from .config import Config
-from .errors import ConfigError, DataError, GatedVAEError, PartitionError
+from .errors import ConfigError, DataError, PartitionError
+from .io import closest
 
 __all__ = ["TrainedRun", "load_run", "as_images", "encode_to_file", "ALL"]
 
 #: The partition name that means "the whole latent vector".
 ALL = "all"
-
-
-def _image_shape(config: Config) -> tuple[int, int, int] | None:
-    """``(C, H, W)`` of a run's training images, from its data config (None: build the data to know)."""
-    data = config.data
-    if data.name in ("dsprites", "dsprites_file", "ellipses"):
-        return (1, 64, 64)
-    if data.name in ("faces", "images"):
-        return (1 if data.color == "gray" else 3, data.image_size, data.image_size)
-    return None
 
 
 @dataclass
@@ -82,8 +72,8 @@ class TrainedRun:
         if partition in self.partitions:
             return self.partitions[partition]
         valid = [*self.partitions, ALL]
-        close = difflib.get_close_matches(str(partition), valid, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        near = closest(str(partition), valid)
+        hint = f"; did you mean '{near}'?" if near else ""
         what = "partitions of this run" if self.partitions else "this run is not gated; its only partition"
         raise PartitionError(f"unknown partition '{partition}'{hint} {what}: {', '.join(valid)}")
 
@@ -119,7 +109,8 @@ class TrainedRun:
             raise DataError(f"decode: expected codes of shape (N, {self.latent_dim}), got {z.shape}")
         if self.config.model.condition:
             raise ConfigError(
-                "this run's decoder is conditioned on factors (model.condition); decode through the trainer's data instead"
+                "this run's decoder is conditioned on factors (model.condition); "
+                "decode through the trainer's data instead"
             )
         out = []
         for s in range(0, len(z), int(batch_size)):
@@ -138,43 +129,13 @@ def load_run(
     *encoder* is conditioned on factor labels (``model.condition_encoder``) are refused: their
     codes need labels that new images do not have.
     """
-    from .models import build_model
-    from .train import latest_checkpoint, load_checkpoint, load_run_config, resolve_device
+    from .run import load_model
 
-    run = Path(run_dir)
-    config = load_run_config(run)
-    if checkpoint is None:
-        found = latest_checkpoint(run / "checkpoints")
-        if found is None:
-            raise GatedVAEError(f"run {run} has no checkpoint yet; train it first")
-        step, path = found
-    else:
-        path, step = Path(checkpoint), -1
-    if config.model.condition_encoder:
-        raise ConfigError(
-            f"run {run} conditions its encoder on factor labels (model.condition_encoder); its codes cannot be computed from images alone"
-        )
-    shape = _image_shape(config)
-    cond_dim = 0
-    size = 1
-    if shape is None or config.model.condition:
-        from .data import build_dataset
-
-        ds = build_dataset(config.data)
-        shape = ds.image_shape
-        cond_dim = sum(ds.factor_space.size(n) for n in config.model.condition)
-        size = len(ds)
-    dev = resolve_device(device)
-    model = build_model(config.model, shape, size, cond_dim=cond_dim, seed=config.train.seed)
-    header = load_checkpoint(path, model)
-    model.to(dev).eval()
-    parts: dict[str, slice] = {}
-    if config.gating.enabled:
-        start = 0
-        for p in config.gating.partitions:
-            parts[p.name] = slice(start, start + p.size)
-            start += p.size
-    return TrainedRun(run, config, model, int(header.get("step", step)), tuple(shape), parts, dev)
+    loaded = load_model(run_dir, device=device, checkpoint=checkpoint)
+    parts = loaded.partitions.slices() if loaded.partitions is not None else {}
+    return TrainedRun(
+        loaded.run_dir, loaded.config, loaded.model, loaded.step, loaded.image_shape, parts, loaded.device
+    )
 
 
 # --------------------------------------------------------------------------- inputs
@@ -273,7 +234,7 @@ def encode_to_file(
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(header)
-                for row, z in zip(rows, codes):
+                for row, z in zip(rows, codes, strict=True):
                     writer.writerow([row, *(f"{v:.6g}" for v in z)])
         os.replace(tmp, out)
     except BaseException:

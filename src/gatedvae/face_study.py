@@ -45,7 +45,6 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,7 @@ __all__ = [
 
 #: The paper's latent layout (section IV-B): 6 pose dims, then 18 expression dims.
 FACE_LAYOUT: tuple[tuple[str, int], ...] = (("pose", 6), ("expression", 18))
-#: Images encoded per preset (DCI then fits on 80% of them, as in :mod:`gatedvae.metrics.adapter`).
+#: Images encoded per preset (DCI then fits on 80% of them, as in :mod:`gatedvae.evaluation.suite`).
 SIZES: dict[str, int] = {"default": 12_500, "fast": 5_000}
 FORMAT = "gatedvae-face-scores-1"
 _FOREST = dict(n_estimators=10, max_depth=12)  # the paper's random forest
@@ -202,7 +201,7 @@ def _unit_scores(codes, logvar, factors, factor_names, names, unit_dims, shares,
     summary = _summary(shares, info["r2"], factor_names, names)
     if logvar is not None:
         kl = 0.5 * (codes**2 + np.exp(logvar) - logvar - 1.0)  # (N, M) KL(q(z|x) || N(0, I)) per dim
-        for u, dims in zip(names, unit_dims):
+        for u, dims in zip(names, unit_dims, strict=True):
             summary[f"kl.{u}"] = float(kl[:, dims].sum(axis=1).mean())
         eps = np.random.default_rng(seed_from(rng)).standard_normal(codes.shape)  # (N, M)
         sampled = codes + np.exp(0.5 * logvar) * eps  # (N, M)
@@ -253,7 +252,7 @@ def face_scores(
     factor_names = list(factor_names)
     out: dict[str, Any] = {
         "factor_names": factor_names,
-        "units": {n: d.tolist() for n, d in zip(names, unit_dims)},
+        "units": {n: d.tolist() for n, d in zip(names, unit_dims, strict=True)},
         "dci": {},
     }
     shares: dict[str, dict] = {}
@@ -350,8 +349,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _prepare(run: Path):
-    """Data and model of a run with the latest weights, without building its pair samplers (no k-means)."""
-    from .train import latest_checkpoint, load_checkpoint, load_run_config, prepare
+    """Data and model of a face run with the latest weights (its pair samplers, k-means, are not built)."""
+    from .run import load_run_config, load_trained
 
     config = load_run_config(run)
     if config.data.name != "faces":
@@ -359,16 +358,8 @@ def _prepare(run: Path):
             f"run {run} was trained on '{config.data.name}'; the face study needs a run on data.name=faces "
             "(for your own faces use gatedvae evaluate with factor columns)"
         )
-    found = latest_checkpoint(run / "checkpoints")
-    if found is None:
-        raise GatedVAEError(f"run {run} has no checkpoint yet; train it first")
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    plain = replace(config, gating=replace(config.gating, enabled=False))
-    prep = prepare(plain)
-    load_checkpoint(found[1], prep.model)
-    prep.model.eval()
-    return config, prep, found[0]
+    prep, step, _ = load_trained(run)  # the pair samplers (k-means) are built only if asked for
+    return config, prep, step
 
 
 @torch.no_grad()
@@ -406,7 +397,10 @@ def write_face_figures(
     imgs = traversal_images(prep, base_index=base, steps=steps, span=span)[torch.as_tensor(rows)]  # (R, S, C, H, W)
     labels = [f"{names[0] if d in set(pose.tolist()) else names[1]} z{d} ({kl[d]:.2f})" for d in rows]
     cols = [f"{v:+.1f}" for v in np.linspace(-span, span, steps)]
-    title = f"traversals of image {base}: every {names[0]} dim, the {len(top)} most active {names[1]} dims (KL in nats){note}"
+    title = (
+        f"traversals of image {base}: every {names[0]} dim, "
+        f"the {len(top)} most active {names[1]} dims (KL in nats){note}"
+    )
     written = [
         save_figure(plot_image_rows(imgs, labels, title=title, col_labels=cols), out_dir / "face_traversals.png")
     ]
@@ -446,7 +440,8 @@ def score_run(
     run = Path(run_dir)
     t0 = time.perf_counter()
     config, prep, step = _prepare(run)
-    from .metrics.adapter import encode_posterior, kl_per_dim
+    from .evaluation import encode_posterior
+    from .metrics import kl_per_dim
 
     rng = np.random.default_rng([int(seed), 8])
     ds = prep.dataset

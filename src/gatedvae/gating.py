@@ -22,8 +22,6 @@ import numpy as np
 import torch
 
 from .config import GatingConfig, PartitionConfig
-from .data.base import FactorDataset
-from .data.pairs import PairSampler, make_sampler
 from .errors import PartitionError
 
 __all__ = ["Partitions", "gate", "clamp_to_mean", "Schedule"]
@@ -70,16 +68,18 @@ class _Partition:
 
 
 class Partitions:
-    """Named slices of the latent vector, validated against the latent size and the dataset.
+    """Named slices of the latent vector, checked against the latent size: the layout only.
+
+    Pure (no data): the pair samplers that train each partition are built from the dataset by
+    :func:`gatedvae.run.prepare` (``Prepared.samplers``), so loading a run to encode or evaluate it
+    never clusters weak labels.
 
     Args:
         config: the gating section of the run's config.
         latent_dim: M.
-        dataset: the training data; every partition's factors must exist in it.
-        rng: seeds the samplers' set-up (k-means for cluster partitions).
     """
 
-    def __init__(self, config: GatingConfig, latent_dim: int, dataset: FactorDataset, rng: np.random.Generator) -> None:
+    def __init__(self, config: GatingConfig, latent_dim: int) -> None:
         if not config.partitions:
             raise PartitionError("gating needs at least one partition; declare gating.partitions")
         total = sum(p.size for p in config.partitions)
@@ -87,6 +87,13 @@ class Partitions:
             raise PartitionError(
                 f"partition sizes sum to {total} but the latent has {latent_dim} dims; make them equal"
             )
+        if config.mode == "clamp":
+            for p in config.partitions:
+                if p.sampler != "exact":
+                    raise PartitionError(
+                        "gating.mode=clamp (DC-IGN) needs exact factor partitions; "
+                        f"partition '{p.name}' uses {p.sampler}"
+                    )
         self.config = config
         self.latent_dim = latent_dim
         self.parts: list[_Partition] = []
@@ -94,7 +101,6 @@ class Partitions:
         for p in config.partitions:
             self.parts.append(_Partition(p, start, start + p.size))
             start += p.size
-        self.samplers: list[PairSampler] = [make_sampler(dataset, p, rng) for p in config.partitions]
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -120,6 +126,10 @@ class Partitions:
     def masks(self, device: torch.device | str | None = None) -> torch.Tensor:
         """``(P, M)`` bool, one row per partition."""
         return torch.stack([self.mask(i, device) for i in range(len(self))])
+
+    def slices(self) -> dict[str, slice]:
+        """Partition name -> its latent dims, in latent order."""
+        return {p.config.name: slice(p.start, p.stop) for p in self.parts}
 
     def units(self) -> list[np.ndarray]:
         """Latent dims of each partition, for partition-level metrics."""

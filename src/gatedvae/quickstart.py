@@ -83,7 +83,7 @@ def _show_pairs(ds, out: Path, rng: np.random.Generator) -> dict:
     for part in DSPRITES_PARTITIONS:
         batch = make_sampler(ds, part, rng).sample(10_000, rng)
         agree = (ds.factors_of(batch.input) == ds.factors_of(batch.target)).mean(axis=0)  # (K,)
-        agreement[part.name] = dict(zip(names, agree.round(4).tolist()))
+        agreement[part.name] = dict(zip(names, agree.round(4).tolist(), strict=True))
         print(f"  {part.name:<12}" + "".join(f"{a:>12.3f}" for a in agree[1:]))
         batches[part.name] = batch
     print("  shared factors agree in every pair; the others only by chance (1/size).")
@@ -130,14 +130,13 @@ def _ownership(result: dict) -> dict[str, float] | None:
     if per is None:
         return None
     names = result["dataset"]["factors"]
-    return {n: float(v) for n, v in zip(names, per) if v is not None and np.isfinite(v)}
+    return {n: float(v) for n, v in zip(names, per, strict=True) if v is not None and np.isfinite(v)}
 
 
 def quickstart(out: Path, seed: int = 0, quiet: bool = False, steps: int = 3000) -> dict:
     """Run the demo, writing runs and figures to ``out``; returns the numbers it printed."""
-    from .cli import describe_dataset
-    from .data.preview import preview
-    from .evaluate import evaluate_run
+    from .data.preview import describe_dataset, preview
+    from .evaluation import evaluate_run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +164,8 @@ def quickstart(out: Path, seed: int = 0, quiet: bool = False, steps: int = 3000)
         print(f"  {key:<28}{a:>10.3f}{b:>10.3f}")
     print(
         f"  {'reconstruction (BCE, train)':<28}{runs['un-gated']['summary']['final']['recon']:>10.1f}"
-        f"{runs['gated']['summary']['final']['recon']:>10.1f}   (gated: after {steps // 3} steps of decoder fine-tuning)"
+        f"{runs['gated']['summary']['final']['recon']:>10.1f}"
+        f"   (gated: after {steps // 3} steps of decoder fine-tuning)"
     )
     print("  (un)informativeness is NRMSE: lower is better. Paper, Table I, beta-VAE RF: D 0.172 -> 0.631 with gating.")
     own = runs["gated"]["ownership"]
@@ -177,7 +177,8 @@ def quickstart(out: Path, seed: int = 0, quiet: bool = False, steps: int = 3000)
             "  are owned; shape and orientation need the paper's longer training: configs/dsprites_beta_vae_gated.yaml."
         )
         print(
-            "  The gated run also gates the KL, gating.gate_kl=true, which keeps short runs from collapsing partitions.)"
+            "  The gated run also gates the KL, gating.gate_kl=true, "
+            "which keeps short runs from collapsing partitions.)"
         )
     report["runs"] = runs
     report["seconds"] = round(time.perf_counter() - t_all, 1)

@@ -126,7 +126,8 @@ class Vocabulary:
         """
         if not dataset.is_grid:
             raise DataError(
-                f"SCAN draws images of a concept by factor arithmetic and needs a full-grid dataset (dsprites); {dataset.name} is not one"
+                "SCAN draws images of a concept by factor arithmetic and needs a full-grid dataset (dsprites); "
+                f"{dataset.name} is not one"
             )
         space = dataset.factor_space
         attrs = []
@@ -134,7 +135,8 @@ class Vocabulary:
             name, _, nb = str(item).partition(":")
             if name not in space.names:
                 raise ConfigError(
-                    f"SCAN attribute '{name}' is not a factor of {dataset.name}; its factors are: {', '.join(space.names)}"
+                    f"SCAN attribute '{name}' is not a factor of {dataset.name}; "
+                    f"its factors are: {', '.join(space.names)}"
                 )
             size = space.size(name)
             bins = size if not nb else int(nb)
@@ -170,7 +172,7 @@ class Vocabulary:
 
     def describe(self, concept) -> str:
         """``{small, heart}`` style name of a concept."""
-        words = [a.words[int(v)] for a, v in zip(self.attributes, concept) if v >= 0]
+        words = [a.words[int(v)] for a, v in zip(self.attributes, concept, strict=True) if v >= 0]
         return "{" + ", ".join(words) + "}"
 
     def attribute_classes(self, factors: np.ndarray) -> np.ndarray:
@@ -594,7 +596,7 @@ def scan_scores(
         pred = np.stack(
             [
                 logits[:, off : off + len(at.words)].argmax(1).cpu().numpy()
-                for at, off in zip(vocab.attributes, vocab.offsets)
+                for at, off in zip(vocab.attributes, vocab.offsets, strict=True)
             ],
             axis=1,
         )  # (n, A)
@@ -652,7 +654,7 @@ def write_scan_figures(setup: ScanSetup, scan: SCAN, psi: Recombinator, out_dir:
         imgs = sym2img(setup, mu_r, lv_r, 8, gen).cpu()
         labels = [
             f"{vocab.describe(a)} {OPERATORS[o].upper().replace('_', ' ')} {vocab.describe(b)} = {vocab.describe(r)}"
-            for a, b, o, r in zip(c1, c2, op, res)
+            for a, b, o, r in zip(c1, c2, op, res, strict=True)
         ]
         written.append(
             save_figure(
@@ -667,7 +669,7 @@ def write_scan_figures(setup: ScanSetup, scan: SCAN, psi: Recombinator, out_dir:
         words = [
             ", ".join(
                 at.words[int(logits[i, off : off + len(at.words)].argmax())]
-                for at, off in zip(vocab.attributes, vocab.offsets)
+                for at, off in zip(vocab.attributes, vocab.offsets, strict=True)
             )
             for i in range(8)
         ]
@@ -715,7 +717,8 @@ def run_scan(
     """
     from safetensors.torch import save_file
 
-    from .evaluate import _atomic_json, load_trained, to_jsonable  # noqa: F401
+    from .evaluation import to_jsonable, write_json
+    from .run import load_trained
 
     for name, v in (
         ("steps", steps),
@@ -737,18 +740,7 @@ def run_scan(
     if (out / "scan.json").exists():
         raise GatedVAEError(f"'{out}' already holds a SCAN result (scan.json); choose another --out")
     t0 = time.perf_counter()
-    if dataset is None:
-        prep, step, _ = load_trained(run, progress=progress)
-    else:
-        from .train import latest_checkpoint, load_checkpoint, load_run_config, prepare
-
-        config = load_run_config(run)  # one-line errors for a missing or foreign directory
-        found = latest_checkpoint(run / "checkpoints")
-        if found is None:
-            raise GatedVAEError(f"run {run} has no checkpoint yet; train it first")
-        prep = prepare(config, dataset=dataset)
-        step = found[0]
-        load_checkpoint(found[1], prep.model)
+    prep, step, _ = load_trained(run, progress=progress, dataset=dataset)
     if not getattr(prep.model, "reconstructs", True) or prep.model.covariance != "diagonal":
         kind = "a GAN" if not getattr(prep.model, "reconstructs", True) else "a full-covariance model"
         raise ConfigError(f"SCAN grounds symbols in a VAE's diagonal posterior; {prep.config.model.name} is {kind}")
@@ -786,9 +778,9 @@ def run_scan(
         "classifier_accuracy": clf_acc,
         "notes": (
             [
-                "gated run without decoder fine-tuning (train.finetune_steps=0): a gated decoder learns to predict targets "
-                "that share only the active partition's factors, so sym2img samples are blurred averages; fine-tune the "
-                "decoder (train.finetune_steps) for sym2img"
+                "gated run without decoder fine-tuning (train.finetune_steps=0): "
+                "a gated decoder learns to predict targets that share only the active partition's factors, "
+                "so sym2img samples are blurred averages; fine-tune the decoder (train.finetune_steps) for sym2img"
             ]
             if prep.partitions is not None and prep.config.train.finetune_steps == 0
             else []
@@ -807,7 +799,7 @@ def run_scan(
         doc["figures"] = [str(p.relative_to(out)) for p in write_scan_figures(setup, scan, psi, out, seed)]
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     doc = to_jsonable(doc)
-    _atomic_json(out / "scan.json", doc)
+    write_json(out / "scan.json", doc)
     return doc
 
 
@@ -821,7 +813,8 @@ def format_scan(doc: dict) -> str:
     for key in ("train_symbols", "test_symbols", "test_operators", "test_operators_reference"):
         if key in s:
             lines.append(
-                f"  {key:<26} {s[key]['accuracy']:>9.3f} {s[key]['diversity'] if s[key]['diversity'] is not None else float('nan'):>10.3f}"
+                f"  {key:<26} {s[key]['accuracy']:>9.3f} "
+                f"{s[key]['diversity'] if s[key]['diversity'] is not None else float('nan'):>10.3f}"
             )
     lines.append(
         f"  img2sym accuracy {s['img2sym']['accuracy']:.3f} "

@@ -219,7 +219,8 @@ class FactorDataset:
             factors = np.asarray(factors)
             if factors.shape != (n, factor_space.num_factors):
                 raise DataError(
-                    f"{name}: factor classes of shape {factors.shape} do not fit {n} images and {factor_space.num_factors} factors"
+                    f"{name}: factor classes of shape {factors.shape} do not fit {n} images and "
+                    f"{factor_space.num_factors} factors"
                 )
             if not np.issubdtype(factors.dtype, np.integer):
                 raise DataError(f"{name}: factor classes must be integers, got {factors.dtype}")
@@ -245,7 +246,10 @@ class FactorDataset:
 
     def __repr__(self) -> str:
         shape = f"{self.store.channels}x{self.store.height}x{self.store.width}"
-        return f"FactorDataset({self.name!r}, n={len(self)}, images={shape}, factors={self.factor_space!r}, weak={list(self.weak_names)})"
+        return (
+            f"FactorDataset({self.name!r}, n={len(self)}, images={shape}, factors={self.factor_space!r}, "
+            f"weak={list(self.weak_names)})"
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

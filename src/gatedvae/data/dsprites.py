@@ -46,9 +46,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DataConfig
 from ..errors import DataError
 from .base import FactorDataset, PackedBinaryStore
 from .factors import FactorSpace
+from .registry import data_dir, register_dataset
 
 __all__ = [
     "DSPRITES_SPACE",
@@ -158,7 +160,7 @@ def _check_classes(factors: np.ndarray, what: str) -> np.ndarray:
             name = DSPRITES_SPACE.names[k]
             raise DataError(
                 f"{what}: row {row} has {name} class {factors[row, k]}, outside 0..{sizes[k] - 1}; "
-                f"use classes of the official grid {dict(zip(DSPRITES_SPACE.names, DSPRITES_SPACE.sizes))}"
+                f"use classes of the official grid {dict(zip(DSPRITES_SPACE.names, DSPRITES_SPACE.sizes, strict=True))}"
             )
     return factors
 
@@ -190,7 +192,7 @@ def render_dsprites(factors: np.ndarray) -> np.ndarray:
     order = np.argsort(where, kind="stable")  # (N,)
     keys, starts = np.unique(where[order], return_index=True)  # (G,), (G,)
     ends = np.append(starts[1:], n)  # (G,)
-    for key, a, b in zip(keys.tolist(), starts.tolist(), ends.tolist()):  # one slice copy per position
+    for key, a, b in zip(keys.tolist(), starts.tolist(), ends.tolist(), strict=True):  # one slice copy per position
         x, y = divmod(key, 32)
         idx = order[a:b]  # (M,)
         out[idx, y : y + SPRITE, x : x + SPRITE] = bank[sprite[idx]]  # (M, S, S)
@@ -445,14 +447,16 @@ def load_dsprites_npz(path: str | Path) -> FactorDataset:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(
-            f"dSprites file {path} does not exist; download {OFFICIAL_FILE} from github.com/deepmind/dsprites-dataset and set data.path"
+            f"dSprites file {path} does not exist; download {OFFICIAL_FILE} from github.com/deepmind/dsprites-dataset "
+            "and set data.path"
         )
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         why = _why(exc)
         raise DataError(
-            f"{path} is not a readable .npz archive ({why}); the file is truncated or corrupt, download {OFFICIAL_FILE} again"
+            f"{path} is not a readable .npz archive ({why}); the file is truncated or corrupt, "
+            f"download {OFFICIAL_FILE} again"
         ) from None
     with zf:
         members = {name[:-4] for name in zf.namelist() if name.endswith(".npy")}
@@ -488,3 +492,36 @@ def load_dsprites_npz(path: str | Path) -> FactorDataset:
         factors=None if grid else classes,
         description=f"dSprites from {path.name}",
     )
+
+
+# --------------------------------------------------------------------------- registration
+def _grid(space: FactorSpace) -> str:
+    return ", ".join(f"{n} ({s})" for n, s in zip(space.names, space.sizes, strict=True))
+
+
+@register_dataset(
+    "dsprites",
+    "dSprites rendered procedurally (737,280 64x64 binary images, the official data's grid)",
+    factors=_grid(DSPRITES_SPACE),
+    uses=("stride", "cache", "data_dir"),
+    image_shape=lambda cfg: (1, 64, 64),
+)
+def _build_dsprites(cfg: DataConfig, options: dict, progress: bool) -> FactorDataset:
+    if cfg.stride and not cfg.cache:
+        # only the kept classes are rendered: memory in proportion (docs/performance.md)
+        return make_dsprites_strided(dict(cfg.stride))
+    cache = data_dir(cfg.data_dir) if cfg.cache else None
+    return make_dsprites(cache_dir=cache, progress=progress).subset_grid(dict(cfg.stride))
+
+
+@register_dataset(
+    "dsprites_file",
+    f"the official dSprites file at data.path ({OFFICIAL_FILE})",
+    factors=_grid(DSPRITES_SPACE),
+    uses=("path", "stride"),
+    image_shape=lambda cfg: (1, 64, 64),
+)
+def _build_dsprites_file(cfg: DataConfig, options: dict, progress: bool) -> FactorDataset:
+    if not cfg.path:
+        raise DataError(f"data.path is empty; set it to the official {OFFICIAL_FILE}")
+    return load_dsprites_npz(cfg.path).subset_grid(dict(cfg.stride))

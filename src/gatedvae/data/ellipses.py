@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import DataConfig
 from ..errors import DataError
 from .base import FactorDataset, Uint8Store
 from .factors import FactorSpace
+from .registry import register_dataset
 
 __all__ = ["make_ellipses", "render_ellipses", "ELLIPSE_FACTORS", "SIGMA"]
 
@@ -139,3 +141,15 @@ def make_ellipses(size: int = 200_000, correlation: float = 0.5, levels: int = 1
         weak_names=ELLIPSE_FACTORS,
         description=f"CorrelatedEllipses (CHyVAE): correlation {correlation}, {levels} levels, seed {seed}",
     )
+
+
+@register_dataset(
+    "ellipses",
+    "CorrelatedEllipses (CHyVAE): data.size ellipses with correlated factors, drawn with data.seed",
+    factors=", ".join(f"{n} (data.levels)" for n in ELLIPSE_FACTORS) + "; the same four as weak labels",
+    uses=("size", "correlation", "levels", "seed", "stride"),
+    image_shape=lambda cfg: (1, 64, 64),
+)
+def _build_ellipses(cfg: DataConfig, options: dict, progress: bool) -> FactorDataset:
+    ds = make_ellipses(size=cfg.size, correlation=cfg.correlation, levels=cfg.levels, seed=cfg.seed)
+    return ds.subset_grid(dict(cfg.stride))

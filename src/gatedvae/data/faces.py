@@ -59,9 +59,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DataConfig
 from ..errors import DataError
 from .base import FactorDataset, Uint8Store
 from .factors import FactorSpace
+from .registry import register_dataset
 
 __all__ = [
     "FACE_SPACE",
@@ -527,7 +529,8 @@ def render_faces(values: np.ndarray, color: str = "gray", image_size: int = IMAG
         lo, hi = RANGES[name]
         if values.size and (values[:, k].min() < lo or values[:, k].max() > hi):
             raise DataError(
-                f"render_faces: {name} must lie in [{lo:g}, {hi:g}], got values in [{values[:, k].min():g}, {values[:, k].max():g}]"
+                f"render_faces: {name} must lie in [{lo:g}, {hi:g}], "
+                f"got values in [{values[:, k].min():g}, {values[:, k].max():g}]"
             )
     if not set(np.unique(values[:, 8])).issubset({0.0, 1.0, 2.0}):
         raise DataError("render_faces: hair must be 0 (short), 1 (medium) or 2 (long)")
@@ -764,7 +767,7 @@ def export_faces(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = [f"face_{k:06d}.png" for k in range(len(index))]
-    for name, img in zip(names, images):
+    for name, img in zip(names, images, strict=True):
         Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)).save(folder / name)
     labels = Path(labels)
     labels.parent.mkdir(parents=True, exist_ok=True)
@@ -774,7 +777,28 @@ def export_faces(
         writer.writerow(
             ["file", "face_id", "confidence", "success", *LABEL_COLUMNS, *(f"true_{f}" for f in FACE_SPACE.names)]
         )
-        for name, w, v in zip(names, weak, values):
+        for name, w, v in zip(names, weak, values, strict=True):
             writer.writerow([name, 0, "0.98", 1, *(f"{x:.6f}" for x in w), *(f"{x:g}" for x in v)])
     tmp.replace(labels)
     return index
+
+
+@register_dataset(
+    "faces",
+    "procedural faces with tracker-like weak labels (pose in degrees, action-unit intensities)",
+    factors=", ".join(f"{n} ({s})" for n, s in zip(FACE_SPACE.names, FACE_SPACE.sizes, strict=True))
+    + f"; weak labels: {', '.join(LABEL_COLUMNS)}",
+    uses=("stride", "color", "image_size", "pose_noise", "au_noise", "seed"),
+    image_shape=lambda cfg: (1 if cfg.color == "gray" else 3, cfg.image_size, cfg.image_size),
+)
+def _build_faces(cfg: DataConfig, options: dict, progress: bool) -> FactorDataset:
+    # rendered strided (only the kept classes are drawn), so no subset_grid afterwards
+    return make_faces(
+        stride=dict(cfg.stride),
+        color=cfg.color,
+        image_size=cfg.image_size,
+        pose_noise=cfg.pose_noise,
+        au_noise=cfg.au_noise,
+        seed=cfg.seed,
+        progress=progress,
+    )

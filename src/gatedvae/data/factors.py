@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..io import closest
 
 __all__ = ["FactorSpace"]
 
@@ -61,7 +62,7 @@ class FactorSpace:
         return int(np.prod(self._shape, dtype=np.int64))
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={s}" for n, s in zip(self.names, self.sizes))
+        inner = ", ".join(f"{n}={s}" for n, s in zip(self.names, self.sizes, strict=True))
         return f"FactorSpace({inner})"
 
     def __eq__(self, other: object) -> bool:
@@ -69,7 +70,7 @@ class FactorSpace:
             isinstance(other, FactorSpace)
             and self.names == other.names
             and self.sizes == other.sizes
-            and all(np.array_equal(a, b) for a, b in zip(self.values, other.values))
+            and all(np.array_equal(a, b) for a, b in zip(self.values, other.values, strict=True))
         )
 
     def __hash__(self) -> int:
@@ -86,10 +87,8 @@ class FactorSpace:
             return k % self.num_factors
         if factor in self.names:
             return self.names.index(factor)
-        import difflib
-
-        close = difflib.get_close_matches(str(factor), self.names, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = closest(str(factor), self.names)
+        hint = f"; did you mean '{close}'?" if close else ""
         raise DataError(f"unknown factor '{factor}'{hint} factors are: {', '.join(self.names)}")
 
     def positions(self, factors: Iterable[str | int]) -> list[int]:
@@ -149,6 +148,6 @@ class FactorSpace:
         for name, stride in strides.items():
             k = self.position(name)
             keep[k] = np.arange(0, self.sizes[k], int(stride))
-        sub = FactorSpace(self.names, [len(c) for c in keep], [v[c] for v, c in zip(self.values, keep)])
+        sub = FactorSpace(self.names, [len(c) for c in keep], [v[c] for v, c in zip(self.values, keep, strict=True)])
         grid = np.stack(np.meshgrid(*keep, indexing="ij"), axis=-1).reshape(-1, self.num_factors)  # (n_sub, K)
         return sub, self.to_index(grid)

@@ -15,7 +15,6 @@ intensities) that the cluster pair sampler groups.
 from __future__ import annotations
 
 import csv
-import difflib
 import math
 import zipfile
 import zlib
@@ -25,9 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import DataConfig
 from ..errors import DataError
+from ..io import closest
 from .base import FactorDataset, Uint8Store
 from .factors import FactorSpace
+from .registry import register_dataset
 
 __all__ = ["load_images", "IMAGE_EXTENSIONS"]
 
@@ -95,11 +97,13 @@ def _load_array(path: Path) -> np.ndarray:
         why = _why(exc)
         if "Python objects" in why or "allow_pickle" in why:  # a ragged list of images, saved pickled
             raise DataError(
-                f"image array {path} holds Python objects (images of different sizes?) and pickled data is never loaded; "
+                f"image array {path} holds Python objects (images of different sizes?) "
+                "and pickled data is never loaded; "
                 "stack images of one size into one uint8 array, or put the image files in a folder"
             ) from None
         raise DataError(
-            f"image array {path} is unreadable ({why}); the file is truncated, corrupt or pickled, save it with numpy.save"
+            f"image array {path} is unreadable ({why}); "
+            "the file is truncated, corrupt or pickled, save it with numpy.save"
         ) from None
     except (zipfile.BadZipFile, zlib.error) as exc:  # a damaged .npz
         raise DataError(
@@ -173,8 +177,8 @@ def _read_array(arr: np.ndarray, path: Path, color: str, size: int) -> np.ndarra
 
 # ---------------------------------------------------------------------- labels
 def _unknown_column(column: str, header: list[str], labels: Path) -> DataError:
-    close = difflib.get_close_matches(column, header, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = closest(column, header)
+    hint = f"; did you mean '{close}'?" if close else ""
     return DataError(f"column '{column}' is not in {labels}{hint} columns are: {', '.join(header)}")
 
 
@@ -196,7 +200,8 @@ def _read_labels(
                 if column not in header:
                     if column == key:
                         raise DataError(
-                            f"labels file {labels} has no '{key}' column; for an image folder it must name each image's file "
+                            f"labels file {labels} has no '{key}' column; "
+                            "for an image folder it must name each image's file "
                             f"(columns are: {', '.join(header)})"
                         )
                     raise _unknown_column(column, header, labels)
@@ -208,7 +213,8 @@ def _read_labels(
                     continue  # blank line
                 if len(row) < len(header):
                     raise DataError(
-                        f"{labels} line {reader.line_num} has {len(row)} fields, the header has {len(header)}; fix that row"
+                        f"{labels} line {reader.line_num} has {len(row)} fields, "
+                        f"the header has {len(header)}; fix that row"
                     )
                 for c, k in pos.items():
                     cols[c].append(row[k].strip())
@@ -222,7 +228,7 @@ def _read_labels(
 
 def _factor(column: str, cells: list[str], lines: list[int], labels: Path) -> tuple[np.ndarray, np.ndarray]:
     """Classes ``(N,)`` and class values of one discrete column."""
-    for cell, line in zip(cells, lines):
+    for cell, line in zip(cells, lines, strict=True):
         if cell == "":
             raise DataError(f"factor column '{column}' is empty at line {line} of {labels}; fill it in or drop the row")
     try:
@@ -235,7 +241,8 @@ def _factor(column: str, cells: list[str], lines: list[int], labels: Path) -> tu
     if numbers is not None:
         bad = int(np.flatnonzero(~np.isfinite(numbers))[0])
         raise DataError(
-            f"factor column '{column}' has '{cells[bad]}' at line {lines[bad]} of {labels}; use a finite value or drop the row"
+            f"factor column '{column}' has '{cells[bad]}' at line {lines[bad]} of {labels}; "
+            "use a finite value or drop the row"
         )
     uniq_str, classes = np.unique(np.array(cells, dtype=str), return_inverse=True)  # (n,), (N,)
     return classes.reshape(-1).astype(np.int64), np.arange(len(uniq_str), dtype=np.float64)
@@ -244,14 +251,15 @@ def _factor(column: str, cells: list[str], lines: list[int], labels: Path) -> tu
 def _weak(column: str, cells: list[str], lines: list[int], labels: Path) -> np.ndarray:
     """Floats ``(N,)`` of one weak-label column; text, empty cells, NaN and inf are errors."""
     out = np.empty(len(cells), dtype=np.float64)  # (N,)
-    for i, (cell, line) in enumerate(zip(cells, lines)):
+    for i, (cell, line) in enumerate(zip(cells, lines, strict=True)):
         try:
             value = float(cell)
         except ValueError:
             value = None
         if value is None or not math.isfinite(value):
             raise DataError(
-                f"weak column '{column}' has '{cell}' at line {line} of {labels}, not a finite number; fix or drop the row"
+                f"weak column '{column}' has '{cell}' at line {line} of {labels}, "
+                "not a finite number; fix or drop the row"
             )
         out[i] = value
     return out
@@ -298,7 +306,8 @@ def load_images(
         raise DataError(f"image path {path} does not exist; set data.path to a folder of images or an .npy/.npz array")
     if (factor_columns or weak_columns) and not labels:
         raise DataError(
-            f"columns {', '.join(factor_columns + weak_columns)} were asked for but data.labels is empty; set it to a CSV of labels"
+            f"columns {', '.join(factor_columns + weak_columns)} were asked for but data.labels is empty; "
+            "set it to a CSV of labels"
         )
 
     files: list[Path] | None = None
@@ -332,20 +341,23 @@ def load_images(
                 name = Path(name).name
                 if name in row_of:
                     raise DataError(
-                        f"{labels_path} names file '{name}' twice (lines {lines[row_of[name]]} and {lines[i]}); keep one row per image"
+                        f"{labels_path} names file '{name}' twice (lines {lines[row_of[name]]} and {lines[i]}); "
+                        "keep one row per image"
                     )
                 row_of[name] = i
             missing = [f.name for f in files if f.name not in row_of]
             if missing:
                 raise DataError(
-                    f"{labels_path} has no row for image '{missing[0]}' ({len(missing)} of {n} images lack one); add rows or remove the images"
+                    f"{labels_path} has no row for image '{missing[0]}' ({len(missing)} of {n} images lack one); "
+                    "add rows or remove the images"
                 )
             order = np.array([row_of[f.name] for f in files], dtype=np.int64)  # (N,)
             label_cols = {c: [cells[i] for i in order] for c, cells in label_cols.items()}
             lines = [lines[i] for i in order]
         elif len(lines) != n:
             raise DataError(
-                f"{labels_path} has {len(lines)} label rows but {path} holds {n} images; give one row per image, in array order"
+                f"{labels_path} has {len(lines)} label rows but {path} holds {n} images; "
+                "give one row per image, in array order"
             )
 
     if files is not None:
@@ -371,3 +383,22 @@ def load_images(
         weak_names=weak_columns,
         description=f"images from {path}" + (f" with labels {labels_path}" if labels_path else ""),
     )
+
+
+@register_dataset(
+    "images",
+    "your images: a folder, or an .npy/.npz array, at data.path, with a CSV of labels at data.labels",
+    factors="the CSV's data.factor_columns (discrete); data.weak_columns as continuous weak labels",
+    uses=("path", "labels", "factor_columns", "weak_columns", "color", "image_size", "stride"),
+    image_shape=lambda cfg: (1 if cfg.color == "gray" else 3, cfg.image_size, cfg.image_size),
+)
+def _build_images(cfg: DataConfig, options: dict, progress: bool) -> FactorDataset:
+    ds = load_images(
+        cfg.path,
+        labels=cfg.labels,
+        factor_columns=cfg.factor_columns,
+        weak_columns=cfg.weak_columns,
+        color=cfg.color,
+        image_size=cfg.image_size,
+    )
+    return ds.subset_grid(dict(cfg.stride))

@@ -200,7 +200,8 @@ class ClusterPairSampler(PairSampler):
             raise PartitionError(f"a cluster pair sampler needs at least 2 clusters, got {n_clusters}")
         if n_clusters > self.n:
             raise PartitionError(
-                f"{n_clusters} clusters requested but the dataset has only {self.n} images; use at most {self.n} clusters"
+                f"{n_clusters} clusters requested but the dataset has only {self.n} images; "
+                f"use at most {self.n} clusters"
             )
         table = self._columns(dataset, columns)  # (N, C)
         std = table.std(axis=0)

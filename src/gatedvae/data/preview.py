@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import DataError
 from .base import FactorDataset
 
-__all__ = ["preview", "traversal_indices"]
+__all__ = ["preview", "traversal_indices", "describe_dataset"]
 
 MAX_COLUMNS = 16
 
@@ -109,7 +109,7 @@ def preview(
 
     wanted = sorted({i for _, idx in rows for i in idx if i >= 0})
     images = dataset.store.gather_uint8(np.array(wanted, dtype=np.int64)).cpu().numpy()  # (U, C, H, W)
-    lookup = dict(zip(wanted, images))
+    lookup = dict(zip(wanted, images, strict=True))
 
     ncols = max(len(idx) for _, idx in rows)
     fig = Figure(figsize=(0.9 * ncols + 1.2, 0.95 * len(rows) + 0.4), dpi=120)
@@ -135,3 +135,19 @@ def preview(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def describe_dataset(ds) -> str:
+    """A few lines about a dataset: size, image shape, memory, factors and weak labels."""
+    c, h, w = ds.image_shape
+    lines = [
+        f"{ds.name}: {len(ds):,} images of {c}x{h}x{w}, {ds.store.nbytes / 1e6:.1f} MB in memory"
+        f" ({type(ds.store).__name__}), {'full factor grid' if ds.is_grid else 'labelled items'}",
+    ]
+    for name, size, values in zip(ds.factor_space.names, ds.factor_space.sizes, ds.factor_space.values, strict=True):
+        lo, hi = (float(values.min()), float(values.max())) if size else (0.0, 0.0)
+        lines.append(f"  factor {name:<12} {size:>4} values in [{lo:.3g}, {hi:.3g}]")
+    for name in ds.weak_names:
+        col = ds.weak[:, ds.weak_names.index(name)]
+        lines.append(f"  weak   {name:<12} continuous in [{col.min():.3g}, {col.max():.3g}]")
+    return "\n".join(lines)

@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .registry import register_metric
 from .sampling import FactorSampler, GridSampler, RepresentationFn
 from .utils import check_choice, check_positive_int, check_rng, seed_from
 
@@ -188,3 +189,15 @@ def beta_vae_score(
         max_iter=max_iter,
         chunk_size=chunk_size,
     )
+
+
+register_metric(
+    "beta_vae",
+    beta_vae_score,
+    kind="sampler",
+    default=BETA_VAE_DEFAULTS,
+    fast=BETA_VAE_FAST,
+    headline=("eval_accuracy",),
+    aliases=("betavae",),
+    from_sampler=beta_vae_from_sampler,
+)

@@ -35,12 +35,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .registry import register_metric
 from .utils import (
     check_choice,
     check_codes,
     check_factors,
     check_positive_int,
     check_rng,
+    default_threads,
     encode_labels,
     normalized_entropy,
     seed_from,
@@ -70,7 +72,7 @@ DCI_DEFAULTS = dict(regressor="lasso", alpha=0.02, n_estimators=10, max_depth=12
 #: Same estimators on at most 5,000 samples.
 DCI_FAST = dict(DCI_DEFAULTS, max_samples=5000)
 #: disentanglement_lib's settings exactly: GradientBoostingClassifier() defaults, every training row
-#: (10,000 of the adapter's 12,500 at train_frac=0.8). ``n_jobs=None``: as many threads as torch.
+#: (10,000 of the evaluation's 12,500 at train_frac=0.8). ``n_jobs=None``: :func:`.utils.default_threads`.
 DCI_CLASSIFIER_REFERENCE = dict(
     n_estimators=100, max_depth=3, learning_rate=0.1, train_frac=0.8, max_samples=None, max_train=None, n_jobs=None
 )
@@ -322,8 +324,8 @@ def dci_classifier(
             measures ``informativeness_test``. None (the default, and every preset) = every
             training row, disentanglement_lib's setting.
         n_jobs: threads growing the trees of a stage (``backend="gbt"``) or worker processes
-            fitting the factors (``backend="sklearn"``); None = ``torch.get_num_threads()`` (the
-            run's ``train.threads`` under ``gatedvae evaluate``). Every classifier's
+            fitting the factors (``backend="sklearn"``); None = :func:`.utils.default_threads`
+            (the run's ``train.threads`` under ``gatedvae evaluate``). Every classifier's
             ``random_state`` is drawn from ``rng`` in factor order before any fit, so the result
             is identical for every ``n_jobs``.
         backend: ``"gbt"`` (default) or ``"sklearn"``.
@@ -348,16 +350,14 @@ def dci_classifier(
     n_estimators = check_positive_int(n_estimators, "n_estimators")
     max_depth = check_positive_int(max_depth, "max_depth")
     if n_jobs is None:
-        import torch
-
-        n_jobs = torch.get_num_threads()
+        n_jobs = default_threads()
     n_jobs = check_positive_int(n_jobs, "n_jobs")
     tr, te = split_indices(rng, codes.shape[0], train_frac)
     if max_train is not None:
         max_train = check_positive_int(max_train, "max_train", minimum=2)
         if tr.size > max_train:
             tr = np.sort(rng.choice(tr, size=max_train, replace=False))  # (max_train,)
-    d, k_fac = codes.shape[1], factors.shape[1]
+    k_fac = factors.shape[1]
     x = np.ascontiguousarray(within_float32(codes), dtype=np.float32)  # (N, D) sklearn's tree dtype
     labels = []
     for k in range(k_fac):
@@ -379,7 +379,7 @@ def dci_classifier(
         order = sorted(range(k_fac), key=lambda k: -np.unique(labels[k][tr]).size)
         done = Parallel(n_jobs=min(n_jobs, k_fac))(delayed(_fit_classifier)(*jobs[k]) for k in order)
         fits = [None] * k_fac
-        for k, fit in zip(order, done):
+        for k, fit in zip(order, done, strict=True):
             fits[k] = fit
     importance = np.stack([f[0] for f in fits], axis=1)  # (D, K)
     acc_tr = np.array([f[1] for f in fits])  # (K,)
@@ -442,3 +442,43 @@ def dci_lasso(codes, factors, rng: np.random.Generator, **kwargs) -> dict:
 def dci_random_forest(codes, factors, rng: np.random.Generator, **kwargs) -> dict:
     """:func:`dci` with the random-forest regressor (Gated-VAE Table I, lower half)."""
     return dci(codes, factors, rng, regressor="random_forest", **kwargs)
+
+
+# --------------------------------------------------------------------------- registration
+#: The regressor variants' presets: :data:`DCI_DEFAULTS` without ``regressor`` (the variant fixes it).
+_VARIANT_DEFAULTS = {k: v for k, v in DCI_DEFAULTS.items() if k != "regressor"}
+_VARIANT_FAST = {k: v for k, v in DCI_FAST.items() if k != "regressor"}
+#: ``partition.*``: the scores of a gated run's partitions as units (the evaluation adds
+#: ``assigned_fraction``, see :func:`gatedvae.evaluation.assigned_importance_fraction`).
+_PARTITION_HEADLINE = ("partition.disentanglement", "partition.assigned_fraction.mean")
+
+register_metric(
+    "dci_lasso",
+    dci_lasso,
+    kind="arrays",
+    default=_VARIANT_DEFAULTS,
+    fast=_VARIANT_FAST,
+    headline=("disentanglement", "completeness", "informativeness", *_PARTITION_HEADLINE),
+    aliases=("dci",),
+    partition_units=True,
+)
+register_metric(
+    "dci_random_forest",
+    dci_random_forest,
+    kind="arrays",
+    default=_VARIANT_DEFAULTS,
+    fast=_VARIANT_FAST,
+    headline=("disentanglement", "completeness", "informativeness", *_PARTITION_HEADLINE),
+    aliases=("dci", "dci_rf"),
+    partition_units=True,
+)
+register_metric(
+    "dci_classifier",
+    dci_classifier,
+    kind="arrays",
+    default=DCI_CLASSIFIER_DEFAULTS,
+    fast=DCI_CLASSIFIER_FAST,
+    headline=("disentanglement", "completeness", "informativeness_test", *_PARTITION_HEADLINE),
+    aliases=("dci",),
+    partition_units=True,
+)

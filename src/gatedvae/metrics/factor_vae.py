@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
+from .registry import register_metric
 from .sampling import FactorSampler, GridSampler, RepresentationFn
 from .utils import check_positive_int, check_rng
 
@@ -201,3 +202,15 @@ def factor_vae_score(
         prune_threshold=prune_threshold,
         chunk_size=chunk_size,
     )
+
+
+register_metric(
+    "factor_vae",
+    factor_vae_score,
+    kind="sampler",
+    default=FACTOR_VAE_DEFAULTS,
+    fast=FACTOR_VAE_FAST,
+    headline=("eval_accuracy",),
+    aliases=("factorvae",),
+    from_sampler=factor_vae_from_sampler,
+)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .registry import register_metric
 from .utils import (
     check_codes,
     check_factors,
@@ -71,3 +72,6 @@ def mig(codes, factors, rng: np.random.Generator, *, bins: int = 20) -> dict:
     out = mig_from_mutual_info(mi, h)
     out.update(mutual_info=mi, normalized_mutual_info=mi / h[None, :], factor_entropy=h)
     return out
+
+
+register_metric("mig", mig, kind="arrays", default=MIG_DEFAULTS, fast=MIG_FAST, headline=("mig",))

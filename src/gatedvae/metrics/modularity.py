@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .registry import register_metric
 from .utils import (
     check_codes,
     check_factors,
@@ -135,3 +136,14 @@ def modularity_explicitness(
         mutual_info=mi,
     )
     return out
+
+
+register_metric(
+    "modularity_explicitness",
+    modularity_explicitness,
+    kind="arrays",
+    default=MODULARITY_DEFAULTS,
+    fast=MODULARITY_FAST,
+    headline=("modularity", "explicitness"),
+    aliases=("modularity", "explicitness"),
+)

@@ -14,8 +14,8 @@ changes nothing.
 
 Both metrics run one sampling loop (in :mod:`.factor_vae` and :mod:`.beta_vae`) over a
 :class:`FactorSampler`: the three draws they need, as codes. :class:`GridSampler` draws factor
-tuples (the published procedure); the adapter's ``ObservedSampler`` draws observed combinations
-of a labelled dataset (``gatedvae.metrics.adapter``).
+tuples (the published procedure); the evaluation's ``ObservedSampler`` draws observed combinations
+of a labelled dataset (:mod:`gatedvae.evaluation.encoding`).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .registry import register_metric
 from .utils import (
     check_choice,
     check_codes,
@@ -127,3 +128,6 @@ def _classifier(name: str, n_classes: int, svc_c: float, seed: int):
     if not float(svc_c) > 0:
         raise ConfigError(f"svc_c: expected a positive number, got {svc_c!r}")
     return LinearSVC(C=float(svc_c), class_weight="balanced", random_state=seed)
+
+
+register_metric("sap", sap, kind="arrays", default=SAP_DEFAULTS, fast=SAP_FAST, headline=("sap",))

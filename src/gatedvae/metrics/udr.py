@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .registry import register_metric
 from .utils import check_choice, check_codes, check_positive_int, check_rng, seed_from, standardize, subsample
 
 __all__ = ["udr", "udr_pair_score", "spearman_similarity", "lasso_similarity", "UDR_DEFAULTS", "UDR_FAST"]
@@ -108,7 +109,7 @@ def _check_inputs(codes_list, kl):
     if len(kl) != len(codes):
         raise DataError(f"kl: got {len(kl)} arrays for {len(codes)} models")
     kls = []
-    for m, (k, c) in enumerate(zip(kl, codes)):
+    for m, (k, c) in enumerate(zip(kl, codes, strict=True)):
         k = np.asarray(k, dtype=np.float64)
         if k.shape != (c.shape[1],):
             raise DataError(f"kl[{m}]: expected shape ({c.shape[1]},) to match the codes, got {k.shape}")
@@ -202,3 +203,17 @@ def udr(
         "partners": partners,
         "similarity": sims,
     }
+
+
+register_metric(
+    "udr",
+    udr,
+    kind="models",
+    default=UDR_DEFAULTS,
+    fast=UDR_FAST,
+    suite=False,
+    not_in_suite=(
+        "udr ranks several runs of one configuration against each other, not one run; "
+        "use gatedvae.evaluation.udr_runs(run_dirs)"
+    ),
+)

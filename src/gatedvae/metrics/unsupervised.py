@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
+from .registry import register_metric
 from .utils import check_codes, check_rng
 
 __all__ = [
@@ -131,3 +132,13 @@ def unsupervised_scores(codes, rng: np.random.Generator, *, active_threshold: fl
     }
     out.update(active_units(codes, active_threshold))
     return out
+
+
+register_metric(
+    "unsupervised",
+    unsupervised_scores,
+    kind="codes",
+    default=UNSUPERVISED_DEFAULTS,
+    fast=UNSUPERVISED_FAST,
+    headline=("gaussian_total_correlation", "n_active"),
+)

@@ -13,6 +13,8 @@ names the problem. The helpers here do that checking once, so every metric words
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +22,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 
 __all__ = [
+    "default_threads",
     "check_codes",
     "check_factors",
     "check_rng",
@@ -280,3 +283,13 @@ def normalized_entropy(p: np.ndarray, axis: int) -> np.ndarray:
         h = h / np.log(n)
     zero = np.squeeze(total, axis=axis) <= 0
     return np.where(zero, 1.0, np.clip(h, 0.0, 1.0))
+
+
+def default_threads() -> int:
+    """Threads for a metric's parallel fits when its ``n_jobs`` is None: PyTorch's setting when
+    PyTorch is already loaded (a run's ``train.threads`` under ``gatedvae evaluate``), else the
+    CPUs this process may run on. This package never imports torch itself."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -15,11 +15,13 @@ schedule for dSprites; the report's "20 epochs at batch 64" is about 230,000 ste
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from ..losses import capacity_penalty, capacity_target, kl_diag_normal
 from ..nets import Posterior
-from .base import GenerativeModel, register, register_variant
+from .base import AT_LEAST_1, NON_NEGATIVE, GenerativeModel, Hyper, register, register_variant
 
 __all__ = ["AnnealedVAE"]
 
@@ -27,10 +29,12 @@ __all__ = ["AnnealedVAE"]
 @register(
     "annealed_vae",
     "annealed capacity: gamma * |KL - C|, C linear to c_max nats",
-    gamma=1000.0,
-    c_max=20.0,
-    c_steps=100_000,
-    capacity_mode="abs",
+    gamma=Hyper(1000.0, "weight of the capacity penalty", check=NON_NEGATIVE),
+    c_max=Hyper(20.0, "final capacity C in nats", check=NON_NEGATIVE),
+    c_steps=Hyper(100_000, "steps over which C grows linearly from 0 to c_max", check=AT_LEAST_1),
+    capacity_mode=Hyper(
+        "abs", "abs: gamma * |KL - C| (eq. 5); relu: gamma * ReLU(KL - C) (eq. 6)", Literal["abs", "relu"]
+    ),
 )
 class AnnealedVAE(GenerativeModel):
     """Annealed-capacity VAE: the batch KL is held near a target C that grows with the step."""

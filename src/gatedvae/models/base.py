@@ -22,49 +22,189 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import LEGACY_HYPERPARAMETERS, ModelConfig, coerce_value, config_keys
 from ..errors import ConfigError
 from ..gating import clamp_to_mean, gate
+from ..io import closest, unknown_choice
 from ..losses import bernoulli_nll, gaussian_nll, kl_diag_normal, kl_diag_per_dim
 from ..nets import Posterior, build_networks
 
 __all__ = [
     "GenerativeModel",
     "LossOutput",
+    "ImagePanel",
+    "Hyper",
+    "NON_NEGATIVE",
+    "AT_LEAST_1",
     "register",
     "register_variant",
     "MODELS",
+    "ModelEntry",
     "build_model",
     "resolve_hyper",
-    "HYPER_FIELDS",
+    "validate_model_config",
     "check_trainable",
 ]
 
-#: ModelConfig fields that are objective hyperparameters (``None`` = the model's default).
-HYPER_FIELDS: tuple[str, ...] = (
-    "beta",
-    "gamma",
-    "c_max",
-    "c_steps",
-    "capacity_mode",
-    "mmd_lambda",
-    "info_alpha",
-    "mmd_kernel",
-    "lambda_od",
-    "lambda_d",
-    "tc_alpha",
-    "tc_estimator",
-    "nu",
-    "info_lambda",
-    "noise_dim",
-    "categorical",
-    "gp_weight",
-)
+#: A range check: a predicate over the (converted) value and what it requires, as the error says it.
+Check = tuple[Callable[[Any], bool], str]
+NON_NEGATIVE: Check = (lambda v: v >= 0, "must be non-negative")
+AT_LEAST_1: Check = (lambda v: v >= 1, "must be at least 1")
+
+
+@dataclass(frozen=True)
+class ImagePanel:
+    """Images a model asks ``gatedvae evaluate`` to show (:meth:`GenerativeModel.figure_panels`).
+
+    ``images`` in [0, 1] on the CPU: ``(N, C, H, W)`` is drawn as one grid of ``grid_rows`` rows;
+    ``(R, S, C, H, W)`` as R rows of S images labelled by ``row_labels`` and ``col_labels``.
+    :func:`gatedvae.viz.evaluation.draw_panels` writes it to ``figures/<name>.png``.
+    """
+
+    name: str
+    images: torch.Tensor
+    title: str = ""
+    grid_rows: int = 1
+    row_labels: tuple[str, ...] = ()
+    col_labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """One hyperparameter a model declares in its registration.
+
+    ``default``: its value when the config leaves it unset (``null``). ``type``: an annotation
+    the config layer checks and converts (``float``, ``int``, ``str``, ``bool``,
+    ``Literal["a", "b"]``, ``tuple[int, ...]``); ``None`` takes the default's type. ``check``:
+    an optional range check (:data:`NON_NEGATIVE`, :data:`AT_LEAST_1`, or ``(predicate,
+    "must ...")``). ``doc``: one line for ``gatedvae list models``.
+    """
+
+    default: Any
+    doc: str = ""
+    type: Any = None
+    check: Check | None = None
+
+    @property
+    def annotation(self) -> Any:
+        return self.type if self.type is not None else type(self.default)
+
+    def validate(self, key: str, value: Any) -> Any:
+        """``value`` converted to this hyperparameter's type; ConfigError (one line) if it does not fit."""
+        out = coerce_value(value, self.annotation, f"model.{key}")
+        if self.check is not None and not self.check[0](out):
+            raise ConfigError(f"model.{key}: {self.check[1]}, got {out}")
+        return out
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its class, its hyperparameters (name -> :class:`Hyper`), one line of doc."""
+
+    name: str
+    cls: type
+    hyper: dict[str, Hyper]
+    description: str
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The hyperparameters' defaults, by name."""
+        return {k: h.default for k, h in self.hyper.items()}
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def _declared(model: str, key: str, spec: Any) -> Hyper:
+    """``spec`` as a checked :class:`Hyper` (a bare value is a default with its own type, as in 0.1)."""
+    if not isinstance(spec, Hyper):
+        legacy = LEGACY_HYPERPARAMETERS.get(key)
+        typ = next((a for a in get_args(legacy) if a is not type(None)), None) if legacy else None
+        spec = Hyper(spec, type=typ)
+    if key in config_keys(ModelConfig):  # a bug in the model's file, not user input
+        raise TypeError(f"model {model}: '{key}' is a common model field, not a hyperparameter; rename it")
+    legacy = LEGACY_HYPERPARAMETERS.get(key)
+    if legacy is not None and {a for a in get_args(legacy) if a is not type(None)} != {spec.annotation}:
+        raise TypeError(f"model {model}: hyperparameter '{key}' must keep 0.1's type {legacy} (the file format)")
+    try:
+        spec.validate(key, spec.default)
+    except ConfigError as exc:
+        raise TypeError(f"model {model}: the default of '{key}' is invalid: {exc}") from None
+    return spec
+
+
+def register(name: str, description: str = "", **hyper: Any) -> Callable[[type], type]:
+    """Class decorator: register a model under ``name`` with the hyperparameters it declares.
+
+    Each keyword is a hyperparameter: a :class:`Hyper` (default, doc, type, range check) or a bare
+    default. Example::
+
+        @register("my_vae", "KL weighted by beta, plus lam * my_penalty", beta=Hyper(1.0, "KL weight",
+                  check=NON_NEGATIVE), lam=Hyper(10.0, "weight of my_penalty", check=NON_NEGATIVE))
+        class MyVAE(GenerativeModel): ...
+    """
+
+    def deco(cls: type) -> type:
+        specs = {k: _declared(name, k, v) for k, v in hyper.items()}
+        MODELS[name] = ModelEntry(name, cls, specs, description or (cls.__doc__ or "").strip().splitlines()[0])
+        cls.registered_name = name
+        return cls
+
+    return deco
+
+
+def register_variant(name: str, base: str, description: str, **defaults: Any) -> None:
+    """Register ``name`` as ``base`` with some of its hyperparameters' defaults changed."""
+    entry = MODELS[base]
+    specs = dict(entry.hyper)
+    for key, value in defaults.items():
+        if key not in specs:  # a bug in the model's file, not user input
+            raise TypeError(f"model {name}: {base} has no hyperparameter '{key}' (it has: {', '.join(specs)})")
+        specs[key] = _declared(name, key, Hyper(value, specs[key].doc, specs[key].type, specs[key].check))
+    MODELS[name] = ModelEntry(name, entry.cls, specs, description)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registered model ``name``; ConfigError with a did-you-mean otherwise."""
+    if name not in MODELS:
+        raise unknown_choice("model", name, MODELS)
+    return MODELS[name]
+
+
+def resolve_hyper(cfg: ModelConfig) -> dict[str, Any]:
+    """The model's hyperparameters: its defaults, overridden by the values set in ``cfg``, each
+    converted to its declared type and range-checked.
+
+    Raises ConfigError (one line) for an unknown model, for a set hyperparameter the model does not
+    declare (with a did-you-mean) and for a value of the wrong type or out of range.
+    """
+    entry = model_entry(cfg.name)
+    hyper = dict(entry.defaults)
+    for key, value in cfg.hyper.items():
+        if key not in entry.hyper:
+            used = ", ".join(sorted(entry.hyper)) or "none"
+            near = closest(key, [*entry.hyper, *config_keys(ModelConfig)])
+            fix = f"did you mean '{near}'?" if near and near != "hyper" else "remove it"
+            raise ConfigError(f"model.{key} is not a hyperparameter of {cfg.name} (it uses: {used}); {fix}")
+        hyper[key] = entry.hyper[key].validate(key, value)
+    return hyper
+
+
+def validate_model_config(cfg: ModelConfig) -> dict[str, Any]:
+    """Everything about the model section that can be refused before data is built or anything
+    written: the model's name, its hyperparameters (:func:`resolve_hyper`) and a condition on a
+    model that is not conditional. Returns the resolved hyperparameters."""
+    hyper = resolve_hyper(cfg)
+    if cfg.condition and not getattr(MODELS[cfg.name].cls, "conditional", False):
+        raise ConfigError(
+            f"model.condition is set but {cfg.name} is not conditional; use model.name=cvae or drop model.condition"
+        )
+    return hyper
 
 
 @dataclass
@@ -79,62 +219,6 @@ class LossOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     z: torch.Tensor | None = None
     posterior: Posterior | None = None
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    cls: type
-    defaults: dict[str, Any]
-    description: str
-
-
-MODELS: dict[str, ModelEntry] = {}
-
-
-def register(name: str, description: str = "", **defaults: Any) -> Callable[[type], type]:
-    """Class decorator: register a model under ``name`` with its hyperparameter defaults."""
-
-    def deco(cls: type) -> type:
-        unknown = set(defaults) - set(HYPER_FIELDS)
-        if unknown:  # a bug in the model's file, not user input
-            raise TypeError(f"model {name}: unknown hyperparameters {sorted(unknown)}")
-        MODELS[name] = ModelEntry(name, cls, dict(defaults), description or (cls.__doc__ or "").strip().splitlines()[0])
-        cls.registered_name = name
-        return cls
-
-    return deco
-
-
-def register_variant(name: str, base: str, description: str, **defaults: Any) -> None:
-    """Register ``name`` as ``base`` with some hyperparameter defaults changed."""
-    entry = MODELS[base]
-    merged = {**entry.defaults, **defaults}
-    MODELS[name] = ModelEntry(name, entry.cls, merged, description)
-
-
-def resolve_hyper(cfg: ModelConfig) -> dict[str, Any]:
-    """The model's hyperparameters: its defaults, overridden by values set in ``cfg``.
-
-    Raises ConfigError for an unknown model or for a set hyperparameter the model ignores.
-    """
-    if cfg.name not in MODELS:
-        import difflib
-
-        close = difflib.get_close_matches(cfg.name, list(MODELS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown model '{cfg.name}'{hint} models: {', '.join(sorted(MODELS))}")
-    entry = MODELS[cfg.name]
-    hyper = dict(entry.defaults)
-    for key in HYPER_FIELDS:
-        value = getattr(cfg, key)
-        if value is None:
-            continue
-        if key not in entry.defaults:
-            used = ", ".join(sorted(entry.defaults)) or "none"
-            raise ConfigError(f"model.{key} is not a hyperparameter of {cfg.name} (it uses: {used}); remove it")
-        hyper[key] = value
-    return hyper
 
 
 class GenerativeModel(nn.Module):
@@ -287,10 +371,11 @@ class GenerativeModel(nn.Module):
         """Adam settings of the main optimiser besides its learning rate (``train.lr``); GANs set betas."""
         return {}
 
-    def extra_figures(self, prep, out_dir, rng) -> list:
-        """Figures of this kind of model written into ``out_dir`` by ``gatedvae evaluate`` (paths).
+    def figure_panels(self, rng) -> list[ImagePanel]:
+        """Images of this kind of model that ``gatedvae evaluate`` draws into ``figures/<name>.png``.
 
-        ``rng`` is a numpy Generator; the default writes none (InfoGAN: samples, code traversals).
+        ``rng`` is a numpy Generator. The model supplies the images only; :mod:`gatedvae.viz` draws
+        them. The default has none (InfoGAN: samples, code traversals).
         """
         return []
 
@@ -305,10 +390,12 @@ class GenerativeModel(nn.Module):
 
 
 def check_trainable(config) -> None:
-    """Refuse, before anything is built or written, a run config its model cannot train:
-    gating, DC-IGN clamping or decoder fine-tuning of a model without reconstruction (a GAN)."""
-    entry = MODELS.get(config.model.name)
-    if entry is None or entry.cls.reconstructs:
+    """Refuse, before anything is built or written, a run config its model cannot train: an
+    invalid model section (:func:`validate_model_config`), or gating, DC-IGN clamping or decoder
+    fine-tuning of a model without reconstruction (a GAN)."""
+    validate_model_config(config.model)
+    entry = MODELS[config.model.name]
+    if entry.cls.reconstructs:
         return
     if config.gating.enabled:
         raise ConfigError(
@@ -328,12 +415,8 @@ def build_model(
     PyTorch's layers draw their initial weights from the global generator; it is forked and
     seeded here so that construction is reproducible and leaves the caller's state alone.
     """
-    hyper = resolve_hyper(cfg)
+    hyper = validate_model_config(cfg)
     entry = MODELS[cfg.name]
-    if cfg.condition and not getattr(entry.cls, "conditional", False):
-        raise ConfigError(
-            f"model.condition is set but {cfg.name} is not conditional; use model.name=cvae or drop model.condition"
-        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = entry.cls(cfg, image_shape, dataset_size, cond_dim=cond_dim, hyper=hyper, seed=seed)

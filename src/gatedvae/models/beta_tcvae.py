@@ -12,11 +12,13 @@ minibatch-stratified sampling (MSS). Chen et al. use alpha = gamma = 1, beta = 6
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from ..losses import tc_decomposition
 from ..nets import Posterior
-from .base import GenerativeModel, register, register_variant
+from .base import NON_NEGATIVE, GenerativeModel, Hyper, register, register_variant
 
 __all__ = ["BetaTCVAE"]
 
@@ -24,10 +26,10 @@ __all__ = ["BetaTCVAE"]
 @register(
     "beta_tcvae",
     "beta-TCVAE: total correlation weighted by beta (MWS estimator)",
-    beta=6.0,
-    tc_alpha=1.0,
-    gamma=1.0,
-    tc_estimator="mws",
+    beta=Hyper(6.0, "weight of the total correlation", check=NON_NEGATIVE),
+    tc_alpha=Hyper(1.0, "weight of the index-code mutual information", check=NON_NEGATIVE),
+    gamma=Hyper(1.0, "weight of the dimension-wise KL", check=NON_NEGATIVE),
+    tc_estimator=Hyper("mws", "minibatch estimator: mws (weighted) or mss (stratified)", Literal["mws", "mss"]),
 )
 class BetaTCVAE(GenerativeModel):
     """beta-TCVAE: the total correlation of q(z) is penalised, estimated on the minibatch."""

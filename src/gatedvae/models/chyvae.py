@@ -22,13 +22,15 @@ import torch
 from ..errors import ConfigError
 from ..losses import chyvae_regulariser
 from ..nets import Posterior
-from .base import GenerativeModel, register
+from .base import NON_NEGATIVE, GenerativeModel, Hyper, register
 
 __all__ = ["CHyVAE"]
 
 
 @register(
-    "chyvae", "CHyVAE: inverse-Wishart hyperprior (nu) on the prior covariance, full-covariance posterior", nu=13000.0
+    "chyvae",
+    "CHyVAE: inverse-Wishart hyperprior (nu) on the prior covariance, full-covariance posterior",
+    nu=Hyper(13000.0, "inverse-Wishart degrees of freedom (must exceed latent_dim + 1)", check=NON_NEGATIVE),
 )
 class CHyVAE(GenerativeModel):
     """CHyVAE: a full-covariance posterior regularised through an inverse-Wishart hyperprior."""

@@ -9,12 +9,16 @@ carry everything else::
 
 from __future__ import annotations
 
-from .base import GenerativeModel, register
+from .base import NON_NEGATIVE, GenerativeModel, Hyper, register
 
 __all__ = ["ConditionalVAE"]
 
 
-@register("cvae", "conditional VAE: one-hot labels of model.condition fed to the decoder", beta=1.0)
+@register(
+    "cvae",
+    "conditional VAE: one-hot labels of model.condition fed to the decoder",
+    beta=Hyper(1.0, "weight of the KL to N(0, I)", check=NON_NEGATIVE),
+)
 class ConditionalVAE(GenerativeModel):
     """Conditional VAE: labels of ``model.condition`` factors condition the decoder."""
 

@@ -19,7 +19,7 @@ import torch
 
 from ..losses import dip_penalty, kl_diag_normal
 from ..nets import Posterior
-from .base import GenerativeModel, register
+from .base import NON_NEGATIVE, GenerativeModel, Hyper, register
 
 __all__ = ["DIPVAEI", "DIPVAEII"]
 
@@ -35,14 +35,24 @@ class _DIPVAE(GenerativeModel):
         return {"kl": kl, "dip": dip}
 
 
-@register("dip_vae_i", "DIP-VAE-I: penalise Cov(mu) away from I", lambda_od=10.0, lambda_d=100.0)
+@register(
+    "dip_vae_i",
+    "DIP-VAE-I: penalise Cov(mu) away from I",
+    lambda_od=Hyper(10.0, "weight of the off-diagonal covariance penalty", check=NON_NEGATIVE),
+    lambda_d=Hyper(100.0, "weight of the diagonal (variance - 1) penalty", check=NON_NEGATIVE),
+)
 class DIPVAEI(_DIPVAE):
     """DIP-VAE-I: the covariance of the encoder means is pushed to the identity."""
 
     kind = "i"
 
 
-@register("dip_vae_ii", "DIP-VAE-II: penalise Cov(mu) + E[diag sigma^2] away from I", lambda_od=250.0, lambda_d=250.0)
+@register(
+    "dip_vae_ii",
+    "DIP-VAE-II: penalise Cov(mu) + E[diag sigma^2] away from I",
+    lambda_od=Hyper(250.0, "weight of the off-diagonal covariance penalty", check=NON_NEGATIVE),
+    lambda_d=Hyper(250.0, "weight of the diagonal (variance - 1) penalty", check=NON_NEGATIVE),
+)
 class DIPVAEII(_DIPVAE):
     """DIP-VAE-II: the covariance of q(z) (aggregate posterior) is pushed to the identity."""
 

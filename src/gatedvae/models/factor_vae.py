@@ -19,14 +19,18 @@ from torch import nn
 
 from ..losses import Discriminator, discriminator_loss, factor_vae_tc, kl_diag_normal, permute_dims
 from ..nets import Posterior
-from .base import GenerativeModel, LossOutput, register
+from .base import NON_NEGATIVE, GenerativeModel, Hyper, LossOutput, register
 
 __all__ = ["FactorVAE"]
 
 DISCRIMINATOR_ADAM = {"lr": 1e-4, "betas": (0.5, 0.9)}
 
 
-@register("factor_vae", "FactorVAE: total correlation by a discriminator, weighted by gamma = 35", gamma=35.0)
+@register(
+    "factor_vae",
+    "FactorVAE: total correlation by a discriminator, weighted by gamma = 35",
+    gamma=Hyper(35.0, "weight of the discriminator's total-correlation estimate", check=NON_NEGATIVE),
+)
 class FactorVAE(GenerativeModel):
     """FactorVAE: a discriminator tells q(z) from its dimension-wise shuffle."""
 

@@ -21,17 +21,23 @@ alpha = 0 the same protocol gives NLL 130 and sigma <= 1 (docs/reproductions.md,
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from ..losses import kl_diag_normal, mmd
 from ..nets import Posterior
-from .base import GenerativeModel, register
+from .base import NON_NEGATIVE, GenerativeModel, Hyper, register
 
 __all__ = ["InfoVAE"]
 
 
 @register(
-    "info_vae", "InfoVAE: MMD(q(z), p(z)) weighted by lambda = 500", mmd_lambda=500.0, info_alpha=1.0, mmd_kernel="rbf"
+    "info_vae",
+    "InfoVAE: MMD(q(z), p(z)) weighted by lambda = 500",
+    mmd_lambda=Hyper(500.0, "lambda: the MMD weight is alpha + lambda - 1", check=NON_NEGATIVE),
+    info_alpha=Hyper(1.0, "alpha: the KL weight is 1 - alpha (1: no KL term)"),
+    mmd_kernel=Hyper("rbf", "MMD kernel: rbf or imq", Literal["rbf", "imq"]),
 )
 class InfoVAE(GenerativeModel):
     """InfoVAE: the aggregate posterior is matched to the prior with MMD."""

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +61,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nets import Conv64Decoder, MLPDecoder, Posterior
-from .base import GenerativeModel, LossOutput, register
+from .base import NON_NEGATIVE, GenerativeModel, Hyper, ImagePanel, LossOutput, register
 
 __all__ = [
     "InfoGAN",
@@ -239,12 +238,16 @@ class GANOutput(LossOutput):
 
 
 # --------------------------------------------------------------------------- the models
+#: model.categorical's range check (InfoGAN's categorical codes)
+CATEGORIES = (lambda ks: all(k >= 2 for k in ks), "every categorical code needs at least 2 categories")
+
+
 @register(
     "infogan",
     "InfoGAN (Chen et al.): GAN + lambda * L_I(G, Q); Q's mean is the representation",
-    info_lambda=1.0,
-    noise_dim=62,
-    categorical=(3,),
+    info_lambda=Hyper(1.0, "weight of the mutual-information term L_I", check=NON_NEGATIVE),
+    noise_dim=Hyper(62, "width of the incompressible noise z fed to the generator", check=NON_NEGATIVE),
+    categorical=Hyper((3,), "sizes of the categorical codes (part of latent_dim)", tuple[int, ...], CATEGORIES),
 )
 class InfoGAN(GenerativeModel):
     """InfoGAN: a GAN whose discriminator's auxiliary head Q recovers the code c from G(z, c)."""
@@ -425,13 +428,9 @@ class InfoGAN(GenerativeModel):
         cols = [f"{v:+.1f}" for v in values.tolist()]
         return torch.stack(rows).cpu(), labels, cols
 
-    def extra_figures(self, prep, out_dir, rng) -> list:
-        """``samples.png`` (64 samples G(z, c)) and ``code_traversals.png`` into ``out_dir``."""
-        from ..viz import diagnostics as dg
-        from ..viz.figures import image_grid
-        from ..viz.pairs import save_figure
-
-        out_dir = Path(out_dir)
+    def figure_panels(self, rng) -> list[ImagePanel]:
+        """``samples`` (64 samples G(z, c), an 8 x 8 grid) and ``code_traversals`` (see
+        :meth:`code_traversal_images`), both from one seed drawn from ``rng``."""
         seed = int(rng.integers(0, 2**31 - 1))
         was = self.training
         self.eval()
@@ -439,36 +438,28 @@ class InfoGAN(GenerativeModel):
         with torch.no_grad():
             imgs = self.sample_images(64, torch.Generator(device=dev).manual_seed(seed)).cpu()  # (64, C, H, W)
         self.train(was)
-        plt = dg._plt()
-        grid = image_grid(imgs, rows=8)  # (C, H', W')
-        fig, ax = plt.subplots(figsize=(7, 7))
-        arr = grid.permute(1, 2, 0).numpy()
-        ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=1)
-        ax.axis("off")
-        ax.set_title(f"{self.registered_name}: samples G(z, c), z and c from their priors", fontsize=9)
-        written = [save_figure(fig, out_dir / "samples.png")]
-        trav, labels, cols = self.code_traversal_images(seed=seed)
-        written.append(
-            save_figure(
-                dg.plot_image_rows(
-                    trav,
-                    labels,
-                    title="code traversals: continuous codes from -2 to 2, categorical codes by category",
-                    col_labels=cols,
-                ),
-                out_dir / "code_traversals.png",
-            )
-        )
-        return written
+        trav, labels, cols = self.code_traversal_images(seed=seed)  # (R, S, C, H, W)
+        return [
+            ImagePanel(
+                "samples", imgs, f"{self.registered_name}: samples G(z, c), z and c from their priors", grid_rows=8
+            ),
+            ImagePanel(
+                "code_traversals",
+                trav,
+                "code traversals: continuous codes from -2 to 2, categorical codes by category",
+                row_labels=tuple(labels),
+                col_labels=tuple(cols),
+            ),
+        ]
 
 
 @register(
     "infowgan_gp",
     "InfoWGAN-GP (Kim and Mnih): Wasserstein critic with gradient penalty + lambda * L_I",
-    info_lambda=0.2,
-    noise_dim=62,
-    categorical=(3,),
-    gp_weight=10.0,
+    info_lambda=Hyper(0.2, "weight of the mutual-information term L_I", check=NON_NEGATIVE),
+    noise_dim=Hyper(62, "width of the incompressible noise z fed to the generator", check=NON_NEGATIVE),
+    categorical=Hyper((3,), "sizes of the categorical codes (part of latent_dim)", tuple[int, ...], CATEGORIES),
+    gp_weight=Hyper(10.0, "weight of the critic's gradient penalty", check=NON_NEGATIVE),
 )
 class InfoWGANGP(InfoGAN):
     """InfoWGAN-GP: InfoGAN with a Wasserstein critic and a gradient penalty."""

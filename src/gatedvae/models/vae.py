@@ -8,12 +8,16 @@ Objective (``000_fc03c6fb001bc541.txt``, eq. 1; ``003_527384601d5c0438.txt``, se
 
 from __future__ import annotations
 
-from .base import GenerativeModel, register, register_variant
+from .base import NON_NEGATIVE, GenerativeModel, Hyper, register, register_variant
 
 __all__ = ["VAE"]
 
 
-@register("vae", "VAE: reconstruction + KL to N(0, I) (beta = 1)", beta=1.0)
+@register(
+    "vae",
+    "VAE: reconstruction + KL to N(0, I) (beta = 1)",
+    beta=Hyper(1.0, "weight of the KL to N(0, I)", check=NON_NEGATIVE),
+)
 class VAE(GenerativeModel):
     """VAE / beta-VAE: KL to the standard normal prior weighted by beta."""
 

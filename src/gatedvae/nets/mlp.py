@@ -33,7 +33,7 @@ class BinaryInputLinear(nn.Linear):
     initialisation. Storing the view itself as the parameter (a column-major ``(out, in)``
     tensor) made the fused Adam kernel copy it to a contiguous tensor and back every step
     (2.7x its update time; docs/performance.md). The state_dict holds ``weight`` ``(out, in)``
-    as ``nn.Linear``'s does; :mod:`gatedvae.train.checkpoint` saves the optimiser moments of a
+    as ``nn.Linear``'s does; :mod:`gatedvae.checkpoint` saves the optimiser moments of a
     parameter marked ``stored_transposed`` in that same ``(out, in)`` form, so checkpoints
     keep one format.
 

@@ -19,7 +19,8 @@ def _default_dir(plan) -> Path:
     name = plan.name
     if any(c in "/\\:" or ord(c) < 32 for c in name) or name.startswith(".") or len(name) > 100:
         raise ConfigError(
-            f"sweep name {name!r} must be a plain name (no '/', '\\', ':' or leading '.'); rename it, or choose the directory with --out"
+            f"sweep name {name!r} must be a plain name (no '/', '\\', ':' or leading '.'); "
+            "rename it, or choose the directory with --out"
         )
     return Path("sweeps") / name
 
@@ -110,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if o["state"] == "failed":
                 print(f"  failed: {o['name']} ({o['id']}): {o['error']}")
         print(
-            f"errors are in {sweep_dir}/runs/<id>/error.txt; run the same command again to retry (resumes from checkpoints)"
+            f"errors are in {sweep_dir}/runs/<id>/error.txt; "
+            "run the same command again to retry (resumes from checkpoints)"
         )
     elif res["status"].get("complete"):
         print(f"sweep complete: gatedvae sweep report {sweep_dir}")
@@ -138,7 +140,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     col = res["collected"]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(col.counts.items()))
     print(
-        f"{len(col.runs)} runs ({counts}) in {len(col.rows)} configurations, {len(col.comparisons)} gated vs un-gated comparisons"
+        f"{len(col.runs)} runs ({counts}) in {len(col.rows)} configurations, "
+        f"{len(col.comparisons)} gated vs un-gated comparisons"
     )
     for f in res["files"]:
         print(f"wrote {f}")

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .runner import _read_json, inspect_run, run_dir_of
+from ..io import read_json
+from .runner import inspect_run, run_dir_of
 from .spec import read_manifest
 
 __all__ = [
@@ -130,7 +131,7 @@ def _finite(v: Any) -> bool:
 
 def _scores(run_dir: Path) -> tuple[dict[str, float], list[str]]:
     out: dict[str, float] = {}
-    doc = _read_json(run_dir / "metrics.json")
+    doc = read_json(run_dir / "metrics.json")
     out.update({k: float(v) for k, v in (doc.get("headline") or {}).items() if _finite(v)})
     # Every other scalar score of each metric too (e.g. reconstruction.squared_error), so a sweep's
     # report can show any of them, not only the headline ones.
@@ -140,7 +141,7 @@ def _scores(run_dir: Path) -> tuple[dict[str, float], list[str]]:
             for k, v in scores.items():
                 if _finite(v):
                     out.setdefault(f"{metric}.{k}", float(v))
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json")
     for k, v in (summary.get("final") or {}).items():
         if k not in ("step", "epoch", "phase") and _finite(v):
             out[f"loss.{k}"] = float(v)

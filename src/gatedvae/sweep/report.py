@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..io import atomic_write_text
 from .collect import Collected, ConfigRow, collect, fmt, fmt_p, markdown, mean_std, write_csv
 
 __all__ = ["write_report", "html_report", "FIGURES", "FORMATS"]
@@ -35,14 +36,19 @@ FIGURES = ("hinton_dci_lasso", "hinton_dci_random_forest", "hinton_dci_classifie
 FORMATS = ("csv", "md", "html")
 
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;padding:0 1rem;color:#1d1d1f;background:#fff}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;\
+padding:0 1rem;color:#1d1d1f;background:#fff}
+h1{font-size:1.6rem;margin-bottom:.2rem}\
+h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 h3{font-size:1.05rem;margin:.6rem 0 .3rem}.meta{color:#555;margin-top:0}nav a{margin-right:1rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.86rem}th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:right;vertical-align:top}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.86rem}\
+th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:right;vertical-align:top}
 td:not(.l):not(.err){white-space:nowrap}
 th{background:#f3f3f3;position:sticky;top:0}td.l,th.l{text-align:left}tr:nth-child(even) td{background:#fafafa}
-.sig{font-weight:700}.state-done{color:#1a7f37}.state-failed{color:#b42318;font-weight:600}.state-partial,.state-running,.state-trained{color:#9a6700}
-.pair{display:flex;flex-wrap:wrap;gap:1.2rem;margin-bottom:1.5rem}.config{flex:1 1 560px;border:1px solid #e3e3e3;border-radius:6px;padding:.6rem .8rem}
+.sig{font-weight:700}.state-done{color:#1a7f37}.state-failed{color:#b42318;font-weight:600}\
+.state-partial,.state-running,.state-trained{color:#9a6700}
+.pair{display:flex;flex-wrap:wrap;gap:1.2rem;margin-bottom:1.5rem}\
+.config{flex:1 1 560px;border:1px solid #e3e3e3;border-radius:6px;padding:.6rem .8rem}
 figure{margin:.4rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.8rem;color:#555}
 .params{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem;color:#333;white-space:pre-wrap;word-break:break-all}
 .err{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem;text-align:left;white-space:pre-wrap}
@@ -208,12 +214,6 @@ def html_report(col: Collected, figures: bool = True) -> str:
     return "".join(out)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(
     sweep_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -246,9 +246,9 @@ def write_report(
     if "csv" in formats:
         files += write_csv(col, out)
     if "md" in formats:
-        _atomic_text(out / "report.md", markdown(col))
+        atomic_write_text(out / "report.md", markdown(col))
         files.append(out / "report.md")
     if "html" in formats:
-        _atomic_text(out / "report.html", html_report(col, figures=figures))
+        atomic_write_text(out / "report.html", html_report(col, figures=figures))
         files.append(out / "report.html")
     return {"collected": col, "files": files}

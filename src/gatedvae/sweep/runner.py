@@ -20,7 +20,6 @@ time), ``trained`` (training finished, evaluation missing or made with other set
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GatedVAEError
+from ..io import atomic_json, read_json
 from .spec import EvalSettings
 
 __all__ = ["run_one", "inspect_run", "record_failure", "run_dir_of", "RECORD", "ERROR_FILE", "STATES"]
@@ -54,20 +54,6 @@ def run_dir_of(sweep_dir: str | os.PathLike, entry: dict[str, Any]) -> Path:
             f"run id {run_id!r} in the manifest of '{sweep_dir}' is not a config hash; plan the sweep again"
         )
     return Path(sweep_dir) / "runs" / run_id
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _now() -> str:
@@ -119,9 +105,9 @@ def _total_steps(entry: dict[str, Any]) -> int:
 
 def _metrics_ok(run_dir: Path, ev: EvalSettings, total_steps: int) -> bool:
     """Whether ``metrics.json`` holds an evaluation of the final checkpoint with the sweep's settings."""
-    from ..metrics.adapter import resolve_metrics
+    from ..evaluation import resolve_metrics
 
-    doc = _read_json(run_dir / "metrics.json")
+    doc = read_json(run_dir / "metrics.json")
     if not doc:
         return False
     wanted = set(resolve_metrics(list(ev.metrics) if ev.metrics is not None else None))
@@ -148,8 +134,8 @@ def inspect_run(run_dir: str | os.PathLike, entry: dict[str, Any], check_lock: b
     }
     if not run_dir.is_dir():
         return out
-    record = _read_json(run_dir / RECORD)
-    status = _read_json(run_dir / "status.json")
+    record = read_json(run_dir / RECORD)
+    status = read_json(run_dir / "status.json")
     out["step"] = int(status.get("step", 0))
     out["attempts"] = len(record.get("history", []))
     if check_lock and _is_locked(run_dir):
@@ -184,7 +170,7 @@ def settle_record(run_dir: str | os.PathLike, entry: dict[str, Any]) -> bool:
     left alone.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / RECORD).is_file() or _read_json(run_dir / RECORD).get("state") == "done":
+    if not (run_dir / RECORD).is_file() or read_json(run_dir / RECORD).get("state") == "done":
         return False
     with _locked(run_dir) as got:
         if not got or inspect_run(run_dir, entry, check_lock=False)["state"] != "done":
@@ -194,14 +180,14 @@ def settle_record(run_dir: str | os.PathLike, entry: dict[str, Any]) -> bool:
 
 def _settle(run_dir: Path) -> bool:
     """:func:`settle_record` for a run known to be done, with its lock held."""
-    record = _read_json(run_dir / RECORD)
+    record = read_json(run_dir / RECORD)
     if not record or record.get("state") == "done":
         return False
     hist = record.setdefault("history", [])
     if hist and hist[-1].get("outcome") in ("running", "interrupted"):
         hist[-1].update(outcome="done", recorded=_now())
     record.update(state="done", error=None, updated=_now())
-    _atomic_json(run_dir / RECORD, record)
+    atomic_json(run_dir / RECORD, record, indent=1)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     return True
 
@@ -210,12 +196,12 @@ def record_failure(run_dir: str | os.PathLike, message: str, details: str = "") 
     """Mark a run failed with a one-line ``message`` (``details``: a traceback for error.txt)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = _read_json(run_dir / RECORD)
+    record = read_json(run_dir / RECORD)
     record.update(state="failed", error=message, updated=_now())
     hist = record.setdefault("history", [])
     if hist and hist[-1].get("outcome") == "running":
         hist[-1].update(outcome="failed", ended=_now(), error=message)
-    _atomic_json(run_dir / RECORD, record)
+    atomic_json(run_dir / RECORD, record, indent=1)
     (run_dir / ERROR_FILE).write_text((details or message).rstrip() + "\n", encoding="utf-8")
 
 
@@ -251,17 +237,19 @@ def _work(
             f"{cfg_path} holds another config than the manifest's run {entry['id']}; "
             "move the directory away or plan the sweep again"
         )
-    status = _read_json(run_dir / "status.json")
+    status = read_json(run_dir / "status.json")
     if status.get("status") != "finished":
+        from ..callbacks import TensorBoardImages
         from ..train import latest_checkpoint, train
 
         found = latest_checkpoint(run_dir / "checkpoints")
         out["resumed_from"] = attempt["resumed_from"] = found[0] if found else 0
-        train(None, run_dir, resume=True, quiet=True, tensorboard=tensorboard)
+        # No evaluation callback: the sweep evaluates below, with its own settings.
+        train(None, run_dir, resume=True, quiet=True, tensorboard=tensorboard, callbacks=[TensorBoardImages()])
         actions.append("resumed" if found else "trained")
     ev = EvalSettings.from_json(entry.get("evaluate"))
     if ev is not None and not _metrics_ok(run_dir, ev, _total_steps(entry)):
-        from ..evaluate import evaluate_run
+        from ..evaluation import evaluate_run
 
         evaluate_run(
             run_dir,
@@ -322,7 +310,7 @@ def run_one(
             if info["state"] == "done":
                 _settle(run_dir)
             return out
-        record = _read_json(run_dir / RECORD)
+        record = read_json(run_dir / RECORD)
         record.update(id=entry["id"], name=entry["name"], state="running", error=None, updated=_now())
         attempt: dict[str, Any] = {
             "started": _now(),
@@ -335,7 +323,7 @@ def run_one(
             if earlier.get("outcome") == "running":  # we hold the lock, so that process is gone
                 earlier["outcome"] = "stopped"
         record["history"].append(attempt)
-        _atomic_json(run_dir / RECORD, record)
+        atomic_json(run_dir / RECORD, record, indent=1)
         t0 = time.perf_counter()
         prev_threads = torch.get_num_threads()
         actions: list[str] = []
@@ -353,7 +341,7 @@ def run_one(
                 details = traceback.format_exc()
                 log.write(details)
                 attempt.update(outcome="failed", ended=_now(), error=msg, seconds=round(time.perf_counter() - t0, 2))
-                _atomic_json(run_dir / RECORD, record)
+                atomic_json(run_dir / RECORD, record, indent=1)
                 record_failure(run_dir, msg, details)
                 out.update(
                     state="failed", action="+".join(actions) or "failed", error=msg, seconds=time.perf_counter() - t0
@@ -362,7 +350,7 @@ def run_one(
             except BaseException:
                 attempt.update(outcome="interrupted", ended=_now())
                 record.update(state="interrupted", updated=_now())
-                _atomic_json(run_dir / RECORD, record)
+                atomic_json(run_dir / RECORD, record, indent=1)
                 raise
             finally:
                 torch.set_num_threads(prev_threads)
@@ -370,7 +358,7 @@ def run_one(
         action = "+".join(actions) or "checked"
         attempt.update(outcome="done", ended=_now(), action=action, seconds=round(seconds, 2))
         record.update(state="done", error=None, updated=_now())
-        _atomic_json(run_dir / RECORD, record)
+        atomic_json(run_dir / RECORD, record, indent=1)
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
         out.update(state="done", action=action, seconds=seconds)
         return out

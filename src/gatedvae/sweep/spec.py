@@ -30,7 +30,6 @@ gated vs un-gated comparison (Gated-VAE paper ``000_fc03c6fb001bc541.txt``, Tabl
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.util
 import itertools
@@ -46,6 +45,7 @@ import yaml
 
 from ..config import Config, apply_overrides, from_dict, load_config, to_dict
 from ..errors import ConfigError, GatedVAEError
+from ..io import atomic_json, closest
 
 __all__ = [
     "EvalSettings",
@@ -166,8 +166,8 @@ def config_hash(config: Config) -> str:
 def _strict_keys(data: dict, valid: tuple[str, ...], where: str) -> None:
     for key in data:
         if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest(str(key), valid, cutoff=0.5)
+            hint = f"; did you mean '{close}'?" if close else ""
             raise ConfigError(f"{where}: unknown key '{key}'{hint} valid keys: {', '.join(valid)}")
 
 
@@ -199,7 +199,7 @@ def _part(shown: str, key: str, value: Any) -> str:
 def _display_keys(keys: list[str]) -> dict[str, str]:
     """Dotted key -> the name shown in labels: the last component unless two keys share it."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -263,7 +263,7 @@ def _seeds(value: Any, where: str) -> list[int] | None:
 
 
 def _eval_settings(value: Any, where: str) -> EvalSettings | None:
-    from ..metrics.adapter import SAMPLE_SIZES, resolve_metrics
+    from ..evaluation import SAMPLE_SIZES, resolve_metrics
 
     if value is None or value is False:
         return None
@@ -316,8 +316,8 @@ def _report_settings(value: Any, where: str) -> dict[str, Any]:
     sections = {k.rsplit(".", 1)[0] for k in flat} | set(flat)
     for key in ignore:
         if key not in sections:
-            close = difflib.get_close_matches(key, sorted(sections), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest(key, sorted(sections))
+            hint = f"; did you mean '{close}'?" if close else ""
             raise ConfigError(f"{where}: report.compare_ignore: '{key}' is not a config key or section{hint}")
     if "gating" not in ignore and "gating.enabled" not in ignore:
         ignore = ["gating.enabled", *ignore]  # the arms differ in gating.enabled by definition
@@ -336,7 +336,8 @@ def _resources(value: Any, where: str) -> dict[str, float]:
             v = value[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "cpus" and v <= 0):
                 raise ConfigError(
-                    f"{where}: resources.{key} must be a {'positive' if key == 'cpus' else 'non-negative'} number, got {v!r}"
+                    f"{where}: resources.{key} must be a {'positive' if key == 'cpus' else 'non-negative'} number, "
+                    f"got {v!r}"
                 )
             out[key] = v
     return out
@@ -492,7 +493,7 @@ def _plan_spec(spec: dict[str, Any], p: Path, where: str) -> Plan:
     runs: list[PlannedRun] = []
     for vname, base, v_over in variants:
         for combo in itertools.product(*(grid[k] for k in keys)):
-            params = dict(zip(keys, combo))
+            params = dict(zip(keys, combo, strict=True))
             parts = ([vname] if vname else []) + [_part(shown[k], k, v) for k, v in params.items()]
             label = ",".join(parts) or name
             over = common + v_over + [_override_text(k, v) for k, v in params.items()]
@@ -532,7 +533,7 @@ def _plan_list(items: list[Any], module: dict[str, Any], p: Path, where: str) ->
     shown = _display_keys(varying)
     name = module.get("name") or p.stem
     runs = []
-    for (given, cfg), flat in zip(named, flats):
+    for (given, cfg), flat in zip(named, flats, strict=True):
         params = {k: flat[k] for k in varying}
         label = ",".join(_part(shown[k], k, v) for k, v in params.items()) or str(name)
         run_name = given or f"{label},seed={cfg.train.seed}"
@@ -563,30 +564,27 @@ def _check_unique(runs: list[PlannedRun], where: str) -> None:
 
 
 def _validate(plan: Plan, check_data: bool, where: str) -> None:
-    """What can be checked before training: hyperparameters, conditions, factor names."""
-    from ..models import MODELS, resolve_hyper
+    """What can be checked before training: the model and its hyperparameters, the dataset's name
+    and options, conditions, factor names."""
+    from ..data import build_dataset, validate_data_config
+    from ..models import validate_model_config
 
     datasets: dict[str, Any] = {}
     for run in plan.runs:
         cfg = run.config
         try:
-            resolve_hyper(cfg.model)
-            entry = MODELS[cfg.model.name]
-            if cfg.model.condition and not getattr(entry.cls, "conditional", False):
-                raise ConfigError(
-                    f"model.condition is set but {cfg.model.name} is not conditional; use model.name=cvae or drop model.condition"
-                )
+            validate_model_config(cfg.model)
+            validate_data_config(cfg.data)
             if cfg.gating.mode == "clamp":
                 for part in cfg.gating.partitions:
                     if part.sampler != "exact":
                         raise ConfigError(
-                            f"gating.mode=clamp (DC-IGN) needs exact factor partitions; partition '{part.name}' uses {part.sampler}"
+                            "gating.mode=clamp (DC-IGN) needs exact factor partitions; "
+                            f"partition '{part.name}' uses {part.sampler}"
                         )
             if check_data and (cfg.gating.enabled or cfg.model.condition):
                 key = json.dumps(to_dict(cfg.data), sort_keys=True)
                 if key not in datasets:
-                    from ..data import build_dataset
-
                     datasets[key] = build_dataset(cfg.data)
                 ds = datasets[key]
                 known = list(ds.factor_space.names) + list(ds.weak_names)
@@ -598,8 +596,8 @@ def _validate(plan: Plan, check_data: bool, where: str) -> None:
                 used += [("model.condition", f) for f in cfg.model.condition]
                 for what, f in used:
                     if f not in known:
-                        close = difflib.get_close_matches(f, known, n=1)
-                        hint = f"; did you mean '{close[0]}'?" if close else ""
+                        close = closest(f, known)
+                        hint = f"; did you mean '{close}'?" if close else ""
                         raise ConfigError(
                             f"{what} names factor '{f}' that dataset '{ds.name}' lacks{hint} it has: {', '.join(known)}"
                         )
@@ -612,12 +610,6 @@ def _validate(plan: Plan, check_data: bool, where: str) -> None:
 
 
 # --------------------------------------------------------------------------- manifest
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_manifest(plan: Plan, sweep_dir: str | os.PathLike) -> tuple[Path, dict[str, int]]:
     """Write ``SWEEP_DIR/manifest.json`` (atomically); returns its path and counts.
 
@@ -653,7 +645,7 @@ def write_manifest(plan: Plan, sweep_dir: str | os.PathLike) -> tuple[Path, dict
     dropped = len(old_ids)
     plan.runs = runs
     doc = plan.to_json()
-    _atomic_write(d / MANIFEST, json.dumps(doc, indent=1) + "\n")
+    atomic_json(d / MANIFEST, doc, indent=1)
     return d / MANIFEST, {"runs": len(runs), "kept": kept, "dropped": dropped}
 
 
@@ -675,6 +667,7 @@ def read_manifest(sweep_dir: str | os.PathLike) -> dict[str, Any]:
         raise GatedVAEError(f"'{path}' is damaged ({exc.msg} at line {exc.lineno}); plan the sweep again") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise GatedVAEError(
-            f"'{path}' is not a gatedvae sweep manifest (format {doc.get('format') if isinstance(doc, dict) else None!r})"
+            f"'{path}' is not a gatedvae sweep manifest "
+            f"(format {doc.get('format') if isinstance(doc, dict) else None!r})"
         )
     return doc

@@ -1,10 +1,30 @@
-"""Training: the loop, checkpoints with exact resume, logs."""
+"""Training: the batch, the step, the loop with callbacks, data-parallel training.
 
-from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from .loop import Prepared, TrainingDiverged, load_run_config, prepare, resolve_device, train
+:mod:`.batch` draws a step's :class:`Batch`; :mod:`.step` takes the update (shared with
+``gatedvae bench``); :mod:`.loop` runs steps with checkpoints, logs and exact resume, calling
+:class:`Callback` objects for anything else (evaluation and figures live above this package:
+:mod:`gatedvae.callbacks`); :mod:`.files` writes status, metrics and summary;
+:mod:`.distributed` makes the loop data-parallel under ``torchrun``.
+"""
+
+from ..checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from ..run import Prepared, load_run_config, prepare, resolve_device
+from .batch import Batch, Batcher
+from .callbacks import Callback, RunInfo
+from .loop import train
+from .step import Optimizers, RunningSums, TrainingDiverged, make_generators, make_optimizers, training_step
 
 __all__ = [
     "train",
+    "Callback",
+    "RunInfo",
+    "Batch",
+    "Batcher",
+    "training_step",
+    "make_optimizers",
+    "make_generators",
+    "Optimizers",
+    "RunningSums",
     "prepare",
     "Prepared",
     "resolve_device",

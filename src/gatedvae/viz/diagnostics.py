@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..io import use_agg
+from ..run import condition_vectors
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..train.loop import Prepared
+    from ..run import Prepared
 
 __all__ = [
     "latent_groups",
@@ -149,8 +151,6 @@ def swap_grid_images(
     the partition, the images giving the rest, and the decoded swaps (posterior means, model in
     eval mode; the decoder's condition, if any, is that of the image giving the rest).
     """
-    from ..train.loop import condition_vectors
-
     if prep.partitions is None:
         raise DataError("swap grids need a gated run (partitions); this run has none")
     ds, model = prep.dataset, prep.model
@@ -175,15 +175,6 @@ def swap_grid_images(
 
 
 # --------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _show(ax, img) -> None:
     arr = np.asarray(
         img.permute(1, 2, 0) if isinstance(img, torch.Tensor) else np.transpose(img, (1, 2, 0))
@@ -197,7 +188,7 @@ def _show(ax, img) -> None:
 
 def plot_kl_bars(kl, groups=None, group_names: Sequence[str] | None = None, title: str = ""):
     """Bar chart of the mean KL of each latent, coloured by partition (``groups`` from :func:`latent_groups`)."""
-    plt = _plt()
+    plt = use_agg()
     kl = np.asarray(kl, dtype=np.float64).reshape(-1)  # (M,)
     groups = np.full(kl.size, -1) if groups is None else np.asarray(groups)
     colors = [_COLORS[g % len(_COLORS)] if g >= 0 else "#7f7f7f" for g in groups]
@@ -219,7 +210,7 @@ def plot_kl_bars(kl, groups=None, group_names: Sequence[str] | None = None, titl
 
 def plot_training_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = ""):
     """One small panel per logged term against the step (from :func:`training_curves`)."""
-    plt = _plt()
+    plt = use_agg()
     names = sorted(curves, key=lambda k: (k != "total", k))
     if not names:
         fig, ax = plt.subplots(figsize=(4, 2))
@@ -229,7 +220,7 @@ def plot_training_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):  # axes: a full grid, names: fewer
         steps, values = curves[name]
         ok = np.isfinite(values)
         ax.plot(steps[ok], values[ok], lw=1.2)
@@ -246,7 +237,7 @@ def plot_training_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], title
 
 def plot_image_rows(images, labels: Sequence[str], title: str = "", col_labels: Sequence[str] | None = None):
     """A grid of images ``(R, S, C, H, W)`` in [0, 1], one labelled row each (traversals)."""
-    plt = _plt()
+    plt = use_agg()
     rows, steps = images.shape[0], images.shape[1]
     fig, axes = plt.subplots(rows, steps, figsize=(steps * 0.8 + 1.2, rows * 0.85), squeeze=False)
     for r in range(rows):
@@ -264,7 +255,7 @@ def plot_image_rows(images, labels: Sequence[str], title: str = "", col_labels: 
 def plot_swap_grid(part, rest, grid, title: str = ""):
     """Swap grid: top row the images giving the rest, left column those giving the partition,
     cell (i, j) the decoded swap (from :func:`swap_grid_images`)."""
-    plt = _plt()
+    plt = use_agg()
     n, m = grid.shape[0], grid.shape[1]
     fig, axes = plt.subplots(n + 1, m + 1, figsize=((m + 1) * 0.85, (n + 1) * 0.85), squeeze=False)
     axes[0, 0].axis("off")

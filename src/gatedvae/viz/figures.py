@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..io import use_agg
+from ..run import condition_vectors
 from .pairs import save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..train.loop import Prepared
+    from ..run import Prepared
 
 __all__ = [
     "image_grid",
@@ -66,8 +68,6 @@ class _EvalMode:
 @torch.no_grad()
 def reconstruction_tensor(prep: Prepared, count: int = 8) -> torch.Tensor:
     """Top row: images; bottom row: reconstructions from the posterior means."""
-    from ..train.loop import condition_vectors
-
     idx = _fixed_index(len(prep.dataset), count)
     x = prep.dataset.images(idx)  # (n, C, H, W)
     cond = condition_vectors(prep.dataset, prep.config.model.condition, idx, prep.device)
@@ -77,13 +77,9 @@ def reconstruction_tensor(prep: Prepared, count: int = 8) -> torch.Tensor:
 
 
 @torch.no_grad()
-def traversal_images(
-    prep: Prepared, base_index: int | None = None, steps: int = 9, span: float = 2.5
-) -> torch.Tensor:
+def traversal_images(prep: Prepared, base_index: int | None = None, steps: int = 9, span: float = 2.5) -> torch.Tensor:
     """Decoded traversals ``(M, steps, C, H, W)``: each latent dim swept over [-span, span]
     from one image's posterior mean, the others held."""
-    from ..train.loop import condition_vectors
-
     idx = np.array([base_index if base_index is not None else int(_fixed_index(len(prep.dataset), 1)[0])])
     x = prep.dataset.images(idx)  # (1, C, H, W)
     cond = condition_vectors(prep.dataset, prep.config.model.condition, idx, prep.device)
@@ -124,10 +120,7 @@ def _show(ax, img: torch.Tensor) -> None:
 
 def traversal_figure(prep: Prepared, path: str | os.PathLike, title: str = "", steps: int = 9) -> Path:
     """PNG: one row per latent dim (labelled with its partition), swept over [-2.5, 2.5]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = use_agg()
 
     imgs = traversal_images(prep, steps=steps)  # (M, S, C, H, W)
     m = imgs.shape[0]
@@ -143,10 +136,7 @@ def traversal_figure(prep: Prepared, path: str | os.PathLike, title: str = "", s
 
 def reconstruction_figure(prep: Prepared, path: str | os.PathLike, title: str = "", count: int = 8) -> Path:
     """PNG: images (top) and their reconstructions (bottom)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = use_agg()
 
     grid = reconstruction_tensor(prep, count)
     fig, ax = plt.subplots(figsize=(count * 0.8, 2.0))

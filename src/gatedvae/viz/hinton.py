@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..io import use_agg
 from .pairs import save_figure
 
 __all__ = ["hinton_squares", "unit_spans", "hinton_figure"]
@@ -85,10 +86,7 @@ def hinton_figure(
             factor is meant to live.
         title: the figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = use_agg()
     from matplotlib.patches import Rectangle
 
     side = hinton_squares(weights)  # (R, C)
@@ -101,7 +99,7 @@ def hinton_figure(
         raise DataError(f"partitions: latent {spans[-1][1] - 1} out of range for {rows} rows")
     if row_labels is None:
         row_labels = [f"z{r}" for r in range(rows)]
-        for (start, stop), name in zip(spans, names):
+        for (start, stop), name in zip(spans, names, strict=True):
             for r in range(start, stop):
                 row_labels[r] = f"z{r} {name}"
     fig, ax = plt.subplots(figsize=(1.4 + 0.55 * cols + (1.0 if spans else 0.0), 0.9 + 0.42 * rows))
@@ -111,7 +109,7 @@ def hinton_figure(
             s = side[r, c]
             if s > 0:
                 ax.add_patch(Rectangle((c - s / 2, r - s / 2), s, s, facecolor="#1f3b73", edgecolor="none"))
-    for (start, stop), name in zip(spans, names):
+    for (start, stop), name in zip(spans, names, strict=True):
         if start > 0:
             ax.axhline(start - 0.5, color="#888888", lw=1.0)
         ax.text(cols - 0.35, (start + stop - 1) / 2, name, va="center", ha="left", fontsize=8)

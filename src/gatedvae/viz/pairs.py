@@ -10,6 +10,7 @@ import numpy as np
 
 from ..data.base import FactorDataset
 from ..data.pairs import PairBatch
+from ..io import use_agg
 
 __all__ = ["pair_grid", "save_figure"]
 
@@ -36,15 +37,12 @@ def pair_grid(dataset: FactorDataset, batches: Mapping[str, PairBatch], path: st
         path: PNG to write.
         n: pairs shown per partition.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = use_agg()
 
     rows = 2 * len(batches)
     fig, axes = plt.subplots(rows, n, figsize=(n * 0.9, rows * 0.95), squeeze=False)
     for r, (name, batch) in enumerate(batches.items()):
-        shared = [f for f, s in zip(dataset.factor_space.names, batch.shared) if s]
+        shared = [f for f, s in zip(dataset.factor_space.names, batch.shared, strict=True) if s]
         for row, index, label in ((2 * r, batch.input[:n], f"{name}\ninput"), (2 * r + 1, batch.target[:n], "target")):
             imgs = dataset.store.gather_uint8(np.asarray(index)).cpu().numpy()  # (n, C, H, W)
             for c in range(n):

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import GatedVAEError
+from .errors import GatedVAEError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint", "CheckpointError", "FORMAT"]
 
@@ -133,7 +133,8 @@ def save_checkpoint(
             else "free some space and save again"
         )
         raise CheckpointError(
-            f"could not write checkpoint '{path}' ({exc.strerror or exc}); the previous checkpoints are intact; {way_out}"
+            f"could not write checkpoint '{path}' ({exc.strerror or exc}); "
+            f"the previous checkpoints are intact; {way_out}"
         ) from None
     _fsync_dir(path.parent)
     _fault_hook("renamed", header.get("step"), tmp)
@@ -217,7 +218,8 @@ def load_checkpoint(
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"checkpoint '{path}' is damaged ({str(exc).splitlines()[0]}); move it out of {path.parent} to use the checkpoint before it"
+            f"checkpoint '{path}' is damaged ({str(exc).splitlines()[0]}); "
+            f"move it out of {path.parent} to use the checkpoint before it"
         ) from None
     state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     own = model.state_dict()
@@ -226,12 +228,14 @@ def load_checkpoint(
     reshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or reshaped:
         shape = (
-            f", {len(reshaped)} of another shape (e.g. {reshaped[0]} {tuple(state[reshaped[0]].shape)} vs {tuple(own[reshaped[0]].shape)})"
+            f", {len(reshaped)} of another shape "
+            f"(e.g. {reshaped[0]} {tuple(state[reshaped[0]].shape)} vs {tuple(own[reshaped[0]].shape)})"
             if reshaped
             else ""
         )
         raise CheckpointError(
-            f"checkpoint '{path}' does not fit this model ({len(missing)} missing and {len(unexpected)} unexpected tensors{shape}); "
+            f"checkpoint '{path}' does not fit this model "
+            f"({len(missing)} missing and {len(unexpected)} unexpected tensors{shape}); "
             "was it written by another config?"
         )
     model.load_state_dict(state)

@@ -1,0 +1,235 @@
+"""The sections of ``gatedvae bench`` besides ``train`` (data, pairs, metrics, memory, quickstart)
+and :func:`run_bench`, which measures the chosen sections in one process so that ratios hold."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import ConfigError
+from .children import dsprites_partitions, run_child
+from .options import SECTIONS, BenchOptions
+from .report import targets
+from .timing import loadavg, rate
+from .train_section import measure_train
+
+__all__ = [
+    "measure_data",
+    "measure_pairs",
+    "measure_metrics",
+    "measure_memory",
+    "measure_quickstart",
+    "metrics_config",
+    "machine_info",
+    "run_bench",
+]
+
+
+def measure_data(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """dSprites generation time, store size and resident memory, in a fresh process."""
+    log("data: generating dSprites in a subprocess ...")
+    data = asdict(o.data_config())
+    return run_child("data", {"data": data, "seconds": 0.2 if o.quick else 1.0}, o.threads)
+
+
+def measure_pairs(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Index pairs/s and assembled image pairs/s (sample + gather input and target) per sampler."""
+    from ..data import ClusterPairSampler, ExactPairSampler, IdentityPairSampler, build_dataset
+
+    ds = build_dataset(o.data_config())
+    rng = np.random.default_rng(o.seed)
+    B = o.batch
+    samplers: dict[str, Any] = {
+        f"exact ({', '.join(p.factors)})": ExactPairSampler(ds, list(p.factors)) for p in dsprites_partitions()
+    }
+    samplers["exact (orientation) + 10% noise"] = ExactPairSampler(ds, ["orientation"], noise=0.1)
+    samplers["identity"] = IdentityPairSampler(ds)
+    setup = {}
+    if not o.quick:
+        t0 = time.perf_counter()
+        samplers["cluster (posX, posY; 1000)"] = ClusterPairSampler(ds, ["posX", "posY"], 1000, rng)
+        setup["cluster (posX, posY; 1000)"] = time.perf_counter() - t0
+    seconds = 0.06 if o.quick else 1.5
+    rows = []
+    buf = torch.empty(B, *ds.image_shape)
+    for name, s in samplers.items():
+        log(f"pairs: {name}")
+
+        def assemble(s=s):
+            p = s.sample(B, rng)
+            ds.images(p.input), ds.images(p.target)
+
+        def assemble_into(s=s):
+            p = s.sample(B, rng)
+            ds.store.gather(p.input, out=buf)
+            ds.store.gather(p.target, out=buf)
+
+        rows.append(
+            {
+                "sampler": name,
+                "index_pairs_per_s": rate(lambda s=s: s.sample(B, rng), B, seconds),
+                "index_pairs_per_s_65536": rate(lambda s=s: s.sample(65_536, rng), 65_536, seconds),
+                "image_pairs_per_s": rate(assemble, B, seconds),
+                "image_pairs_per_s_preallocated": rate(assemble_into, B, seconds),
+                "setup_seconds": setup.get(name, 0.0),
+            }
+        )
+    return {"images": len(ds), "batch": B, "rows": rows}
+
+
+def metrics_config(steps: int, o: BenchOptions) -> Config:
+    from ..quickstart import quickstart_config
+
+    cfg = quickstart_config(True, steps=steps, seed=o.seed)
+    return replace(
+        cfg,
+        data=o.data_config(),
+        model=replace(cfg.model, hidden=o.hidden_small),
+        train=replace(cfg.train, device="cpu", threads=o.threads),
+    )
+
+
+def measure_metrics(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Seconds per metric for each preset on a trained model (``--metrics-run`` or trained here)."""
+    from ..evaluation import evaluate_model
+    from ..run import load_trained
+    from ..train import latest_checkpoint, train
+
+    tmp = None
+    train_seconds = None
+    if o.metrics_run:
+        run = Path(o.metrics_run)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="gatedvae_bench_metrics_")
+        run = Path(tmp.name) / "run"
+    if not (run / "config.yaml").is_file() or latest_checkpoint(run / "checkpoints") is None:
+        # A new (or empty) --metrics-run is trained here and kept for the next time.
+        cfg = metrics_config(o.metrics_steps, o)
+        log(
+            f"metrics: training the quickstart's gated beta-VAE (hidden {o.hidden_small}) for "
+            f"{cfg.train.steps} + {cfg.train.finetune_steps} steps in {run} ..."
+        )
+        t0 = time.perf_counter()
+        train(cfg, run, quiet=True, tensorboard=False)
+        train_seconds = time.perf_counter() - t0
+    try:
+        prep, step, _ = load_trained(run)
+        out: dict[str, Any] = {
+            "run": None if tmp else str(run),
+            "step": step,
+            "images": len(prep.dataset),
+            "model": prep.model.describe(),
+            "train_seconds": train_seconds,
+            "presets": {},
+        }
+        for preset in o.presets:
+            log(f"metrics: preset {preset} ...")
+            t0 = time.perf_counter()
+            res = evaluate_model(prep, o.metrics, preset, rng=np.random.default_rng(o.seed))
+            total = time.perf_counter() - t0
+            out["presets"][preset] = {
+                "total_seconds": total,
+                "codes_seconds": res["codes_seconds"],
+                "codes": res["samples"]["codes"],
+                "encoded_images": res["encoded_images"],
+                "encode_seconds": res["encode_seconds"],
+                "loadavg": loadavg(),
+                "metrics": {
+                    name: {"seconds": e["seconds"], "encode_seconds": e["encode_seconds"], "samples": e["samples"]}
+                    for name, e in res["results"].items()
+                },
+                "scores": {
+                    name: {
+                        k: float(v)
+                        for k, v in e["scores"].items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    }
+                    for name, e in res["results"].items()
+                },
+            }
+        return out
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def measure_memory(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Peak RSS of a dSprites training run of the paper preset (fresh process)."""
+    evaluate = "none" if o.quick else "fast"
+    log(
+        f"memory: training mlp-{o.hidden_paper} gated for {o.memory_steps} steps (evaluate={evaluate}) "
+        "in a subprocess ..."
+    )
+    args = {
+        "data": asdict(o.data_config()),
+        "hidden": o.hidden_paper,
+        "steps": o.memory_steps,
+        "batch": o.batch,
+        "evaluate": evaluate,
+        "threads": o.threads,
+    }
+    return run_child("memory", args, o.threads)
+
+
+def measure_quickstart(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``gatedvae quickstart`` end to end in a fresh process (30 steps per model in quick mode).
+    ``seconds``: inside the process; ``process_seconds``: including interpreter start-up."""
+    log("quickstart: running gatedvae quickstart in a subprocess ...")
+    return run_child("quickstart", {"steps": 30 if o.quick else 3000}, o.threads)
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+    }
+
+
+def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure the chosen sections; returns the results as plain data (JSON-safe)."""
+    unknown = [s for s in o.sections if s not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown bench section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    before = torch.get_num_threads()
+    if o.threads:
+        torch.set_num_threads(o.threads)
+    t0 = time.perf_counter()
+    res: dict[str, Any] = {
+        "machine": machine_info(),
+        "options": asdict(o),
+        "loadavg_start": loadavg(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    fns = {
+        "train": measure_train,
+        "data": measure_data,
+        "pairs": measure_pairs,
+        "metrics": measure_metrics,
+        "memory": measure_memory,
+        "quickstart": measure_quickstart,
+    }
+    try:
+        for s in SECTIONS:
+            if s in o.sections:
+                res[s] = fns[s](o, log)
+    finally:
+        torch.set_num_threads(before)
+    res["loadavg_end"] = loadavg()
+    res["seconds"] = time.perf_counter() - t0
+    res["targets"] = targets(res)
+    return res

@@ -1,0 +1,265 @@
+"""A run, built from its config, or loaded from its directory: the one place that does either.
+
+:func:`prepare` turns a :class:`~gatedvae.config.Config` into what training, evaluation and figures
+work on (:class:`Prepared`: the dataset on the device, the partition layout, the pair samplers and
+the model). :func:`load_trained` does the same for a trained run directory and loads its latest
+(or a given) checkpoint; :func:`load_model` loads only the model, without building the dataset
+where the image shape is known from the config (encoding new images). Every command that reads a
+run (``evaluate``, ``encode``, ``face-study``, ``scan``, sweeps' evaluation) goes through these, so
+they share the one-line errors for a missing directory, a directory that is not a run, a run with
+no checkpoint yet, and a damaged or foreign checkpoint.
+
+A run directory::
+
+    RUN/config.yaml          the resolved config (rebuilds the run exactly)
+    RUN/status.json          running / finished / failed, with the last step
+    RUN/checkpoints/         step-000001000.safetensors ... (atomic, no pickle)
+    RUN/metrics.jsonl        one JSON line of mean loss terms per log interval
+    RUN/tensorboard/         scalars and image grids
+    RUN/summary.json         final numbers (written when the run finishes)
+    RUN/metrics.json         scores (written by ``gatedvae evaluate``)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .config import Config, DataConfig, load_config
+from .data import FactorDataset, PairSampler, build_dataset, make_sampler, validate_data_config
+from .data.base import host_to_device
+from .data.registry import image_shape_of
+from .errors import ConfigError, GatedVAEError
+from .gating import Partitions
+from .models import GenerativeModel, build_model
+from .models.base import check_trainable
+
+__all__ = [
+    "Prepared",
+    "prepare",
+    "resolve_device",
+    "condition_vectors",
+    "heldout_indices",
+    "load_run_config",
+    "find_checkpoint",
+    "load_trained",
+    "load_model",
+    "LoadedModel",
+]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+    return dev
+
+
+def condition_vectors(
+    dataset: FactorDataset, names: tuple[str, ...], index: np.ndarray, device: torch.device
+) -> torch.Tensor | None:
+    """One-hot labels of the named factors, concatenated: ``(B, sum of sizes)``."""
+    if not names:
+        return None
+    f = dataset.factors_of(index)  # (B, K)
+    parts = []
+    for name in names:
+        k = dataset.factor_space.position(name)
+        parts.append(np.eye(dataset.factor_space.sizes[k], dtype=np.float32)[f[:, k]])  # (B, size)
+    return host_to_device(torch.from_numpy(np.concatenate(parts, axis=1)), device)  # (B, c)
+
+
+def heldout_indices(data: DataConfig, n: int) -> np.ndarray:
+    """Sorted indices of the images held out of training: ``round(data.holdout * n)`` of ``n``, drawn
+    with ``data.seed`` (the same images for every training seed, so runs of a sweep share them).
+    Empty when ``data.holdout`` is 0. Evaluation measures reconstruction on them."""
+    k = int(round(float(getattr(data, "holdout", 0.0)) * n))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([int(data.seed), 0x401D])
+    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built from its config (training, evaluation and figures use it).
+
+    ``partitions`` is the latent layout of a gated run (None otherwise); ``samplers`` the pair
+    sampler of each partition, built on first use (k-means for cluster partitions, seeded by the
+    run's seed, so building them later gives the same samplers).
+    """
+
+    config: Config
+    device: torch.device
+    dataset: FactorDataset
+    model: GenerativeModel
+    partitions: Partitions | None
+    cond_dim: int
+
+    @cached_property
+    def samplers(self) -> list[PairSampler]:
+        if self.partitions is None:
+            return []
+        setup_rng = np.random.default_rng([self.config.train.seed, 1])
+        return [make_sampler(self.dataset, p, setup_rng) for p in self.config.gating.partitions]
+
+
+def validate(config: Config) -> None:
+    """What can be refused before any data is built or anything written: an unknown model or
+    hyperparameter, a model that cannot train this way (a GAN gated), an impossible partition."""
+    validate_data_config(config.data)
+    check_trainable(config)
+    if config.gating.enabled:
+        Partitions(config.gating, config.model.latent_dim)
+
+
+def prepare(
+    config: Config,
+    device: torch.device | None = None,
+    dataset: FactorDataset | None = None,
+    progress: bool = False,
+    samplers: bool = True,
+) -> Prepared:
+    """Build the dataset (on the device), the partition layout and the model of a config.
+
+    ``samplers``: build the partitions' pair samplers now, so that a partition the data cannot
+    pair fails before training starts (False: on first use of ``Prepared.samplers``; loading a
+    trained run to evaluate it never needs them).
+    """
+    device = device or resolve_device(config.train.device)
+    validate(config)
+    if dataset is None:
+        dataset = build_dataset(config.data, progress=progress)
+    dataset = dataset.to(device)
+    for name in config.model.condition:
+        if name not in dataset.factor_space.names:
+            raise ConfigError(
+                f"model.condition names factor '{name}' that dataset '{dataset.name}' lacks; its factors are: "
+                f"{', '.join(dataset.factor_space.names)}"
+            )
+    cond_dim = sum(dataset.factor_space.size(n) for n in config.model.condition)
+    partitions = Partitions(config.gating, config.model.latent_dim) if config.gating.enabled else None
+    if config.train.batch_size > len(dataset):
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} exceeds the dataset's {len(dataset)} images; lower it"
+        )
+    model = build_model(config.model, dataset.image_shape, len(dataset), cond_dim=cond_dim, seed=config.train.seed)
+    model = model.to(device)
+    if device.type == "cpu" and any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules()):
+        # Convolution weights in NHWC: MKL-DNN's fast path on the CPU (conv64 step 0.86x the time of
+        # NCHW in `gatedvae bench`, docs/performance.md). Checkpoints stay contiguous (NCHW).
+        model = model.to(memory_format=torch.channels_last)
+    prep = Prepared(config, device, dataset, model, partitions, cond_dim)
+    if samplers and partitions is not None:
+        prep.samplers  # noqa: B018  (build them now: a bad partition fails before training starts)
+    return prep
+
+
+# --------------------------------------------------------------------------- reading a run directory
+def load_run_config(run_dir: str | os.PathLike) -> Config:
+    """The resolved config of an existing run directory (one-line errors for a missing or foreign one)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise GatedVAEError(f"run directory '{run_dir}' does not exist; check the path")
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise GatedVAEError(f"'{run_dir}' is not a gatedvae run directory (no config.yaml); check the path")
+    try:
+        return load_config(cfg_path)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"'{cfg_path}' is not a config this gatedvae can read ({exc}); check the run directory's path"
+        ) from None
+
+
+def find_checkpoint(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> tuple[int, Path]:
+    """``(step, path)`` of the run's latest complete checkpoint, or of ``checkpoint`` (step -1 until
+    its header is read). GatedVAEError when the run has none yet."""
+    if checkpoint is not None:
+        return -1, Path(checkpoint)
+    run = Path(run_dir)
+    found = latest_checkpoint(run / "checkpoints")
+    if found is None:
+        raise GatedVAEError(f"run {run} has no checkpoint yet; train it first")
+    return found
+
+
+def load_trained(
+    run_dir: str | os.PathLike,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    dataset: FactorDataset | None = None,
+) -> tuple[Prepared, int, Path]:
+    """``(prep, step, checkpoint_path)`` of a trained run: its data and model (eval mode) with the
+    latest (or the given) checkpoint's weights, rebuilt exactly as training built them.
+
+    ``dataset``: an already built dataset of the run's data config (saves rebuilding it).
+    """
+    run = Path(run_dir)
+    config = load_run_config(run)
+    step, path = find_checkpoint(run, checkpoint)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    prep = prepare(config, device=dev, dataset=dataset, progress=progress, samplers=False)
+    header = load_checkpoint(path, prep.model)
+    prep.model.eval()
+    return prep, int(header.get("step", step)), path
+
+
+@dataclass
+class LoadedModel:
+    """A trained run's model without its dataset: see :func:`load_model`."""
+
+    run_dir: Path
+    config: Config
+    model: GenerativeModel
+    step: int
+    image_shape: tuple[int, int, int]
+    device: torch.device
+    partitions: Partitions | None
+
+
+def load_model(
+    run_dir: str | os.PathLike, device: str = "cpu", checkpoint: str | os.PathLike | None = None
+) -> LoadedModel:
+    """A trained run's model (eval mode, on ``device``) with the latest (or the given) checkpoint.
+
+    The dataset is built only when the config does not tell the image shape or the decoder takes
+    factor labels (``model.condition``). Runs whose *encoder* is conditioned on factor labels
+    (``model.condition_encoder``) are refused: their codes need labels that new images lack.
+    """
+    run = Path(run_dir)
+    config = load_run_config(run)
+    step, path = find_checkpoint(run, checkpoint)
+    if config.model.condition_encoder:
+        raise ConfigError(
+            f"run {run} conditions its encoder on factor labels (model.condition_encoder); "
+            "its codes cannot be computed from images alone"
+        )
+    validate(config)
+    shape = image_shape_of(config.data)
+    cond_dim = 0
+    size = 1
+    if shape is None or config.model.condition:
+        ds = build_dataset(config.data)
+        shape = ds.image_shape
+        cond_dim = sum(ds.factor_space.size(n) for n in config.model.condition)
+        size = len(ds)
+    dev = resolve_device(device)
+    model = build_model(config.model, shape, size, cond_dim=cond_dim, seed=config.train.seed)
+    header = load_checkpoint(path, model)
+    model.to(dev).eval()
+    parts = Partitions(config.gating, config.model.latent_dim) if config.gating.enabled else None
+    return LoadedModel(run, config, model, int(header.get("step", step)), tuple(shape), dev, parts)

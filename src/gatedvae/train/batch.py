@@ -1,0 +1,121 @@
+"""One training batch: the pairs of the step's partition, gathered into images on the device.
+
+:class:`Batcher` draws a step's :class:`Batch` with the run's numpy generator: the active
+partition from the gating schedule (gated runs), then pairs from that partition's sampler (or,
+in clamp mode, a base image and the images that share every other factor with it), with every
+pair touching a held-out image (``data.holdout``) redrawn; then the input and target images by
+index gather. The order of the draws is part of exact resume (a checkpoint stores the
+generator's state): change it and resumed runs no longer equal uninterrupted ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data import ExactPairSampler, IdentityPairSampler
+from ..errors import ConfigError
+from ..gating import Schedule
+from ..run import Prepared, condition_vectors, heldout_indices
+
+__all__ = ["Batch", "Batcher"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one training step consumes.
+
+    ``x``: input images ``(b, C, H, W)``; ``target``: the images to reconstruct (``x`` itself for
+    an identity pair); ``cond``: one-hot labels of ``model.condition`` ``(b, c)`` or None;
+    ``gate_mask``: the active partition's latent mask (gate mode) or None; ``clamp_mask``: the
+    latent dimensions clamped to the batch mean (clamp mode) or None; ``active``: the active
+    partition's index, -1 for an un-gated (or fine-tuning) step.
+    """
+
+    x: torch.Tensor
+    target: torch.Tensor
+    cond: torch.Tensor | None = None
+    gate_mask: torch.Tensor | None = None
+    clamp_mask: torch.Tensor | None = None
+    active: int = -1
+
+
+class Batcher:
+    """Draws the step's (input, target) images and the gate/clamp masks."""
+
+    def __init__(self, prep: Prepared) -> None:
+        self.prep = prep
+        cfg = prep.config
+        ds = prep.dataset
+        self.batch_size = cfg.train.batch_size
+        self.shard = slice(None)  # this process's rows of the global batch (train/distributed.py)
+        self.identity = IdentityPairSampler(ds)
+        held = heldout_indices(cfg.data, len(ds))  # never drawn for training (data.holdout)
+        self.heldout = None
+        if held.size:
+            self.heldout = np.zeros(len(ds), dtype=bool)
+            self.heldout[held] = True
+        self.partitions = prep.partitions
+        self.masks = prep.partitions.masks(prep.device) if prep.partitions is not None else None
+        if self.partitions is not None:
+            self.schedule = Schedule(cfg.gating.schedule, self.partitions.weights())
+            if cfg.gating.mode == "clamp":
+                # DC-IGN: a batch in which only the active partition's factors vary = all images
+                # sharing every *other* factor with one random base image.
+                names = ds.factor_space.names
+                self.clamp_samplers = []
+                for p in cfg.gating.partitions:
+                    others = [n for n in names if n not in p.factors]
+                    self.clamp_samplers.append(ExactPairSampler(ds, others) if others else IdentityPairSampler(ds))
+
+    def _training_only(self, pairs, sampler, rng: np.random.Generator):
+        """``pairs`` with every pair that touches a held-out image redrawn: a held-out input gets a
+        fresh pair, a held-out target a fresh target for its input (rejection: inputs stay uniform
+        over the training images, targets uniform over the training images that qualify)."""
+        if self.heldout is None:
+            return pairs
+        inp, tgt, noisy = pairs.input.copy(), pairs.target.copy(), pairs.noisy.copy()  # (B,) each
+        for _ in range(1000):
+            bad = self.heldout[inp]
+            if bad.any():
+                fresh = sampler.sample(int(bad.sum()), rng)
+                inp[bad], tgt[bad], noisy[bad] = fresh.input, fresh.target, fresh.noisy
+            bad = self.heldout[tgt] & ~self.heldout[inp]
+            if bad.any():
+                fresh = sampler.pairs_for(inp[bad], rng)
+                tgt[bad], noisy[bad] = fresh.target, fresh.noisy
+            if not (self.heldout[inp] | self.heldout[tgt]).any():
+                return type(pairs)(inp, tgt, pairs.shared, noisy)
+        raise ConfigError("data.holdout leaves too few training images to pair; lower data.holdout")
+
+    def draw(self, step: int, rng: np.random.Generator, finetune: bool = False) -> Batch:
+        """The batch of ``step`` (``finetune``: plain identity pairs, no partition)."""
+        ds, cfg = self.prep.dataset, self.prep.config
+        gate_mask = clamp_mask = None
+        active = -1
+        if self.partitions is None or finetune:
+            pairs = self._training_only(self.identity.sample(self.batch_size, rng), self.identity, rng)
+        else:
+            active = self.schedule(step, rng)
+            mask = self.masks[active]
+            if cfg.gating.mode == "clamp":
+                b0 = int(rng.integers(0, len(ds)))
+                while self.heldout is not None and self.heldout[b0]:
+                    b0 = int(rng.integers(0, len(ds)))
+                base = np.full(self.batch_size, b0, dtype=np.int64)
+                batch = self._training_only(
+                    self.clamp_samplers[active].pairs_for(base, rng), self.clamp_samplers[active], rng
+                )
+                pairs = self.identity.pairs_for(batch.target, rng)
+                clamp_mask = ~mask
+            else:
+                sampler = self.prep.samplers[active]
+                pairs = self._training_only(sampler.sample(self.batch_size, rng), sampler, rng)
+                gate_mask = mask
+        inp, tgt = pairs.input[self.shard], pairs.target[self.shard]  # (b,): all of the global batch in one process
+        x = ds.images(inp)  # (b, C, H, W)
+        target = x if np.array_equal(inp, tgt) else ds.images(tgt)  # (b, C, H, W)
+        cond = condition_vectors(ds, cfg.model.condition, tgt, self.prep.device)
+        return Batch(x, target, cond, gate_mask, clamp_mask, active)
