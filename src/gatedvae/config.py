@@ -22,7 +22,6 @@ No third-party config framework is used on purpose (see ``../shared/STYLE.md``, 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type
 import yaml
 
 from .errors import ConfigError
+from .io import closest
 
 __all__ = [
     "DataConfig",
@@ -67,8 +67,8 @@ def config_keys(cls: type) -> list[str]:
 
 
 def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ";"
+    near = closest(key, valid, cutoff=0.5)
+    hint = f"; did you mean '{near}'?" if near else ";"
     return f"{hint} valid keys: {', '.join(valid)}"
 
 

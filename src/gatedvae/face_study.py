@@ -54,6 +54,7 @@ import torch
 from .config import Config, to_dict
 from .data.faces import FACE_GROUPS
 from .errors import ConfigError, DataError, GatedVAEError
+from .io import atomic_json
 from .metrics.utils import check_codes, check_rng, seed_from, split_indices, standardize
 
 __all__ = [
@@ -475,9 +476,7 @@ def score_run(
         doc["figures"] = [str(p.relative_to(run)) for p in paths]
     doc["seconds"] = time.perf_counter() - t0
     doc = _jsonable(doc)
-    tmp = run / ".face_scores.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, run / "face_scores.json")
+    atomic_json(run / "face_scores.json", doc, indent=1)
     return doc
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GatedVAEError
+from ..io import atomic_json
 from .local import available_cores, run_local
 from .runner import STATES, inspect_run, run_dir_of, settle_record
 from .spec import read_manifest
@@ -74,9 +75,7 @@ def _status_snapshot(sweep_dir: Path, manifest: dict[str, Any]) -> dict[str, Any
 
 
 def _write_status(sweep_dir: Path, doc: dict[str, Any]) -> None:
-    tmp = sweep_dir / f".status.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, sweep_dir / "status.json")
+    atomic_json(sweep_dir / "status.json", doc, indent=1)
 
 
 def sweep_status(sweep_dir: str | os.PathLike) -> dict[str, Any]:
