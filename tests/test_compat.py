@@ -43,14 +43,22 @@ def _checkpoint(run: Path) -> tuple[dict[str, np.ndarray], dict]:
     return load_file(str(path)), meta
 
 
-def test_a_01_run_resumes_and_ends_bitwise_where_01_ended(old, capsys):
+def test_a_01_run_resumes_exactly_and_ends_where_01_ended(old, capsys):
     assert main(["train", "--resume", "run_stopped", "--quiet", "--no-tensorboard"]) == 0
+    assert main(["train", "run_finished/config.yaml", "--run-dir", "again", "--quiet", "--no-tensorboard"]) == 0
     resumed, _ = _checkpoint(old / "run_stopped")
-    finished, _ = _checkpoint(old / "run_finished")
-    assert resumed.keys() == finished.keys()
+    again, _ = _checkpoint(old / "again")
+    finished, _ = _checkpoint(old / "run_finished")  # written by 0.1, uninterrupted
+    assert resumed.keys() == again.keys() == finished.keys()
     for key in finished:
-        np.testing.assert_array_equal(resumed[key], finished[key], err_msg=key)
-    assert (old / "run_stopped" / "metrics.jsonl").read_text() == (old / "run_finished" / "metrics.jsonl").read_text()
+        # a 0.1 checkpoint resumes bitwise to where this version's uninterrupted run ends ...
+        np.testing.assert_array_equal(resumed[key], again[key], err_msg=key)
+        # ... which is where 0.1 ended (bitwise on the machine that wrote the fixture; other CPUs
+        # may pick other matmul kernels, hence the tolerance)
+        np.testing.assert_allclose(again[key], finished[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    lines = (old / "run_stopped" / "metrics.jsonl").read_text().splitlines()
+    assert lines == (old / "again" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [4, 8, 12, 16, 20, 24]
     assert json.loads((old / "run_stopped" / "status.json").read_text())["status"] == "finished"
 
 
@@ -92,6 +100,10 @@ def test_a_01_sweep_keeps_its_run_ids_runs_the_rest_and_reports(old, capsys):
     assert main(["report", "sweep"]) == 0
     assert (old / "sweep" / "report" / "report.md").is_file()
 
-    # this version scores the 0.1 run exactly as 0.1 did (same settings, same seed)
+    # this version scores the 0.1 run as 0.1 did (same settings, same seed; equal on the machine
+    # that wrote the fixture, within float noise on CPUs with other matmul kernels)
     assert main(["evaluate", str(done), "--preset", "fast", "--metrics", "dci_lasso,mig", "--quiet"]) == 0
-    assert json.loads((done / "metrics.json").read_text())["headline"] == old_scores
+    new_scores = json.loads((done / "metrics.json").read_text())["headline"]
+    assert new_scores.keys() == old_scores.keys()
+    for key, value in old_scores.items():
+        assert new_scores[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
