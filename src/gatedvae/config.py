@@ -27,6 +27,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
@@ -49,7 +50,10 @@ __all__ = [
     "load_config",
     "save_config",
     "config_keys",
-    "coerce_value",
+    "Setting",
+    "Check",
+    "NON_NEGATIVE",
+    "AT_LEAST_1",
     "LEGACY_HYPERPARAMETERS",
 ]
 
@@ -326,10 +330,40 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
     os.replace(tmp, p)
 
 
-def coerce_value(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert it, as :func:`from_dict` does for a
-    field (``where`` names it in the error). The registries use it for hyperparameters and options."""
-    return _coerce(value, tp, where)
+#: A range check of a declared setting: a predicate over the converted value and what it requires.
+Check = tuple[Callable[[Any], bool], str]
+NON_NEGATIVE: Check = (lambda v: v >= 0, "must be non-negative")
+AT_LEAST_1: Check = (lambda v: v >= 1, "must be at least 1")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting declared by a registered extension rather than by a config field: a model's
+    hyperparameter (``gatedvae.models.Hyper``) or a dataset's own option (``gatedvae.data.Option``).
+
+    ``default``: its value when the config leaves it unset. ``type``: an annotation this module
+    checks and converts (``float``, ``int``, ``str``, ``bool``, ``Literal["a", "b"]``,
+    ``tuple[int, ...]``); ``None`` takes the default's type. ``check``: an optional range check
+    (:data:`NON_NEGATIVE`, :data:`AT_LEAST_1` or ``(predicate, "must ...")``). ``doc``: one line
+    for ``gatedvae list``.
+    """
+
+    default: Any
+    doc: str = ""
+    type: Any = None
+    check: Check | None = None
+
+    @property
+    def annotation(self) -> Any:
+        return self.type if self.type is not None else type(self.default)
+
+    def validate(self, where: str, value: Any) -> Any:
+        """``value`` converted to this setting's type; a one-line ConfigError naming ``where``
+        (``model.beta``, ``data.options.width``) if it does not fit."""
+        out = _coerce(value, self.annotation, where)
+        if self.check is not None and not self.check[0](out):
+            raise ConfigError(f"{where}: {self.check[1]}, got {out}")
+        return out
 
 
 def _require(cond: bool, message: str) -> None:

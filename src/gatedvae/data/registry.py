@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import DataConfig, coerce_value
+from ..config import DataConfig, Setting
 from ..errors import ConfigError
 from ..io import closest
 from .base import FactorDataset
@@ -49,31 +49,15 @@ __all__ = [
     "data_dir",
 ]
 
-#: A range check: a predicate over the converted value and what it requires (``"must be ..."``).
-Check = tuple[Callable[[Any], bool], str]
-
 #: Builds the dataset of a config: ``(cfg, options, progress) -> FactorDataset``; ``options`` holds
 #: the dataset's own options, checked and with their defaults filled in; ``cfg.stride`` is the
 #: builder's to apply (``FactorDataset.subset_grid``, or rendering only the kept classes).
 Builder = Callable[[DataConfig, dict[str, Any], bool], FactorDataset]
 
 
-@dataclass(frozen=True)
-class Option:
-    """An option a dataset declares (``data.options.NAME``): default, one-line doc, type (an
-    annotation the config layer understands; ``None``: the default's type) and a range check."""
-
-    default: Any
-    doc: str = ""
-    type: Any = None
-    check: Check | None = None
-
-    def validate(self, key: str, value: Any) -> Any:
-        where = f"data.options.{key}"
-        out = coerce_value(value, self.type if self.type is not None else type(self.default), where)
-        if self.check is not None and not self.check[0](out):
-            raise ConfigError(f"{where}: {self.check[1]}, got {out}")
-        return out
+#: An option a dataset declares (``data.options.NAME``): default, one-line doc, type and range
+#: check, the config layer's :class:`~gatedvae.config.Setting`.
+Option = Setting
 
 
 @dataclass(frozen=True)
@@ -118,7 +102,7 @@ def register_dataset(
         if key in fields:
             raise TypeError(f"dataset {name}: option '{key}' is a DataConfig field; list it in uses instead")
         try:
-            spec.validate(key, spec.default)
+            spec.validate(f"data.options.{key}", spec.default)
         except ConfigError as exc:
             raise TypeError(f"dataset {name}: the default of option '{key}' is invalid: {exc}") from None
 
@@ -148,7 +132,7 @@ def resolve_options(cfg: DataConfig) -> dict[str, Any]:
             near = closest(key, entry.options)
             fix = f"did you mean '{near}'?" if near else "remove it"
             raise ConfigError(f"data.options.{key} is not an option of dataset {cfg.name} (it has: {has}); {fix}")
-        out[key] = entry.options[key].validate(key, value)
+        out[key] = entry.options[key].validate(f"data.options.{key}", value)
     return out
 
 

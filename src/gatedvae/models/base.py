@@ -27,7 +27,7 @@ from typing import Any, ClassVar, get_args
 import torch
 from torch import nn
 
-from ..config import LEGACY_HYPERPARAMETERS, ModelConfig, coerce_value, config_keys
+from ..config import AT_LEAST_1, LEGACY_HYPERPARAMETERS, NON_NEGATIVE, ModelConfig, Setting, config_keys
 from ..errors import ConfigError
 from ..gating import clamp_to_mean, gate
 from ..io import closest, unknown_choice
@@ -52,9 +52,6 @@ __all__ = [
 ]
 
 #: A range check: a predicate over the (converted) value and what it requires, as the error says it.
-Check = tuple[Callable[[Any], bool], str]
-NON_NEGATIVE: Check = (lambda v: v >= 0, "must be non-negative")
-AT_LEAST_1: Check = (lambda v: v >= 1, "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -74,32 +71,9 @@ class ImagePanel:
     col_labels: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Hyper:
-    """One hyperparameter a model declares in its registration.
-
-    ``default``: its value when the config leaves it unset (``null``). ``type``: an annotation
-    the config layer checks and converts (``float``, ``int``, ``str``, ``bool``,
-    ``Literal["a", "b"]``, ``tuple[int, ...]``); ``None`` takes the default's type. ``check``:
-    an optional range check (:data:`NON_NEGATIVE`, :data:`AT_LEAST_1`, or ``(predicate,
-    "must ...")``). ``doc``: one line for ``gatedvae list models``.
-    """
-
-    default: Any
-    doc: str = ""
-    type: Any = None
-    check: Check | None = None
-
-    @property
-    def annotation(self) -> Any:
-        return self.type if self.type is not None else type(self.default)
-
-    def validate(self, key: str, value: Any) -> Any:
-        """``value`` converted to this hyperparameter's type; ConfigError (one line) if it does not fit."""
-        out = coerce_value(value, self.annotation, f"model.{key}")
-        if self.check is not None and not self.check[0](out):
-            raise ConfigError(f"model.{key}: {self.check[1]}, got {out}")
-        return out
+#: One hyperparameter a model declares in its registration (default, one-line doc, type, range
+#: check): the config layer's :class:`~gatedvae.config.Setting`, checked as ``model.<name>``.
+Hyper = Setting
 
 
 @dataclass(frozen=True)
@@ -132,7 +106,7 @@ def _declared(model: str, key: str, spec: Any) -> Hyper:
     if legacy is not None and {a for a in get_args(legacy) if a is not type(None)} != {spec.annotation}:
         raise TypeError(f"model {model}: hyperparameter '{key}' must keep 0.1's type {legacy} (the file format)")
     try:
-        spec.validate(key, spec.default)
+        spec.validate(f"model.{key}", spec.default)
     except ConfigError as exc:
         raise TypeError(f"model {model}: the default of '{key}' is invalid: {exc}") from None
     return spec
@@ -191,7 +165,7 @@ def resolve_hyper(cfg: ModelConfig) -> dict[str, Any]:
             near = closest(key, [*entry.hyper, *config_keys(ModelConfig)])
             fix = f"did you mean '{near}'?" if near and near != "hyper" else "remove it"
             raise ConfigError(f"model.{key} is not a hyperparameter of {cfg.name} (it uses: {used}); {fix}")
-        hyper[key] = entry.hyper[key].validate(key, value)
+        hyper[key] = entry.hyper[key].validate(f"model.{key}", value)
     return hyper
 
 
