@@ -23,6 +23,8 @@ A run directory::
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +54,7 @@ __all__ = [
     "load_trained",
     "load_model",
     "LoadedModel",
+    "eval_mode",
 ]
 
 
@@ -88,6 +91,17 @@ def heldout_indices(data: DataConfig, n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     rng = np.random.default_rng([int(data.seed), 0x401D])
     return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for a block (evaluation, figures), its mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .encoding import EvalMode, conditions
+from ..run import eval_mode
+from .encoding import conditions
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Prepared
@@ -62,7 +63,7 @@ def reconstruction_scores(prep: Prepared, index, chunk_size: int = 1024) -> dict
     """
     index = np.asarray(index, dtype=np.int64).reshape(-1)  # (N,)
     nll, se, sharp_x, sharp_r = [], [], [], []
-    with EvalMode(prep.model) as model, torch.no_grad():
+    with eval_mode(prep.model) as model, torch.no_grad():
         for start in range(0, index.size, chunk_size):
             idx = index[start : start + chunk_size]
             x = prep.dataset.images(idx)  # (c, C, H, W)

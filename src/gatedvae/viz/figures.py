@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..io import use_agg
-from ..run import condition_vectors
+from ..run import condition_vectors, eval_mode
 from .pairs import save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,26 +52,13 @@ def _decode_mean(model, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Ten
     return model.mean_image(model.decode(z, cond)).clamp(0, 1)
 
 
-class _EvalMode:
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def __enter__(self):
-        self.was = self.model.training
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was)
-
-
 @torch.no_grad()
 def reconstruction_tensor(prep: Prepared, count: int = 8) -> torch.Tensor:
     """Top row: images; bottom row: reconstructions from the posterior means."""
     idx = _fixed_index(len(prep.dataset), count)
     x = prep.dataset.images(idx)  # (n, C, H, W)
     cond = condition_vectors(prep.dataset, prep.config.model.condition, idx, prep.device)
-    with _EvalMode(prep.model) as model:
+    with eval_mode(prep.model) as model:
         recon = _decode_mean(model, model.encode(x, cond).mu, cond)  # (n, C, H, W)
     return image_grid(torch.cat([x, recon]).cpu(), rows=2)
 
@@ -85,7 +72,7 @@ def traversal_images(prep: Prepared, base_index: int | None = None, steps: int =
     cond = condition_vectors(prep.dataset, prep.config.model.condition, idx, prep.device)
     m = prep.config.model.latent_dim
     values = torch.linspace(-span, span, steps, device=prep.device)  # (S,)
-    with _EvalMode(prep.model) as model:
+    with eval_mode(prep.model) as model:
         mu = model.encode(x, cond).mu  # (1, M)
         z = mu.repeat(m * steps, 1).view(m, steps, m)  # (M, S, M)
         dims = torch.arange(m, device=prep.device)
