@@ -9,7 +9,7 @@ import torch
 from gatedvae.checkpoint import load_checkpoint, save_checkpoint
 from gatedvae.config import ModelConfig
 from gatedvae.errors import ConfigError
-from gatedvae.gating import clamp_to_mean, gate
+from gatedvae.gating import gate
 from gatedvae.models import MODELS, build_model, resolve_hyper
 
 IMAGE = (1, 8, 8)
@@ -177,18 +177,6 @@ def test_gated_step_with_gated_regulariser_leaves_other_partitions_untouched(nam
 def test_gate_forward_value_is_unchanged():
     z = torch.randn(5, LATENT, requires_grad=True)
     assert torch.equal(gate(z, MASK), z)
-
-
-def test_dcign_clamp_forward_mean_backward_deviation():
-    z = torch.randn(7, LATENT, requires_grad=True)
-    clamp = ~MASK
-    out = clamp_to_mean(z, clamp)
-    assert torch.allclose(out[:, clamp], z.detach().mean(0, keepdim=True)[:, clamp].expand(7, -1))
-    assert torch.equal(out[:, ~clamp], z.detach()[:, ~clamp])
-    out.sum().backward()
-    dev = (z - z.mean(0, keepdim=True)).detach()
-    assert torch.allclose(z.grad[:, clamp], dev[:, clamp])
-    assert torch.equal(z.grad[:, ~clamp], torch.ones(7, int((~clamp).sum())))
 
 
 def test_conv64_models_run_on_64x64():

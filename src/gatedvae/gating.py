@@ -10,7 +10,8 @@ is unchanged, the gradient outside the active partition is zero.
 Also here: DC-IGN clamping (Kulkarni et al. 2015, lecture ``002_b6b404b9b5e7b646.txt``), the
 other weak-supervision mode: in a batch where only one factor varies, the latents that do not
 belong to that factor are replaced by their batch mean on the forward pass and receive their
-deviation from the mean as gradient.
+deviation from the mean as gradient (:func:`clamp_to_mean`). Batch-norm layers normalise such a
+batch by the statistics of an i.i.d. reference batch (:mod:`gatedvae.nets.norm`).
 """
 
 from __future__ import annotations
@@ -36,28 +37,28 @@ def gate(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, z, z.detach())  # (B, M)
 
 
-class _ClampToMean(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, clamp: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        mean = z.mean(dim=0, keepdim=True).expand_as(z)  # (B, M)
-        ctx.save_for_backward(z - mean, clamp)
-        return torch.where(clamp, mean, z)  # (B, M)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        deviation, clamp = ctx.saved_tensors
-        return torch.where(clamp, deviation, grad), None  # (B, M)
-
-
-def clamp_to_mean(z: torch.Tensor, clamp: torch.Tensor) -> torch.Tensor:
+def clamp_to_mean(z: torch.Tensor, clamp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """DC-IGN clamping of ``z (B, M)`` on the dims where ``clamp (M,)`` is True.
 
-    Forward: clamped dims take their batch mean. Backward: clamped dims receive
-    ``z - mean(z)`` as their gradient (Kulkarni et al. 2015: "we replace their gradients with
-    their difference from the mean"), which pulls them together across a batch in which
-    their factors did not change; the other dims get the ordinary gradient.
+    Returns the code the decoder sees and the pull-to-mean penalty, a scalar:
+
+    * forward: the clamped dims take their batch mean, the others are ``z``;
+    * the decoder's (reconstruction) gradient reaches the encoder through the unclamped dims only:
+      the batch mean it sees is detached;
+    * instead, the clamped dims are pulled to their batch mean by the penalty
+      ``0.5 * mean_b sum_clamped (z_b - mean(z))^2``, whose gradient is ``(z_b - mean(z)) / B``.
+
+    Kulkarni et al. 2015 (lecture ``002_b6b404b9b5e7b646.txt``, steps 5-8): "replace the
+    gradients for the latents z_i != z_train (the clamped neurons) with their difference from the
+    mean". The penalty's gradient is that difference, scaled by 1/B as the reconstruction's is (our
+    losses are batch means): its weight relative to the reconstruction does not change with the
+    batch size, and it is a term of the loss, logged as ``clamp``.
     """
-    return _ClampToMean.apply(z, clamp)
+    mean = z.mean(dim=0, keepdim=True)  # (1, M)
+    z_dec = torch.where(clamp, mean.detach().expand_as(z), z)  # (B, M)
+    deviation = torch.where(clamp, z - mean, torch.zeros_like(z))  # (B, M)
+    penalty = 0.5 * deviation.pow(2).sum(dim=1).mean()  # scalar
+    return z_dec, penalty
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ batch once, here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, get_args
 
@@ -33,6 +34,7 @@ from ..gating import clamp_to_mean, gate
 from ..io import closest, unknown_choice
 from ..losses import bernoulli_nll, gaussian_nll, kl_diag_normal, kl_diag_per_dim
 from ..nets import Posterior, build_networks
+from ..nets.norm import batch_norm_layers, capture_statistics, use_statistics
 
 __all__ = [
     "GenerativeModel",
@@ -211,6 +213,10 @@ class GenerativeModel(nn.Module):
     #: False for objectives without an encoder trained by reconstruction (InfoGAN): their loss has
     #: no "recon" term and they cannot be gated, clamped or decoder-fine-tuned (the trainer refuses).
     reconstructs: ClassVar[bool] = True
+    #: What in the regulariser couples the samples of a batch (beta-TCVAE's log q(z) estimator,
+    #: DIP-VAE's covariance of the means, ...), "" for a per-sample regulariser. Such a term needs an
+    #: i.i.d. batch, which a DC-IGN clamp batch is not, so clamp mode is refused for it.
+    batch_coupling: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -290,6 +296,10 @@ class GenerativeModel(nn.Module):
         gate_mask: torch.Tensor | None = None,
         gate_regulariser: bool = False,
         clamp_mask: torch.Tensor | None = None,
+        *,
+        enc_cond: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
+        reference_cond: torch.Tensor | None = None,
     ) -> LossOutput:
         """One step's loss.
 
@@ -298,29 +308,51 @@ class GenerativeModel(nn.Module):
             target: images to reconstruct ``(B, C, H, W)`` (``x`` itself without gating).
             step: training step (for schedules such as the capacity target).
             generator: the run's torch generator (reparameterisation noise, permutations).
-            cond: condition vectors ``(B, c)`` for the conditional VAE.
+            cond: condition vectors ``(B, c)`` of the conditional VAE: the *target's* labels, fed
+                to the decoder.
             gate_mask: ``(M,)`` bool, the active partition; None trains ungated.
-            gate_regulariser: gate the regulariser's gradient with ``gate_mask`` too.
+            gate_regulariser: the regulariser's gradient reaches the encoder only through the
+                step's active partition (``gate_mask``, or the dims ``clamp_mask`` leaves free).
             clamp_mask: ``(M,)`` bool, DC-IGN: dims clamped to their batch mean.
+            enc_cond: the *input's* labels ``(B, c)`` for an encoder that is conditioned
+                (``model.condition_encoder``); ``cond`` when None (input and target share labels).
+            reference: DC-IGN: an i.i.d. batch of images ``(R, C, H, W)`` whose batch-norm
+                statistics normalise the clamp batch (:mod:`gatedvae.nets.norm`); required with
+                ``clamp_mask`` when the networks have batch norm.
+            reference_cond: the reference images' labels (conditional VAE).
         """
-        post = self.encode(x, cond)
-        z = post.rsample(generator)  # (B, M)
-        z_dec = z
+        norm = nullcontext()
         if clamp_mask is not None:
-            z_dec = clamp_to_mean(z_dec, clamp_mask)
-        if gate_mask is not None:
-            z_dec = gate(z_dec, gate_mask)
-        recon = self.reconstruction(self.decode(z_dec, cond), target).mean()  # scalar
-        if gate_mask is not None and gate_regulariser:
+            layers = batch_norm_layers(self.encoder, self.decoder)
+            if layers and self.training:
+                if reference is None:
+                    raise ValueError("a clamp step with batch norm needs an i.i.d. reference batch (reference=...)")
+                with torch.no_grad(), capture_statistics(layers) as stats:
+                    ref = self.encode(reference, reference_cond).rsample(generator)  # (R, M)
+                    self.decode(ref, reference_cond)
+                norm = use_statistics(stats)
+        with norm:
+            post = self.encode(x, cond if enc_cond is None else enc_cond)
+            z = post.rsample(generator)  # (B, M)
+            z_dec, clamp_penalty = z, None
+            if clamp_mask is not None:
+                z_dec, clamp_penalty = clamp_to_mean(z, clamp_mask)
+            if gate_mask is not None:
+                z_dec = gate(z_dec, gate_mask)
+            recon = self.reconstruction(self.decode(z_dec, cond), target).mean()  # scalar
+        active = gate_mask if gate_mask is not None else (None if clamp_mask is None else ~clamp_mask)
+        if active is not None and gate_regulariser:
             reg_post = Posterior(
-                gate(post.mu, gate_mask),
-                gate(post.logvar, gate_mask),
-                None if post.scale_tril is None else gate(post.scale_tril, gate_mask[:, None]),
+                gate(post.mu, active),
+                gate(post.logvar, active),
+                None if post.scale_tril is None else gate(post.scale_tril, active[:, None]),
             )
-            reg_z = gate(z, gate_mask)
+            reg_z = gate(z, active)
         else:
             reg_post, reg_z = post, z
         terms = {"recon": recon, **self.regulariser(reg_post, reg_z, step, generator)}
+        if clamp_penalty is not None:
+            terms["clamp"] = clamp_penalty
         total = torch.stack(list(terms.values())).sum()
         return LossOutput(total, terms, z, post)
 
@@ -365,10 +397,17 @@ class GenerativeModel(nn.Module):
 
 def check_trainable(config) -> None:
     """Refuse, before anything is built or written, a run config its model cannot train: an
-    invalid model section (:func:`validate_model_config`), or gating, DC-IGN clamping or decoder
-    fine-tuning of a model without reconstruction (a GAN)."""
+    invalid model section (:func:`validate_model_config`), gating, DC-IGN clamping or decoder
+    fine-tuning of a model without reconstruction (a GAN), or DC-IGN clamping of an objective
+    whose regulariser couples the samples of a batch (``batch_coupling``)."""
     validate_model_config(config.model)
     entry = MODELS[config.model.name]
+    clamp = config.gating.enabled and config.gating.mode == "clamp"
+    if clamp and entry.cls.reconstructs and entry.cls.batch_coupling:
+        raise ConfigError(
+            f"model {config.model.name} estimates {entry.cls.batch_coupling} over the batch, and a DC-IGN clamp batch "
+            "is not i.i.d. (one factor group varies); use gating.mode=gate or a per-sample objective (vae, beta_vae)"
+        )
     if entry.cls.reconstructs:
         return
     if config.gating.enabled:

@@ -34,6 +34,8 @@ __all__ = ["BetaTCVAE"]
 class BetaTCVAE(GenerativeModel):
     """beta-TCVAE: the total correlation of q(z) is penalised, estimated on the minibatch."""
 
+    batch_coupling = "log q(z) with a minibatch estimator"
+
     def regulariser(self, post: Posterior, z: torch.Tensor, step: int, generator) -> dict[str, torch.Tensor]:
         d = tc_decomposition(z, post.mu, post.logvar, self.dataset_size, estimator=self.hyper["tc_estimator"])
         return {

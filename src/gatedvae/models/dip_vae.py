@@ -25,6 +25,7 @@ __all__ = ["DIPVAEI", "DIPVAEII"]
 
 
 class _DIPVAE(GenerativeModel):
+    batch_coupling = "the covariance of the posterior means"
     kind = "ii"
 
     def regulariser(self, post: Posterior, z: torch.Tensor, step: int, generator) -> dict[str, torch.Tensor]:

@@ -34,6 +34,8 @@ DISCRIMINATOR_ADAM = {"lr": 1e-4, "betas": (0.5, 0.9)}
 class FactorVAE(GenerativeModel):
     """FactorVAE: a discriminator tells q(z) from its dimension-wise shuffle."""
 
+    batch_coupling = "the total correlation by a dimension-wise permutation"
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         gen = torch.Generator().manual_seed(self.init_seed + 1)

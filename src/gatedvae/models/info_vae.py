@@ -42,6 +42,8 @@ __all__ = ["InfoVAE"]
 class InfoVAE(GenerativeModel):
     """InfoVAE: the aggregate posterior is matched to the prior with MMD."""
 
+    batch_coupling = "the MMD between q(z) and the prior"
+
     def regulariser(self, post: Posterior, z: torch.Tensor, step: int, generator) -> dict[str, torch.Tensor]:
         alpha, lam = float(self.hyper["info_alpha"]), float(self.hyper["mmd_lambda"])
         prior = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)  # (B, M)

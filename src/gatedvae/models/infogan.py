@@ -333,11 +333,16 @@ class InfoGAN(GenerativeModel):
         gate_mask: torch.Tensor | None = None,
         gate_regulariser: bool = False,
         clamp_mask: torch.Tensor | None = None,
+        *,
+        enc_cond: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
+        reference_cond: torch.Tensor | None = None,
     ) -> GANOutput:
         """The generator's loss on one batch of fakes (as many as real images ``x``).
 
         Terms: ``gen`` (adversarial) and ``info`` (``-lambda L_I``); ``total`` = their sum.
-        ``target`` is unused (a GAN reconstructs nothing); gating and clamping are refused.
+        ``target`` is unused (a GAN reconstructs nothing); gating and clamping are refused, and
+        ``enc_cond`` and the reference batch (clamp mode's) are unused.
         """
         if gate_mask is not None or clamp_mask is not None:
             raise ConfigError(

@@ -566,22 +566,14 @@ def _check_unique(runs: list[PlannedRun], where: str) -> None:
 def _validate(plan: Plan, check_data: bool, where: str) -> None:
     """What can be checked before training: the model and its hyperparameters, the dataset's name
     and options, conditions, factor names."""
-    from ..data import build_dataset, validate_data_config
-    from ..models import validate_model_config
+    from ..data import build_dataset
+    from ..run import validate
 
     datasets: dict[str, Any] = {}
     for run in plan.runs:
         cfg = run.config
         try:
-            validate_model_config(cfg.model)
-            validate_data_config(cfg.data)
-            if cfg.gating.mode == "clamp":
-                for part in cfg.gating.partitions:
-                    if part.sampler != "exact":
-                        raise ConfigError(
-                            "gating.mode=clamp (DC-IGN) needs exact factor partitions; "
-                            f"partition '{part.name}' uses {part.sampler}"
-                        )
+            validate(cfg)  # model, hyperparameters, data options, partitions, what the model cannot train
             if check_data and (cfg.gating.enabled or cfg.model.condition):
                 key = json.dumps(to_dict(cfg.data), sort_keys=True)
                 if key not in datasets:

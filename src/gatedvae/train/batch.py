@@ -2,10 +2,11 @@
 
 :class:`Batcher` draws a step's :class:`Batch` with the run's numpy generator: the active
 partition from the gating schedule (gated runs), then pairs from that partition's sampler (or,
-in clamp mode, a base image and the images that share every other factor with it), with every
-pair touching a held-out image (``data.holdout``) redrawn; then the input and target images by
-index gather. The order of the draws is part of exact resume (a checkpoint stores the
-generator's state): change it and resumed runs no longer equal uninterrupted ones.
+in clamp mode, a base image and the images that share every other factor with it, then an
+i.i.d. reference batch for batch norm), with every pair touching a held-out image
+(``data.holdout``) redrawn; then the input and target images by index gather. The order of the
+draws is part of exact resume (a checkpoint stores the generator's state): change it and resumed
+runs no longer equal uninterrupted ones.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from ..data import ExactPairSampler, IdentityPairSampler
 from ..errors import ConfigError
 from ..gating import Schedule
+from ..nets.norm import batch_norm_layers
 from ..run import Prepared, condition_vectors, heldout_indices
 
 __all__ = ["Batch", "Batcher"]
@@ -28,10 +30,14 @@ class Batch:
     """What one training step consumes.
 
     ``x``: input images ``(b, C, H, W)``; ``target``: the images to reconstruct (``x`` itself for
-    an identity pair); ``cond``: one-hot labels of ``model.condition`` ``(b, c)`` or None;
+    an identity pair); ``cond``: one-hot labels of ``model.condition`` ``(b, c)`` of the *targets*
+    (the decoder's condition) or None; ``enc_cond``: the same labels of the *inputs* (the
+    encoder's condition; ``cond`` itself when input and target are the same images);
     ``gate_mask``: the active partition's latent mask (gate mode) or None; ``clamp_mask``: the
-    latent dimensions clamped to the batch mean (clamp mode) or None; ``active``: the active
-    partition's index, -1 for an un-gated (or fine-tuning) step.
+    latent dimensions clamped to the batch mean (clamp mode) or None; ``reference`` and
+    ``reference_cond``: clamp mode, an i.i.d. batch whose batch-norm statistics normalise the
+    clamp batch (None for networks without batch norm); ``active``: the active partition's
+    index, -1 for an un-gated (or fine-tuning) step.
     """
 
     x: torch.Tensor
@@ -40,6 +46,9 @@ class Batch:
     gate_mask: torch.Tensor | None = None
     clamp_mask: torch.Tensor | None = None
     active: int = -1
+    enc_cond: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
+    reference_cond: torch.Tensor | None = None
 
 
 class Batcher:
@@ -69,6 +78,8 @@ class Batcher:
                 for p in cfg.gating.partitions:
                     others = [n for n in names if n not in p.factors]
                     self.clamp_samplers.append(ExactPairSampler(ds, others) if others else IdentityPairSampler(ds))
+                # batch norm normalises a clamp batch by an i.i.d. reference batch's statistics
+                self.needs_reference = bool(batch_norm_layers(prep.model.encoder, prep.model.decoder))
 
     def _training_only(self, pairs, sampler, rng: np.random.Generator):
         """``pairs`` with every pair that touches a held-out image redrawn: a held-out input gets a
@@ -93,7 +104,7 @@ class Batcher:
     def draw(self, step: int, rng: np.random.Generator, finetune: bool = False) -> Batch:
         """The batch of ``step`` (``finetune``: plain identity pairs, no partition)."""
         ds, cfg = self.prep.dataset, self.prep.config
-        gate_mask = clamp_mask = None
+        gate_mask = clamp_mask = ref_index = None
         active = -1
         if self.partitions is None or finetune:
             pairs = self._training_only(self.identity.sample(self.batch_size, rng), self.identity, rng)
@@ -110,6 +121,9 @@ class Batcher:
                 )
                 pairs = self.identity.pairs_for(batch.target, rng)
                 clamp_mask = ~mask
+                if self.needs_reference:
+                    ref = self._training_only(self.identity.sample(self.batch_size, rng), self.identity, rng)
+                    ref_index = ref.input[self.shard]  # (b,)
             else:
                 sampler = self.prep.samplers[active]
                 pairs = self._training_only(sampler.sample(self.batch_size, rng), sampler, rng)
@@ -117,5 +131,10 @@ class Batcher:
         inp, tgt = pairs.input[self.shard], pairs.target[self.shard]  # (b,): all of the global batch in one process
         x = ds.images(inp)  # (b, C, H, W)
         target = x if np.array_equal(inp, tgt) else ds.images(tgt)  # (b, C, H, W)
-        cond = condition_vectors(ds, cfg.model.condition, tgt, self.prep.device)
-        return Batch(x, target, cond, gate_mask, clamp_mask, active)
+        device, names = self.prep.device, cfg.model.condition
+        cond = condition_vectors(ds, names, tgt, device)  # the decoder draws the target: its labels
+        enc_cond = cond if np.array_equal(inp, tgt) else condition_vectors(ds, names, inp, device)  # the input's
+        reference = reference_cond = None
+        if ref_index is not None:
+            reference, reference_cond = ds.images(ref_index), condition_vectors(ds, names, ref_index, device)
+        return Batch(x, target, cond, gate_mask, clamp_mask, active, enc_cond, reference, reference_cond)

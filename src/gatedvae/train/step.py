@@ -129,6 +129,9 @@ def training_step(
         gate_mask=batch.gate_mask,
         gate_regulariser=gate_regulariser,
         clamp_mask=batch.clamp_mask,
+        enc_cond=batch.enc_cond,
+        reference=batch.reference,
+        reference_cond=batch.reference_cond,
     )
     if check is not None:
         check.observe(step, out.terms, out.total)
