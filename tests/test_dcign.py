@@ -217,3 +217,25 @@ def test_gated_cvae_encoder_sees_the_inputs_labels_and_decoder_the_targets():
         rows += len(inp)
         agree += int((ds.factors_of(inp)[:, scale] == ds.factors_of(tgt)[:, scale]).sum())
     assert agree < rows  # the pairs do differ in scale on some rows, so the test can tell
+
+
+def test_a_clamp_run_resumes_bitwise(tmp_path):
+    """The reference batch (its draw, its noise, the running statistics it updates) is part of the
+    checkpointed state: a stopped clamp run resumes to the uninterrupted run's parameters."""
+    from safetensors.torch import load_file
+
+    from gatedvae.checkpoint import latest_checkpoint
+    from gatedvae.train import train
+
+    cfg = tiny_config({"gating.mode": "clamp", "train.steps": 20, "train.checkpoint_every": 10})
+
+    def final(run):
+        return load_file(str(latest_checkpoint(run / "checkpoints")[1]))
+
+    train(cfg, tmp_path / "full", quiet=True, tensorboard=False)
+    assert train(cfg, tmp_path / "stopped", quiet=True, tensorboard=False, stop_after=7)["status"] == "stopped"
+    train(None, tmp_path / "stopped", resume=True, quiet=True, tensorboard=False)
+    full, resumed = final(tmp_path / "full"), final(tmp_path / "stopped")
+    assert full.keys() == resumed.keys() and any("running_mean" in k for k in full)
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k

@@ -497,8 +497,9 @@ class GatingConfig:
 
     ``mode``: ``gate`` (the Gated-VAE: reconstruction gradient only through the active
     partition) or ``clamp`` (DC-IGN: batches in which only the active partition's factors
-    vary; the other latents are clamped to their batch mean). ``gate_kl``: gate the
-    regulariser's gradient too (the paper computes it over the whole latent: false).
+    vary; the other latents are clamped to their batch mean). ``gate_kl``: the regulariser's
+    gradient reaches the encoder only through the step's active partition too (the unclamped one
+    in clamp mode; the paper computes it over the whole latent: false).
     """
 
     enabled: bool = False
