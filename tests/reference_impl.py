@@ -33,17 +33,22 @@ function here               reference (file: function)
 ``modularity``              modularity_explicitness.py: ``modularity``
 ``explicitness_per_factor`` modularity_explicitness.py: ``explicitness_per_factor``
 ``modularity_explicitness`` modularity_explicitness.py: ``compute_modularity_explicitness``
+``unsupervised_metrics``    unsupervised_metrics.py: ``unsupervised_metrics`` after sampling, with
+                            ``gaussian_total_correlation`` and ``gaussian_wasserstein_correlation``
 ==========================  ==========================================================================
 
 The reference's quirks are kept on purpose (they are what we compare against): the ``1e-11``
-added before DCI's entropies, bins numbered from 1, ``LinearSVC`` and ``LogisticRegression`` at
-scikit-learn's defaults apart from what the reference sets, standardisation by a std that may be
-0, ``num_active_dims`` = length of the mask, votes indexed by position among active latents.
+added before DCI's entropies, bins numbered from 1, ``np.histogram`` refusing a column it cannot
+cut into distinct bins, NaN from ``log 0`` and ``0 / 0`` in the unsupervised scores,
+``LinearSVC`` and ``LogisticRegression`` at scikit-learn's defaults apart from what the reference
+sets, standardisation by a std that may be 0, ``num_active_dims`` = length of the mask, votes
+indexed by position among active latents.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 import scipy.stats
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -260,3 +265,36 @@ def modularity_explicitness(mus_train, ys_train, mus_test, ys_test, num_bins: in
         "explicitness_score_test": float(np.mean(test)),
         "mutual_info": mi,
     }
+
+
+# --------------------------------------------------------------------------- unsupervised_metrics.py
+def gaussian_total_correlation(cov: np.ndarray) -> float:
+    """1/2 (sum log diag(cov) - log det cov); NaN or inf for a zero variance, as the reference."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(0.5 * (np.sum(np.log(np.diag(cov))) - np.linalg.slogdet(cov)[1]))
+
+
+def gaussian_wasserstein_correlation(cov: np.ndarray) -> float:
+    """2 tr(cov) - 2 tr(sqrtm(cov * diag(cov)[:, None])), scipy's matrix square root."""
+    root = scipy.linalg.sqrtm(cov * np.expand_dims(np.diag(cov), axis=1))
+    return float(2 * np.trace(cov) - 2 * np.real(np.trace(root)))
+
+
+def unsupervised_metrics(mus: np.ndarray, num_bins: int = 20) -> dict:
+    """The four scores of (N, D) codes: covariance of the (D, N) transpose (np.cov's default ddof 1),
+    and the off-diagonal mean of the discrete MI of the histogram-discretised codes with themselves."""
+    mus = np.asarray(mus, dtype=np.float64).T  # (D, N), the reference's layout
+    num_codes = mus.shape[0]
+    cov_mus = np.atleast_2d(np.cov(mus))  # (D, D)
+    scores = {"gaussian_total_correlation": gaussian_total_correlation(cov_mus)}
+    scores["gaussian_wasserstein_correlation"] = gaussian_wasserstein_correlation(cov_mus)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores["gaussian_wasserstein_correlation_norm"] = scores["gaussian_wasserstein_correlation"] / np.sum(
+            np.diag(cov_mus)
+        )
+    mus_discrete = histogram_discretize(mus.T, num_bins)  # (N, D)
+    mutual_info_matrix = discrete_mutual_info(mus_discrete, mus_discrete)  # (D, D)
+    np.fill_diagonal(mutual_info_matrix, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores["mutual_info_score"] = float(np.sum(mutual_info_matrix) / (num_codes**2 - num_codes))
+    return scores

@@ -10,7 +10,9 @@ the oracle. FactorVAE and BetaVAE are compared on identical encoded batches / fe
 
 Test arrays (``CASES``): N = 1000 rows, K = 4 discrete factors with (2, 3, 4, 5) classes, and
 codes that are perfect (the factors themselves), rotated (a random orthogonal mix), noisy
-(factors + N(0, 0.7^2)) or perfect-ish with an extra constant latent.
+(factors + N(0, 0.7^2)) or perfect-ish with an extra constant latent. ``QUANTISED``: codes whose
+values lie on histogram bin edges (dSprites' factor values used as codes, multiples of 1/3,
+integers, codes rounded to 0.1), against dSprites-sized factors (3, 6, 40, 32, 32 classes).
 
 Tolerances: 1e-12 where both sides do the same arithmetic; 1e-6 for DCI's D and C, whose only
 difference is the reference's ``+ 1e-11`` inside the entropy (a documented deviation).
@@ -34,8 +36,10 @@ from gatedvae.metrics import (  # noqa: E402
     factor_vae_score_from_votes,
     factor_vae_votes,
     mig,
+    mig_from_mutual_info,
     modularity_explicitness,
     sap,
+    unsupervised_scores,
 )
 from gatedvae.metrics.beta_vae import beta_vae_features  # noqa: E402
 from gatedvae.metrics.utils import discrete_entropy, discrete_mutual_info, discretize, seed_from, split_indices  # noqa: E402
@@ -69,20 +73,87 @@ def _split(seed: int):
 # --------------------------------------------------------------------------- utils
 @pytest.mark.parametrize("kind", CASES)
 def test_discretize_entropy_and_mutual_info_match_reference(kind):
-    """Our 0-based equal-width bins are the reference's np.digitize bins minus 1, cell for cell
-    (including values that sit exactly on a bin edge, as the integer-valued perfect codes do).
-    A constant column is one bin on both sides, but a different one: ours is bin 0, the
-    reference's ``np.histogram`` widens the range to (x - 0.5, x + 0.5) and puts it in the middle
-    bin. A relabelling of a single bin, so every entropy and MI is unchanged."""
+    """Our 0-based equal-width bins are the reference's np.digitize bins minus 1, cell for cell,
+    including a constant column (np.histogram widens its range to (x - 0.5, x + 0.5); both put it
+    in the same single bin) and values exactly on a bin edge (the integer-valued perfect codes)."""
     z, f = _arrays(kind)
-    ours, theirs = discretize(z, 20), ref.histogram_discretize(z, 20) - 1  # (N, D) each
-    varying = np.ptp(z, axis=0) > 0  # (D,)
-    np.testing.assert_array_equal(ours[:, varying], theirs[:, varying])
-    for i in np.flatnonzero(~varying):
-        assert np.unique(ours[:, i]).size == 1 and np.unique(theirs[:, i]).size == 1
+    np.testing.assert_array_equal(discretize(z, 20), ref.histogram_discretize(z, 20) - 1)
     np.testing.assert_allclose(discrete_entropy(f), ref.discrete_entropy(f), rtol=0, atol=EXACT)
     binned = discretize(z, 20)
     np.testing.assert_allclose(discrete_mutual_info(binned, f), ref.discrete_mutual_info(binned, f), rtol=0, atol=EXACT)
+
+
+DSPRITES = (3, 6, 40, 32, 32)
+QUANTISED = ("ground_truth", "thirds", "integers", "rounded")
+
+
+def _quantised(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (N, D) whose values sit on histogram bin edges, and dSprites-sized factors (N, 5)."""
+    rng = np.random.default_rng(seed)
+    f = np.stack([rng.integers(0, s, N) for s in DSPRITES], axis=1)  # (N, K)
+    if kind == "ground_truth":  # dSprites' factor values as codes: the ground-truth baseline
+        values = [np.arange(3.0), np.linspace(0.5, 1, 6), np.linspace(0, 2 * np.pi, 40)] + [np.linspace(0, 1, 32)] * 2
+        z = np.stack([v[f[:, k]] for k, v in enumerate(values)], axis=1)  # (N, K)
+    elif kind == "thirds":  # quantised codes and a constant latent
+        z = np.concatenate([rng.integers(0, 7, size=(N, 4)) / 3.0, np.full((N, 1), 2.0)], axis=1)  # (N, 5)
+    elif kind == "integers":  # factor classes as codes, and a 45-valued integer latent
+        z = np.concatenate([f, rng.integers(0, 45, size=(N, 1))], axis=1).astype(np.float64)  # (N, 6)
+    else:  # noisy codes rounded to one decimal
+        z = np.round(f / np.array(DSPRITES) + 0.3 * rng.normal(size=f.shape), 1)  # (N, K)
+    return z, f
+
+
+def _floor_bins(z: np.ndarray, bins: int = 20) -> np.ndarray:
+    """The discretiser before 0.3, ``floor((x - lo) / width)``: kept to show that these cases bite."""
+    lo, hi = z.min(axis=0), z.max(axis=0)  # (D,)
+    width = np.where(hi > lo, (hi - lo) / bins, 1.0)  # (D,)
+    return np.clip(np.floor((z - lo) / width).astype(np.int64), 0, bins - 1)  # (N, D)
+
+
+def test_discretize_matches_reference_on_bin_edges():
+    """Values exactly on np.histogram's edges land in the reference's bin. The floor formula puts
+    some of them in the neighbouring bin (dSprites' scale values, the 45-valued integers, the
+    rounded codes) and moves MIG by ~1e-3 on the rounded codes; the reference and ours do not."""
+    moved = {}
+    for kind in QUANTISED:
+        z, _ = _quantised(kind)
+        theirs = ref.histogram_discretize(z, 20) - 1  # (N, D)
+        np.testing.assert_array_equal(discretize(z, 20), theirs, err_msg=kind)
+        moved[kind] = int(np.sum(_floor_bins(z) != theirs))
+    assert moved["ground_truth"] > 0 and moved["integers"] > 0 and moved["rounded"] > 0, moved
+    z, f = _quantised("rounded")
+    floor_mig = mig_from_mutual_info(discrete_mutual_info(_floor_bins(z), f), discrete_entropy(f))["mig"]
+    assert abs(floor_mig - ref.mig(z, f, num_bins=20)) > 1e-4
+
+
+def test_discretize_where_the_reference_refuses():
+    """np.histogram refuses a constant column of 1e17 (x - 0.5 == x: no distinct edges) and a
+    range that overflows; ours scales such a column by a power of two first: one bin for the
+    constant, the middle one as for any constant, and the order kept for the wide range."""
+    big = np.column_stack([np.full(6, 1e17), np.full(6, 2.0)])  # (6, 2)
+    with pytest.raises(ValueError):
+        ref.histogram_discretize(big[:, :1])
+    np.testing.assert_array_equal(discretize(big, 20), ref.histogram_discretize(np.full((6, 2), 2.0)) - 1)
+    wide = np.array([[-1.5e308], [-1e308], [0.0], [1e308], [1.5e308]])  # (5, 1): hi - lo overflows
+    with pytest.raises(ValueError), np.errstate(over="ignore", invalid="ignore"):
+        ref.histogram_discretize(wide)
+    np.testing.assert_array_equal(discretize(wide, 20), ref.histogram_discretize(wide / 2) - 1)  # [0, 3, 10, 16, 19]
+
+
+@pytest.mark.parametrize("kind", QUANTISED)
+def test_mig_and_modularity_match_reference_on_quantised_codes(kind):
+    """MIG and modularity, the two metrics built on the discretiser, on codes with values on bin
+    edges: equal to the reference to rounding."""
+    z, f = _quantised(kind)
+    assert abs(mig(z, f, np.random.default_rng(0))["mig"] - ref.mig(z, f, num_bins=20)) < EXACT
+    seed, few = 5, f[:, :2]  # the 3- and 6-class factors: explicitness (not compared) fits quickly
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = modularity_explicitness(z, few, np.random.default_rng(seed), max_iter=20)
+    tr, _ = _split(seed)
+    mi = ref.discrete_mutual_info(ref.histogram_discretize(z[tr], 20), few[tr])  # (D, 2)
+    np.testing.assert_allclose(ours["mutual_info"], mi, rtol=0, atol=EXACT)
+    assert abs(ours["modularity"] - ref.modularity(mi)) < EXACT
 
 
 # --------------------------------------------------------------------------- MIG
@@ -97,11 +168,12 @@ def test_mig_matches_reference(kind):
 # --------------------------------------------------------------------------- SAP
 @pytest.mark.parametrize("kind", CASES)
 def test_sap_linear_svc_matches_reference(kind):
-    """sap_score.py ``_compute_score_matrix`` (discrete): ``classifier="linear_svc"`` (C=0.01,
-    balanced). Our default ``"threshold"`` deliberately differs (docs/metrics.md)."""
+    """sap_score.py ``_compute_score_matrix`` (discrete): our defaults, ``classifier="linear_svc"``
+    with ``svc_c=0.01`` (LinearSVC, C=0.01, balanced), are the reference's. ``"threshold"`` is an
+    option that deliberately differs (docs/metrics.md)."""
     z, f = _arrays(kind)
     seed = 3
-    ours = sap(z, f, np.random.default_rng(seed), classifier="linear_svc", svc_c=0.01)
+    ours = sap(z, f, np.random.default_rng(seed))
     tr, te = _split(seed)
     score, matrix = ref.sap(z[tr], f[tr], z[te], f[te], continuous_factors=False)
     np.testing.assert_allclose(ours["score_matrix"], matrix, rtol=0, atol=EXACT)
@@ -185,6 +257,68 @@ def test_modularity_explicitness_matches_reference(kind):
         theirs = ref.modularity_explicitness(z[tr, :-1], f[tr], z[te, :-1], f[te])
     assert abs(ours["explicitness"] - theirs["explicitness_score_test"]) < 1e-9
     assert abs(ours["explicitness_train"] - theirs["explicitness_score_train"]) < 1e-9
+
+
+# --------------------------------------------------------------------------- unsupervised
+UNSUPERVISED_KEYS = (
+    "gaussian_total_correlation",
+    "gaussian_wasserstein_correlation",
+    "gaussian_wasserstein_correlation_norm",
+    "mutual_info_score",
+)
+
+
+def _ref_unsupervised(z: np.ndarray) -> dict:
+    """The oracle's four scores; scipy warns that the covariance of a constant latent is singular."""
+    import scipy.linalg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        return ref.unsupervised_metrics(z, num_bins=20)
+
+
+def _assert_unsupervised_match(ours: dict, theirs: dict, keys=UNSUPERVISED_KEYS) -> None:
+    """Total correlation and MI score: same arithmetic (1e-12, TC relative); the Wasserstein
+    correlation: our eigenvalue form against scipy's sqrtm (relative 1e-9)."""
+    for key in keys:
+        tol = 1e-9 if "wasserstein" in key else EXACT
+        assert ours[key] == pytest.approx(theirs[key], rel=tol, abs=EXACT), key
+
+
+@pytest.mark.parametrize("kind", [*CASES, *QUANTISED])
+def test_unsupervised_scores_match_reference(kind):
+    """unsupervised_metrics.py on the same codes (20 bins, as its configs). A constant latent
+    makes the reference's total correlation NaN (log 0); ours leaves that latent out, which is the
+    reference's value on the other latents, and the Wasserstein scores are compared there too
+    (scipy's sqrtm of the singular matrix is unreliable). Its MI score is compared with it in."""
+    z = _arrays(kind)[0] if kind in CASES else _quantised(kind)[0]
+    ours = unsupervised_scores(z, np.random.default_rng(0))
+    live = np.ptp(z, axis=0) > 0  # (D,)
+    _assert_unsupervised_match(ours, _ref_unsupervised(z[:, live]), UNSUPERVISED_KEYS[:3])
+    assert ours["mutual_info_score"] == pytest.approx(_ref_unsupervised(z)["mutual_info_score"], abs=EXACT)
+    if not live.all():
+        assert np.isnan(ref.gaussian_total_correlation(np.cov(z, rowvar=False)))
+    if kind in ("perfect", "thirds"):  # uncorrelated columns: exactly 0 in expectation, not in sample
+        assert 0 < ours["gaussian_wasserstein_correlation_norm"] < 0.01
+
+
+def test_unsupervised_scores_degenerate_codes():
+    """Where the reference divides by zero: D = 1 (no pair: ``D^2 - D = 0``) and all-constant codes
+    (``tr S = 0``) give NaN there; ours reports 0 for the MI score and the normalised Wasserstein
+    correlation (no two latents share anything; docs/metrics.md). The Wasserstein correlation of one
+    latent is 0 on both sides."""
+    z = _arrays("noisy")[0][:, :1]  # (N, 1)
+    ours, theirs = unsupervised_scores(z, np.random.default_rng(0)), _ref_unsupervised(z)
+    assert np.isnan(theirs["mutual_info_score"]) and ours["mutual_info_score"] == 0.0
+    assert ours["gaussian_mean_mutual_info"] == 0.0
+    assert ours["gaussian_wasserstein_correlation"] == pytest.approx(
+        theirs["gaussian_wasserstein_correlation"], abs=1e-12
+    )
+    flat = np.full((50, 3), 1.5)
+    ours, theirs = unsupervised_scores(flat, np.random.default_rng(0)), _ref_unsupervised(flat)
+    assert np.isnan(theirs["gaussian_wasserstein_correlation_norm"])
+    assert ours["gaussian_wasserstein_correlation"] == ours["gaussian_wasserstein_correlation_norm"] == 0.0
+    assert ours["mutual_info_score"] == theirs["mutual_info_score"] == 0.0
 
 
 # --------------------------------------------------------------------------- FactorVAE

@@ -34,8 +34,10 @@ from .beta_vae import beta_vae_score, beta_vae_score_from_features
 from .udr import lasso_similarity, spearman_similarity, udr, udr_pair_score
 from .unsupervised import (
     active_units,
+    discrete_mutual_info_score,
     gaussian_mutual_info,
     gaussian_total_correlation,
+    gaussian_wasserstein_correlation,
     kl_per_dim,
     unsupervised_scores,
 )
@@ -80,6 +82,8 @@ __all__ = [
     # codes only
     "unsupervised_scores",
     "gaussian_total_correlation",
+    "gaussian_wasserstein_correlation",
+    "discrete_mutual_info_score",
     "gaussian_mutual_info",
     "active_units",
     "kl_per_dim",

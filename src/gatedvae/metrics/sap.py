@@ -10,13 +10,15 @@ Scores per (latent, factor) pair:
 * continuous factors: ``S = R^2`` of a 1-D linear fit, ``cov(z_i, v_k)^2 / (var z_i var v_k)``
   (0 for a constant latent), as Kumar et al. and disentanglement_lib.
 * discrete factors: held-out accuracy of a classifier that sees the single latent.
-  ``classifier="threshold"`` (our default) is a 1-D decision tree with at most C_k leaves,
-  i.e. C_k - 1 thresholds that cut the latent's axis into intervals, one class each: a
-  perfect monotone code scores 1. ``classifier="linear_svc"`` reproduces disentanglement_lib
-  (``LinearSVC(C=0.01, class_weight="balanced")`` on the raw latent); note that a one-vs-rest
-  linear rule on one feature cannot isolate a middle class, so with many classes even a perfect
-  code scores far below 1 under it. We default to thresholds because the metric is meant to
-  measure *which* latent carries the factor, not the capacity of a linear rule on one axis.
+  ``classifier="linear_svc"`` (the default) is disentanglement_lib's
+  ``LinearSVC(C=0.01, class_weight="balanced")`` on the raw latent, so the default numbers are
+  comparable with those computed with disentanglement_lib, which the literature quotes. A
+  one-vs-rest linear rule on one feature cannot isolate a middle class, so with many classes even a
+  perfect code scores far below 1 under it, and it is not invariant to the latent's scale.
+  ``classifier="threshold"`` (the default before 0.3) is a 1-D decision tree with at most C_k
+  leaves, i.e. C_k - 1 thresholds that cut the latent's axis into intervals, one class each: a
+  perfect monotone code scores 1. It measures *which* latent carries the factor rather than the
+  capacity of a linear rule on one axis, but its numbers are not comparable with published ones.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .utils import (
 
 __all__ = ["sap", "sap_from_scores", "SAP_DEFAULTS", "SAP_FAST"]
 
-SAP_DEFAULTS = dict(classifier="threshold", continuous_factors=False, svc_c=0.01, train_frac=0.8, max_samples=None)
+SAP_DEFAULTS = dict(classifier="linear_svc", continuous_factors=False, svc_c=0.01, train_frac=0.8, max_samples=None)
 SAP_FAST = dict(SAP_DEFAULTS, max_samples=5000)
 
 
@@ -59,7 +61,7 @@ def sap(
     factors,
     rng: np.random.Generator,
     *,
-    classifier: str = "threshold",
+    classifier: str = "linear_svc",
     continuous_factors: bool = False,
     svc_c: float = 0.01,
     train_frac: float = 0.8,
@@ -70,9 +72,9 @@ def sap(
     Args:
         codes: (N, D) latent codes.
         factors: (N, K) factors; class labels unless ``continuous_factors``.
-        rng: generator for the split, subsample and the trees' ``random_state``.
-        classifier: ``"threshold"`` (1-D tree with at most C_k leaves) or ``"linear_svc"``
-            (disentanglement_lib's choice); discrete factors only.
+        rng: generator for the split, subsample and the classifiers' ``random_state``.
+        classifier: ``"linear_svc"`` (disentanglement_lib's, the default) or ``"threshold"`` (1-D
+            tree with at most C_k leaves); discrete factors only.
         continuous_factors: score with ``R^2`` on all rows instead of classification.
         svc_c: ``C`` of the LinearSVC (disentanglement_lib: 0.01).
         train_frac: fraction of rows to fit the classifiers; accuracy is measured on the rest.
@@ -84,11 +86,11 @@ def sap(
     codes = check_codes(codes)
     factors = check_factors(factors, codes.shape[0])
     rng = check_rng(rng)
-    check_choice(classifier, "classifier", ("threshold", "linear_svc"))
+    check_choice(classifier, "classifier", ("linear_svc", "threshold"))
     keep = subsample(rng, codes.shape[0], max_samples)
     if keep is not None:
         codes, factors = codes[keep], check_factors(factors[keep], keep.size)
-    codes = within_float32(codes)  # the trees work in float32
+    codes = within_float32(codes)  # trees work in float32; LinearSVC squares the codes
     d, k_fac = codes.shape[1], factors.shape[1]
     scores = np.zeros((d, k_fac))  # (D, K)
     if continuous_factors:

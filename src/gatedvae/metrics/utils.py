@@ -189,13 +189,42 @@ def encode_labels(column: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 # --------------------------------------------------------------------------- discretisation
+def _left_edges(lo: np.ndarray, hi: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left bin edges (bins, D) of ``np.histogram(column, bins)`` for columns with minima ``lo`` and
+    maxima ``hi`` (D,), computed as ``np.linspace`` does, and a mask (D,) of the columns whose edges
+    ``np.histogram`` accepts (finite, strictly increasing). A constant column's range is widened to
+    ``(x - 0.5, x + 0.5)``, as ``np.histogram`` does."""
+    const = lo == hi  # (D,)
+    first = np.where(const, lo - 0.5, lo)  # (D,)
+    last = np.where(const, hi + 0.5, hi)  # (D,)
+    with np.errstate(over="ignore", invalid="ignore"):
+        step = (last - first) / bins  # (D,) linspace's step
+        edges = np.arange(bins, dtype=np.float64)[:, None] * step + first  # (bins, D), linspace's arithmetic
+        rising = np.all(np.diff(np.vstack([edges, last]), axis=0) > 0, axis=0)  # (D,)
+    return edges, np.isfinite(step) & (step > 0) & rising
+
+
 def discretize(codes, bins: int = 20) -> np.ndarray:
     """Histogram-discretise each column into ``bins`` equal-width bins over its own range.
 
-    Bin ``b`` (0-based) holds values in ``[lo + b*w, lo + (b+1)*w)``; the maximum falls in the last
-    bin. A constant column lands entirely in one bin. This is the equal-width ("histogram")
-    discretiser used for MIG by Chen et al. (``002_b6b404b9b5e7b646.txt``) and by
-    disentanglement_lib, which returns 1-based bin ids; ours are 0-based (the MI is identical).
+    Bin ``b`` (0-based) holds the values ``x`` with ``e_b <= x < e_(b+1)``, where ``e_0..e_bins`` are
+    the edges ``np.histogram(column, bins)`` returns; the maximum falls in the last bin. This is the
+    equal-width ("histogram") discretiser used for MIG by Chen et al. (``002_b6b404b9b5e7b646.txt``)
+    and disentanglement_lib's ``_histogram_discretize``, ``np.digitize(x, np.histogram(x, bins)[1][:-1])``:
+    every value lands in the same bin as there, including values that lie exactly on an edge
+    (quantised codes, factor values used as codes), because the edges are computed with
+    ``np.histogram``'s own arithmetic and compared with the values, not re-derived by a division.
+    disentanglement_lib's bin ids are ours + 1. A constant column lands entirely in one bin, the one
+    ``np.histogram``'s widened range ``(x - 0.5, x + 0.5)`` gives it, as there.
+
+    Columns ``np.histogram`` refuses with a ValueError (a range that overflows float64, or one too
+    narrow for distinct edges: subnormal ranges, a constant column of magnitude 2^48 or more) are first
+    multiplied by a power of two, which is exact, and then binned the same way.
+
+    The codes are converted to float64 first (as every metric here does; the evaluation passes
+    float64 codes), so the match is with ``np.histogram`` on float64 values. disentanglement_lib
+    given float32 codes computes float32 edges, which can move a value lying within float32
+    rounding of an edge into the neighbouring bin.
 
     Args:
         codes: (N, D) array.
@@ -208,9 +237,19 @@ def discretize(codes, bins: int = 20) -> np.ndarray:
     bins = check_positive_int(bins, "bins", minimum=2)
     lo = codes.min(axis=0)  # (D,)
     hi = codes.max(axis=0)  # (D,)
-    width = np.where(hi > lo, (hi - lo) / bins, 1.0)  # (D,) constant columns: any width
-    idx = np.floor((codes - lo) / width).astype(np.int64)  # (N, D)
-    return np.clip(idx, 0, bins - 1)
+    edges, ok = _left_edges(lo, hi, bins)  # (bins, D), (D,)
+    if not ok.all():
+        peak = np.maximum(np.abs(lo), np.abs(hi))  # (D,)
+        _, exp = np.frexp(np.where(ok | (peak == 0), 1.0, peak))  # (D,) peak = m 2^exp, 0.5 <= m < 1
+        exp = np.where(ok, 0, exp)  # (D,) columns np.histogram accepts stay as they are
+        codes = np.ldexp(codes, -exp)  # (N, D) largest magnitude now in [0.5, 1)
+        scaled, _ = _left_edges(np.ldexp(lo, -exp), np.ldexp(hi, -exp), bins)  # (bins, D)
+        edges = np.where(ok, edges, scaled)  # (bins, D)
+    out = np.empty(codes.shape, dtype=np.int64)  # (N, D)
+    for j in range(codes.shape[1]):
+        # np.digitize(x, left_edges) - 1: the number of inner edges e_1..e_(bins-1) at or below x
+        out[:, j] = np.searchsorted(edges[1:, j], codes[:, j], side="right")  # (N,)
+    return out
 
 
 # --------------------------------------------------------------------------- information
