@@ -22,6 +22,8 @@ LAYERS: dict[str, int] = {
     "gatedvae.errors": 0,
     "gatedvae.io": 0,
     "gatedvae.config": 0,
+    "gatedvae.runlock": 0,
+    "gatedvae.progress": 0,
     "gatedvae.data": 1,
     "gatedvae.metrics": 1,
     "gatedvae.losses": 2,
@@ -47,7 +49,14 @@ LAYERS: dict[str, int] = {
 }
 
 #: the layers under which PyTorch must never be imported.
-TORCH_FREE = ("gatedvae.config", "gatedvae.errors", "gatedvae.io", "gatedvae.metrics")
+TORCH_FREE = (
+    "gatedvae.config",
+    "gatedvae.errors",
+    "gatedvae.io",
+    "gatedvae.runlock",
+    "gatedvae.progress",
+    "gatedvae.metrics",
+)
 
 MAX_LINES = 900
 

@@ -372,6 +372,12 @@ CASES = [
         r"did you mean 'steps'",
     ),
     Case(
+        "config-override-unknown-middle-key",
+        _train_cfg("ovr_mid", extra=("gating.partitons.0.size=2",)),
+        r"unknown config key 'gating.partitons' in 'gating.partitons.0.size=2'",
+        r"did you mean 'gating.partitions'\?",
+    ),
+    Case(
         "config-override-wrong-type",
         _train_cfg("ovr_type", extra=("model.latent_dim=four",)),
         r"model.latent_dim: expected int, got 'four'",
@@ -562,8 +568,8 @@ CASES = [
     Case(
         "data-labels-unknown-column",
         _data(IMAGES, "path={d}/good6.npy", "labels={d}/labels6.csv", "factor_columns=[sise]"),
-        r"column 'sise' is not in",
-        r"did you mean 'size'",
+        r"column 'sise' is not in .*labels6.csv; did you mean 'size'\?",
+        r"\? its columns are: size, pose$",
     ),
     Case(
         "data-labels-not-utf8",
@@ -602,7 +608,20 @@ CASES = [
             },
         ),
         r"500 clusters requested but the dataset has only 200 images",
-        r"use at most 200 clusters",
+        r"use about 2-4 \(the paper's 50-80 images per cluster; docs/pairs.md\)",
+    ),
+    Case(
+        "data-partition-column-not-loaded",
+        _train_cfg(
+            "not_loaded",
+            {
+                "data": {"name": "images", "path": "data/good6.npy", "labels": "data/labels6.csv"},
+                "train": {"batch_size": 2},
+                "gating": {"partitions": [{"name": "pos", "size": 4, "factors": ["size"]}]},
+            },
+        ),
+        r"partition 'pos': 'size' is a column of data/labels6.csv but not in data.factor_columns",
+        r"add it there \(data.factor_columns=\[\.\.\., size\]\)",
     ),
     Case("data-stride-on-non-grid", _data("ellipses", "size=200", "stride.x=2"), r"full-grid", r"stride"),
     # ---- command line

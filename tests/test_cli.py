@@ -83,3 +83,25 @@ def test_import_shortens_openmp_spin_wait_unless_the_user_set_it():
         [sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "42"}, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "42"
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["overrides-first", "overrides-after-flags"])
+def test_overrides_go_before_or_after_flags(tmp_path, capsys, after):
+    """``gatedvae train CFG --run-dir r data.size=300`` reads the override as it reads it before
+    ``--run-dir`` (it was "unrecognized arguments" with the top-level usage line)."""
+    from conftest import tiny_config
+    from gatedvae.config import load_config, save_config
+
+    cfg = tmp_path / "cfg.yaml"
+    save_config(tiny_config(train={"steps": 40}), cfg)
+    run, overrides = tmp_path / "run", ["train.steps=3", "data.size=300"]
+    flags = ["--run-dir", str(run), "--quiet", "--no-tensorboard"]
+    argv = ["train", str(cfg), *flags, *overrides] if after else ["train", str(cfg), *overrides, *flags]
+    assert main(argv) == 0, capsys.readouterr().err
+    saved = load_config(run / "config.yaml")
+    assert saved.train.steps == 3 and saved.data.size == 300
+    data = ["data", "describe", "ellipses", *(["--quiet", "size=500"] if after else ["size=500", "--quiet"])]
+    assert main(data) == 0 and "500 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # a flag that does not exist is still refused
+        main(["train", str(cfg), "--run-dir", str(tmp_path / "r2"), "--bogus", "train.steps=3"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -167,6 +167,34 @@ def test_bad_overrides(override, match):
         apply_overrides(gated_config(), [override])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        # a wrong part before the last: named at its place, in the whole override, with the key to use
+        (
+            "gating.partitons.0.clusters=3",
+            "unknown config key 'gating.partitons' in 'gating.partitons.0.clusters=3'; "
+            "did you mean 'gating.partitions'? valid keys: enabled, partitions, schedule, gate_kl, mode",
+        ),
+        (
+            "data.strid.posX=2",
+            "unknown config key 'data.strid' in 'data.strid.posX=2'; did you mean 'data.stride'? valid keys: name, ",
+        ),
+        ("trian.steps=3", "unknown config key 'trian' in 'trian.steps=3'; did you mean 'train'? valid keys: data, "),
+        # the last part: as before
+        (
+            "gating.partitions.0.clustrs=3",
+            "unknown config key 'gating.partitions.0.clustrs'; did you mean 'clusters'? valid keys: name, size, ",
+        ),
+        ("train.stesp=5", "unknown config key 'train.stesp'; did you mean 'steps'? valid keys: steps, "),
+    ],
+)
+def test_a_wrong_part_of_a_dotted_override_is_named_where_it_is(override, message):
+    with pytest.raises(ConfigError) as exc:
+        apply_overrides(gated_config(), [override])
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value), str(exc.value)
+
+
 def test_load_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

@@ -423,7 +423,8 @@ def image_folder(tmp_path):
 
 def test_images_folder_with_labels(image_folder):
     folder, labels = image_folder
-    ds = load_images(folder, labels=labels, factor_columns=("shape", "size"), weak_columns=("pose",), image_size=32)
+    with pytest.warns(RuntimeWarning, match="zzz.png"):  # its row is ignored, with a warning
+        ds = load_images(folder, labels=labels, factor_columns=("shape", "size"), weak_columns=("pose",), image_size=32)
     assert len(ds) == 4 and ds.image_shape == (1, 32, 32)  # sorted: a, b, c, d
     assert ds.factor_space.names == ("shape", "size")
     assert ds.factor_space.sizes == (3, 3)
@@ -574,6 +575,212 @@ def test_images_gif_palette_bom_and_duplicate_rows(tmp_path):
     assert_one_line(e, "x.gif", "twice")
 
 
+# ====================================================================== image modes (issue 16)
+_S = 32  # sources are square and of the loaded size: no resampling, pixels compare one to one
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma of ``(H, W, 3)`` uint8, as float (Pillow's "L" rounds it)."""
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (H, W)
+
+
+def _png(path: Path, pixels: np.ndarray, color_type: int, bit_depth: int) -> None:
+    """A PNG written by hand (Pillow cannot write 16-bit colour, or 2- and 4-bit grey):
+    ``pixels`` ``(H, W, C)`` unsigned integers of ``bit_depth`` bits."""
+    import struct
+    import zlib
+
+    h, w, _ = pixels.shape
+    if bit_depth == 16:
+        rows = pixels.astype(">u2").reshape(h, -1).view(np.uint8)  # (H, W*C*2) big-endian
+    elif bit_depth == 8:
+        rows = pixels.astype(np.uint8).reshape(h, -1)
+    else:  # grey packed MSB first
+        bits = np.unpackbits(pixels.astype(np.uint8).reshape(h, w, 1), axis=2)[:, :, 8 - bit_depth :]  # (H, W, bd)
+        rows = np.packbits(bits.reshape(h, -1), axis=1)  # (H, ceil(W*bd/8))
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter 0 on every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+def _mode_cases(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Write one file per (Pillow mode, format) Pillow can write, plus hand-made 16-bit and 2/4-bit
+    PNGs; return file name -> (expected grey ``(S, S)``, expected RGB ``(S, S, 3)``, tolerance in levels)."""
+    y, x = np.mgrid[0:_S, 0:_S]
+    grey = np.rint((x + y) * 255.0 / (2 * _S - 2)).astype(np.uint8)  # (S, S) 0..255
+    rgb = np.stack([x * 255 // (_S - 1), y * 255 // (_S - 1), 255 - (x + y) * 255 // (2 * _S - 2)], -1).astype(
+        np.uint8
+    )  # (S, S, 3)
+    alpha = ((x * 8) % 256).astype(np.uint8)  # (S, S): must be dropped, not composited
+    rng = np.random.default_rng(0)
+    grey16 = np.clip(grey.astype(np.int64) * 257 + rng.integers(-128, 129, size=grey.shape), 0, 65535).astype(np.uint16)
+    from_16 = np.rint(grey16 * (255.0 / 65535.0))  # (S, S)
+    palette = rng.integers(0, 256, size=(16, 3), dtype=np.uint8)  # (16, 3)
+    pal_index = (grey // 16).astype(np.uint8)  # (S, S)
+    cases: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def grey_case(name: str, im: Image.Image, expected: np.ndarray, tol: float = 1, **save) -> None:
+        im.save(folder / name, **save)
+        cases[name] = (expected, np.repeat(np.asarray(expected)[..., None], 3, -1), tol)
+
+    def rgb_case(name: str, im: Image.Image, expected: np.ndarray, tol: float = 1, **save) -> None:
+        im.save(folder / name, **save)
+        cases[name] = (_luma(expected), expected, tol)
+
+    binary = grey >= 128
+    for ext in ("png", "tif", "bmp"):
+        grey_case(f"mode_1.{ext}", Image.fromarray(binary), binary * 255.0)
+    for ext in ("png", "tif", "bmp", "gif"):
+        grey_case(f"mode_L.{ext}", Image.fromarray(grey), grey)
+    grey_case("mode_L.webp", Image.fromarray(grey), grey, lossless=True)
+    grey_case("mode_L.jpg", Image.fromarray(grey), grey, tol=4, quality=95)
+    for ext in ("png", "tif"):
+        grey_case(f"mode_LA.{ext}", Image.fromarray(np.stack([grey, alpha], -1)), grey)
+    pal = Image.frombytes("P", (_S, _S), pal_index.tobytes())
+    pal.putpalette(palette.reshape(-1).tolist())
+    for ext in ("png", "tif", "bmp", "gif"):
+        rgb_case(f"mode_P.{ext}", pal, palette[pal_index])
+    rgb_case("mode_P_transparent_index.png", pal, palette[pal_index], transparency=3)
+    rgb_case("mode_P_transparent_bytes.png", pal, palette[pal_index], transparency=bytes(range(0, 256, 16)))
+    rgb_case("mode_PA.tif", pal.convert("PA"), palette[pal_index])
+    for ext in ("png", "tif", "bmp"):
+        rgb_case(f"mode_RGB.{ext}", Image.fromarray(rgb), rgb)
+    rgb_case("mode_RGB.webp", Image.fromarray(rgb), rgb, lossless=True)
+    rgb_case("mode_RGB.jpg", Image.fromarray(rgb), rgb, tol=8, quality=95)
+    rgba = Image.fromarray(np.concatenate([rgb, alpha[..., None]], -1))
+    for ext in ("png", "tif"):
+        rgb_case(f"mode_RGBA.{ext}", rgba, rgb)
+    rgb_case("mode_RGBA.webp", rgba, rgb, lossless=True, exact=True)
+    rgb_case("mode_CMYK.tif", Image.fromarray(rgb).convert("CMYK"), rgb)
+    rgb_case("mode_CMYK.jpg", Image.fromarray(rgb).convert("CMYK"), rgb, tol=8, quality=95)
+    rgb_case("mode_YCbCr.tif", Image.fromarray(rgb).convert("YCbCr"), rgb, tol=3)
+    lab = Image.fromarray(rgb).convert("LAB")
+    rgb_case("mode_LAB.tif", lab, np.asarray(lab.convert("RGB")))  # Pillow's own LAB -> RGB
+    # 16-bit greyscale, the issue's case: scaled by 255/65535, so within 1 level of the 8-bit image
+    grey_case("mode_I16.png", Image.fromarray(grey16), from_16, tol=0)
+    grey_case("mode_I16.tif", Image.fromarray(grey16), from_16, tol=0)
+    grey_case("mode_I16B.tif", Image.frombytes("I;16B", (_S, _S), grey16.astype(">u2").tobytes()), from_16, tol=0)
+    grey_case("mode_F.tif", Image.fromarray(grey.astype(np.float32) / 255.0), grey, tol=0)
+    # by hand: 16-bit grey, grey + alpha, RGB and RGBA; 2- and 4-bit grey
+    _png(folder / "hand_grey16.png", grey16[..., None], 0, 16)
+    cases["hand_grey16.png"] = (from_16, np.repeat(from_16[..., None], 3, -1), 0)
+    _png(folder / "hand_la16.png", np.stack([grey16, grey16[::-1]], -1), 4, 16)
+    cases["hand_la16.png"] = (from_16, np.repeat(from_16[..., None], 3, -1), 1)
+    rgb16 = rgb.astype(np.uint16) * 257  # (S, S, 3)
+    _png(folder / "hand_rgb16.png", rgb16, 2, 16)
+    cases["hand_rgb16.png"] = (_luma(rgb), rgb, 1)
+    _png(folder / "hand_rgba16.png", np.concatenate([rgb16, rgb16[..., :1]], -1), 6, 16)
+    cases["hand_rgba16.png"] = (_luma(rgb), rgb, 1)
+    for bits in (2, 4):
+        levels = (grey >> (8 - bits)).astype(np.uint8)  # (S, S) 0..2^bits-1
+        _png(folder / f"hand_grey{bits}.png", levels[..., None], 0, bits)
+        full = levels * (255.0 / (2**bits - 1))
+        cases[f"hand_grey{bits}.png"] = (full, np.repeat(full[..., None], 3, -1), 0)
+    return cases
+
+
+@pytest.fixture(scope="module")
+def mode_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("modes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notes on saving some modes
+        cases = _mode_cases(folder)
+    return folder, cases
+
+
+@pytest.mark.parametrize("color", ["gray", "rgb"])
+def test_every_mode_pillow_writes_reads_as_its_pixels(mode_folder, color):
+    folder, cases = mode_folder
+    ds = load_images(folder, color=color, image_size=_S)
+    names = sorted(cases)
+    assert len(ds) == len(names) >= 40
+    got = ds.store.images.numpy().astype(np.float64)  # (N, C, S, S)
+    bad = {}
+    for i, name in enumerate(names):
+        grey, rgb, tol = cases[name]
+        want = grey[None] if color == "gray" else rgb.transpose(2, 0, 1)  # (C, S, S)
+        err = np.abs(got[i] - want)
+        # lossless files: every pixel within tol; JPEG: the mean within tol/4, no pixel beyond 3 tol
+        ok = err.max() <= tol + 0.5 if "jpg" not in name else (err.mean() <= tol / 4 and err.max() <= 3 * tol)
+        if not ok:
+            bad[name] = (float(err.mean()), float(err.max()))
+    assert bad == {}
+
+
+def test_a_16bit_png_equals_its_8bit_version(tmp_path):
+    """The issue's case: a 16-bit greyscale PNG among 8-bit files was read as solid white."""
+    grey = np.random.default_rng(1).integers(0, 256, size=(24, 24), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "a_8bit.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "b_16bit.png")
+    assert Image.open(tmp_path / "b_16bit.png").mode == "I;16"
+    ds = load_images(tmp_path, image_size=24)
+    eight, sixteen = ds.store.images.numpy().astype(int)[:, 0]
+    assert np.abs(eight - sixteen).max() <= 1 and abs(sixteen.mean() - grey.mean()) < 0.5
+
+
+def test_modes_without_a_white_level_are_refused_in_one_line(tmp_path):
+    cases = {
+        "i32.tif": (Image.fromarray(np.full((8, 8), 70000, np.int32)), "32-bit integer greyscale"),
+        "big.tif": (Image.fromarray(np.full((8, 8), 2.0, np.float32)), "float pixels outside [0, 1]"),
+    }
+    for name, (im, fragment) in cases.items():
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        im.save(folder / name)
+        with pytest.raises(DataError) as e:
+            load_images(folder)
+        assert_one_line(e, name, fragment, "save it as")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = np.zeros((16, 16), np.uint8)
+    img[:, :8] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees: shown with the right half white
+    Image.fromarray(img).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    ds = load_images(tmp_path, image_size=16)
+    shown = ds.store.images.numpy()[0, 0].astype(int)
+    assert shown[:, 12].mean() > 200 and shown[:, 3].mean() < 50
+    assert "1 turned upright by their EXIF orientation" in ds.notes[0]
+
+
+def test_describe_names_the_source_modes_and_their_conversion(mode_folder):
+    from gatedvae.data.preview import describe_dataset
+
+    folder, cases = mode_folder
+    text = describe_dataset(load_images(folder, image_size=8))
+    (note,) = [line for line in text.splitlines() if "note" in line]
+    assert f"read {len(cases)} files by Pillow mode:" in note
+    assert "I;16 (16-bit, scaled 65535 -> 255)" in note and "RGBA (alpha dropped)" in note and "1 F (float" in note
+
+
+def test_label_rows_for_absent_images_warn_with_a_count(image_folder):
+    folder, labels = image_folder
+    with pytest.warns(RuntimeWarning, match=r"1 of 5 rows name images that are not in .* \(e\.g\. 'zzz\.png'\)"):
+        load_images(folder, labels=labels, factor_columns=("shape",))
+
+
+def test_unknown_column_message_has_punctuation_and_a_did_you_mean(tmp_path, image_folder):
+    folder, _ = image_folder
+    header = ["file", "pose_Rx", "pose_Ry", "true_yaw", "AU45_r"]
+    labels = _write_csv(tmp_path / "faces.csv", header, [[n, 0, 0, 0, 0] for n in ("a.png", "b.png", "c.jpg", "d.bmp")])
+    cols = ", ".join(header)
+    for column, message in [
+        ("yaw", f"column 'yaw' is not in {labels}; did you mean 'true_yaw'? its columns are: {cols}"),
+        ("AU46_r", f"column 'AU46_r' is not in {labels}; did you mean 'AU45_r'? its columns are: {cols}"),
+        ("roll", f"column 'roll' is not in {labels}; its columns are: {cols}"),
+    ]:
+        with pytest.raises(DataError) as e:
+            load_images(folder, labels=labels, weak_columns=(column,))
+        assert str(e.value) == message
+
+
 # ====================================================================== preview
 def _mini_dsprites() -> FactorDataset:
     sub, index = DSPRITES_SPACE.subspace({"scale": 5, "orientation": 10, "posX": 8, "posY": 8})
@@ -721,6 +928,15 @@ def test_every_registered_dataset_states_its_factors_and_settings():
         assert len(ds) > 0
         for factor in ds.factor_space.names:  # the registration's description names every factor
             assert factor in DATASETS[name].factors, (name, factor)
+
+
+def test_baseline_help_lists_every_registered_dataset(capsys):
+    from gatedvae.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["baseline", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "dataset a registered dataset: " + ", ".join(DATASETS) in help_text and "faces" in DATASETS
 
 
 def test_unknown_dataset_name_and_option_fail_in_one_line_with_a_did_you_mean():

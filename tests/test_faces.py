@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from gatedvae.data.faces import (
     render_faces,
     tracker_labels,
 )
-from gatedvae.errors import ConfigError, DataError
+from gatedvae.errors import ConfigError, DataError, PartitionError
 from gatedvae.face_study import best_split, group_shares, partition_informativeness, score_run
 from gatedvae.train import train
 
@@ -302,6 +303,142 @@ def test_encode_user_errors_are_one_line(folder_run, tmp_path, capsys, args, mat
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and match in err, err
     assert not (tmp_path / "c.npy").exists()
+
+
+# ------------------------------------------------------------------------------- issue 16: the user's first hour
+def test_exported_files_are_in_random_order(folder_run):
+    root, _, written, _ = folder_run
+    with open(root / "faces.csv", newline="") as fh:
+        yaw = np.array([float(r["true_yaw"]) for r in csv.DictReader(fh)])  # (64,) in file order
+    first = yaw[: len(yaw) // 10 + 1]  # the first 10% of the files, as a user subsets by name
+    assert first.min() <= -20 and first.max() >= 20  # spans the yaw range, not one pose
+    assert abs(np.corrcoef(np.arange(len(yaw)), yaw)[0, 1]) < 0.3 and not np.all(np.diff(written) >= 0)
+    again = export_faces(root / "again", root / "again.csv", n=64, seed=5)
+    assert np.array_equal(again, written)  # the order is drawn from the seed
+
+
+def test_readme_preview_example_runs_on_an_exported_folder(folder_run, tmp_path, capsys):
+    import shlex
+
+    root, _, _, _ = folder_run
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (line,) = [x for x in readme.splitlines() if x.startswith(".venv/bin/gatedvae data preview images ")]
+    args = shlex.split(line)[1:]
+    assert "path=faces/" in args and "labels=faces.csv" in args  # the names the README's export line writes
+    assert "export_faces('faces/', 'faces.csv'" in readme
+    args = [
+        {"path=faces/": f"path={root / 'faces'}", "labels=faces.csv": f"labels={root / 'faces.csv'}"}.get(a, a)
+        for a in args
+    ]
+    out = tmp_path / "preview.png"
+    assert main([*args, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert out.stat().st_size > 1000
+
+
+def _weak_only(n: int) -> object:
+    from gatedvae.data import FactorDataset, FactorSpace, Uint8Store
+
+    rng = np.random.default_rng(0)
+    return FactorDataset(
+        "own",
+        Uint8Store(np.zeros((n, 1, 4, 4), np.uint8)),
+        FactorSpace([], []),
+        factors=np.zeros((n, 0), dtype=np.int64),
+        weak=rng.normal(size=(n, 2)),
+        weak_names=["pose_Rx", "pose_Ry"],
+    )
+
+
+def test_cluster_counts_say_what_is_sensible_and_warn_when_too_many():
+    import warnings
+
+    ds = _weak_only(300)
+    rng = np.random.default_rng(0)
+
+    def part(clusters: int) -> PartitionConfig:
+        return PartitionConfig(
+            name="pose", size=2, factors=("pose_Rx", "pose_Ry"), sampler="cluster", clusters=clusters
+        )
+
+    with pytest.raises(PartitionError) as exc:
+        make_sampler(ds, part(301), rng)
+    assert str(exc.value) == (
+        "partition 'pose': 301 clusters requested but the dataset has only 300 images; "
+        "use about 4-6 (the paper's 50-80 images per cluster; docs/pairs.md)"
+    )
+    with pytest.warns(RuntimeWarning) as caught:
+        make_sampler(ds, part(100), rng)
+    (w,) = caught
+    assert str(w.message) == (
+        "partition 'pose': 100 clusters of 300 images hold 3.0 images each, so 33% of the pairs are an image "
+        "with itself; use about 4-6 (the paper's 50-80 images per cluster; docs/pairs.md)"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_sampler(ds, part(30), rng)  # 10 images per cluster: no warning
+
+
+def test_a_csv_column_that_is_not_loaded_says_which_setting_to_add_it_to(folder_run):
+    from gatedvae.data.images import load_images
+
+    root, _, _, _ = folder_run
+    labels = root / "faces.csv"
+    ds = load_images(root / "faces", labels=labels, weak_columns=("pose_Rx", "pose_Ry"), image_size=16)
+    rng = np.random.default_rng(0)
+    pose = PartitionConfig(name="pose", size=2, factors=("pose_Rx", "pose_Rz"), sampler="cluster", clusters=4)
+    with pytest.raises(PartitionError) as exc:
+        make_sampler(ds, pose, rng)
+    assert str(exc.value) == (
+        f"partition 'pose': 'pose_Rz' is a column of {labels} but not in data.weak_columns; "
+        "add it there (data.weak_columns=[..., pose_Rz])"
+    )
+    exact = PartitionConfig(name="pose", size=2, factors=("true_yaw", "true_pitch"), sampler="exact")
+    with pytest.raises(PartitionError) as exc:
+        make_sampler(ds, exact, rng)
+    assert str(exc.value) == (
+        f"partition 'pose': 'true_yaw', 'true_pitch' are columns of {labels} but not in data.factor_columns; "
+        "add them there (data.factor_columns=[..., true_yaw, true_pitch])"
+    )
+    typo = PartitionConfig(name="pose", size=2, factors=("pose_Rxx",), sampler="cluster", clusters=4)
+    with pytest.raises(PartitionError) as exc:
+        make_sampler(ds, typo, rng)
+    assert str(exc.value) == (
+        "partition 'pose': unknown label column 'pose_Rxx' for clustering; did you mean 'pose_Rx'? "
+        "the dataset has: pose_Rx, pose_Ry"
+    )
+
+
+def test_evaluating_own_faces_scores_what_needs_no_factors_and_hints_otherwise(folder_run, tmp_path, capsys):
+    import shutil
+
+    from gatedvae.evaluation import evaluate_run
+
+    _, run, _, _ = folder_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["evaluate", str(copy), "--metrics", "mig", "--preset", "fast", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: faces: no factor varies over the sampled images, and these metrics need factors: mig; run "
+        "--metrics unsupervised,reconstruction (they need none) or name discrete label columns in data.factor_columns\n"
+    )
+    doc = evaluate_run(copy, preset="fast", progress=False, figures=False)  # no --metrics: skip what needs factors
+    assert set(doc["results"]) == {"unsupervised", "reconstruction"} and "mig" in doc["skipped"]
+
+
+def test_an_ungated_run_names_its_only_partition():
+    import torch
+
+    from gatedvae.encode import TrainedRun
+
+    trained = TrainedRun(Path("r"), Config(), None, 0, (1, 8, 8), {}, torch.device("cpu"))
+    with pytest.raises(PartitionError) as exc:
+        trained.dims("expression")
+    assert str(exc.value) == "unknown partition 'expression'; this run is not gated, so its only partition is 'all'"
+    gated = TrainedRun(Path("r"), Config(), None, 0, (1, 8, 8), {"pose": slice(0, 2)}, torch.device("cpu"))
+    with pytest.raises(PartitionError) as exc:
+        gated.dims("xyz")
+    assert str(exc.value) == "unknown partition 'xyz'; partitions of this run: pose, all"
 
 
 # ------------------------------------------------------------------------------- the study's scores

@@ -1,5 +1,5 @@
 """Faults a long training survives (issue 7): SIGKILL at random moments and inside checkpoint
-writes, a full disk, a NaN in a batch.
+writes, SIGTERM and SIGINT (issue 16), a full disk, a NaN in a batch.
 
 The 20 SIGKILL trials run real processes killed with a real SIGKILL. Starting a fresh Python
 with torch takes about 2 s on the shared 2-core machine, so 19 trials fork their training
@@ -290,6 +290,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(server, re
         assert not (run / "checkpoints" / f"step-{HOOKED[trial][1]:09d}.safetensors").exists()
 
     if (run / "config.yaml").is_file():
+        assert (run / ".lock").is_file()  # the killed trainer's lock, stale: the kernel dropped its flock
         rc = server.run(_resume_args(run), log, root)
     else:  # killed before the run directory held its config: nothing was saved, start again
         rc = server.run(_train_args(reference["config"], run), log, root)
@@ -304,6 +305,49 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(server, re
     assert (run / "metrics.jsonl").read_text() == reference["metrics"]
     assert _status(run) == {"status": "finished", "step": TOTAL, "total_steps": TOTAL}
     assert not list((run / "checkpoints").glob(".*.tmp"))  # the torn file was replaced when step was redone
+    assert not (run / ".lock").exists()
+
+
+# --------------------------------------------------------------------------- SIGTERM / SIGINT
+@pytest.mark.parametrize("sig, at", [(signal.SIGTERM, 30), (signal.SIGINT, 50)], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_sigint_checkpoints_the_step_and_resume_is_bitwise(server, reference, sig, at):
+    """A scheduler's SIGTERM or a Ctrl-C (SIGINT) mid-run: the step in progress is finished and
+    checkpointed, status.json says stopped at that step, one line says how to resume, exit 143 /
+    130; the resumed run ends bitwise equal to the uninterrupted one (log lines included: the
+    log interval in progress is checkpointed too). The killed trainer's lock does not block."""
+    root = reference["root"]
+    run = root / f"signal-{sig.name}"
+    log = root / f"signal-{sig.name}.log"
+    for attempt in range(4):
+        pid = server.start(_train_args(reference["config"], run), log, root)
+        _wait_for_step(run, at // (attempt + 1))
+        os.kill(pid, sig)
+        rc = server.wait(pid)
+        if _status(run).get("status") != "finished":
+            break
+        shutil.rmtree(run)  # the machine outran the signal: try earlier
+    else:
+        pytest.fail("the run always finished before the signal")
+    assert rc == 128 + sig, log.read_text()
+    status = _status(run)
+    step = status["step"]
+    assert status == {"status": "stopped", "step": step, "total_steps": TOTAL, "signal": sig.name}
+    assert (
+        ckpt_module.latest_checkpoint(run / "checkpoints")[0] == step
+    )  # the step it was in, not the last multiple of 10
+    assert log.read_text().strip().splitlines()[-1] == (
+        f"interrupted at step {step}; checkpoint written; resume with: gatedvae train --resume {run}"
+    )
+    assert not (run / ".lock").exists()  # let go on the way out
+
+    assert server.run(_resume_args(run), log, root) == 0, log.read_text()
+    tensors, header = final_state(run)
+    ref = reference["tensors"]
+    assert tensors.keys() == ref.keys() and all(torch.equal(tensors[k], ref[k]) for k in ref)
+    assert header["numpy_rng"] == reference["header"]["numpy_rng"]
+    assert (run / "metrics.jsonl").read_text() == reference["metrics"]
+    assert _status(run) == {"status": "finished", "step": TOTAL, "total_steps": TOTAL}
+    assert f"finished steps {step}-{TOTAL} ({TOTAL - step} this session)" in log.read_text()
 
 
 # --------------------------------------------------------------------------- full disk

@@ -20,6 +20,8 @@ from scipy import stats
 from gatedvae.cli import main
 from gatedvae.errors import ConfigError
 from gatedvae.sweep import collect, plan_sweep, read_manifest, run_sweep, write_manifest, write_report
+from gatedvae.sweep.collect import Comparison, ConfigRow, compared
+from gatedvae.sweep.report import _arm_title
 from test_sweep import tiny_base, write_spec
 
 INJECT = "<script>window.__pwned = 1; document.title = 'pwned';</script>"
@@ -163,6 +165,29 @@ def test_csv_files_round_trip_the_numbers(tmp_path):
     a = [float(r["mig.mig"]) for r in runs if r["configuration"] == "ungated"]
     b = [float(r["mig.mig"]) for r in runs if r["configuration"] == "gated"]
     assert float(comp["mig.mig"]["p_value"]) == pytest.approx(stats.ttest_ind(b, a, equal_var=False).pvalue)
+
+
+def test_comparison_labels_say_what_differs_once(tmp_path):
+    """A sweep over gating alone: "Compared: ungated vs gated", not "ungated: ungated vs gated", and a
+    figure headed "gated", not "gated (gated)"; with another axis the shared part is said once."""
+    sweep_dir = fake_sweep(tmp_path, SCORES)
+    write_report(sweep_dir, formats=["md", "html", "csv"])
+    md = (sweep_dir / "report" / "report.md").read_text()
+    page = (sweep_dir / "report" / "report.html").read_text()
+    assert "Configurations compared: ungated vs gated." in md and "ungated: ungated" not in md
+    assert "| ungated vs gated | mig.mig |" in md  # the comparison's row names the pair
+    assert "<p>Compared: ungated vs gated.</p>" in page and "ungated: ungated" not in page
+    assert "<h3>gated</h3>" in page and "<h3>ungated</h3>" in page and "(gated)" not in page
+    comp = list(csv.DictReader(open(sweep_dir / "report" / "comparisons.csv")))
+    assert {r["comparison"] for r in comp} == {"ungated vs gated"}
+
+    def row(label, gated):
+        return ConfigRow(label, label, gated, {}, [], {})
+
+    two = Comparison("beta=4", row("ungated,beta=4", False), row("gated,beta=4", True), {})
+    assert compared(two) == "beta=4: ungated vs gated"
+    assert _arm_title(row("vae", False)) == "vae (un-gated)" and _arm_title(row("gated_vae", True)) == "gated_vae"
+    assert _arm_title(row("beta=4", True)) == "beta=4 (gated)"
 
 
 def test_report_columns_and_formats_are_checked(tmp_path, capsys):

@@ -553,3 +553,33 @@ def test_a_worker_killed_mid_run_costs_only_its_run(tmp_path):
     res = run_sweep(sweep_dir, progress=False, tensorboard=False)  # the next run resumes it
     assert [o["id"] for o in res["outcomes"]] == [victim[0]] and res["outcomes"][0]["action"] == "resumed+evaluated"
     assert sweep_status(sweep_dir)["complete"]
+
+
+def test_a_sweep_and_a_plain_train_exclude_each_other(tmp_path, capsys):
+    """One lock (RUN/.lock) for both: a run a plain trainer holds is "running" to the sweep, and a
+    run the sweep works on refuses ``gatedvae train --resume`` naming the sweep's process."""
+    from gatedvae.config import save_config
+    from gatedvae.sweep.runner import inspect_run, run_dir_of
+    from test_train import hold_lock
+
+    path = write_spec(tmp_path / "s.yaml", {"name": "lock", "base": tiny_base(steps=10), "seeds": 1})
+    sweep_dir = tmp_path / "sw"
+    write_manifest(plan_sweep(path), sweep_dir)
+    entry = read_manifest(sweep_dir)["runs"][0]
+    run = run_dir_of(sweep_dir, entry)
+    run.mkdir(parents=True)
+    save_config(from_dict(Config, entry["config"]), run / "config.yaml")
+    trainer = hold_lock(run, "training")
+    try:
+        assert inspect_run(run, entry)["state"] == "running"
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert inspect_run(run, entry)["state"] == "partial"  # its lock is stale once it is gone
+    sweep = hold_lock(run, "sweep")
+    try:
+        assert main(["train", "--resume", str(run), "--quiet"]) == 2
+        assert f"error: run {run} is being worked on by a sweep by pid {sweep.pid} on " in capsys.readouterr().err
+    finally:
+        sweep.kill()
+        sweep.wait()

@@ -1,11 +1,15 @@
-"""Trainer: run directory, exact resume after SIGKILL, NaN handling, fine-tuning, modes."""
+"""Trainer: run directory, exact resume after SIGKILL, NaN handling, fine-tuning, modes; one
+trainer per run (the run's lock), the end-of-run line of a resumed run, progress in a log file."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +24,7 @@ from conftest import tiny_config
 from gatedvae.config import Config, GatingConfig, PartitionConfig, save_config
 from gatedvae.errors import GatedVAEError
 from gatedvae.models.base import GenerativeModel
+from gatedvae.progress import LogLines
 from gatedvae.train import TrainingDiverged, latest_checkpoint, train
 
 PARTS = tiny_config().gating.partitions  # position (x, y), scale, orientation: 2 + 1 + 1 latents
@@ -74,6 +79,8 @@ def test_resume_in_process_is_bitwise(tmp_path):
         assert torch.equal(full[k], resumed[k]), k
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 40
+    # Stopped mid log interval (17 of 16-20): its running sums were checkpointed, so line 20 is too.
+    assert (run / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
 
 
 def test_first_layer_moments_are_saved_in_linear_layout_and_restored_contiguous(tmp_path):
@@ -303,3 +310,180 @@ def test_callbacks_are_called_after_each_step_and_at_the_end(tmp_path):
     train(small_config(steps=20, image_every=10), bare, quiet=True)
     events = b"".join(p.read_bytes() for p in (bare / "tensorboard").iterdir())
     assert b"loss/recon" in events and b"reconstructions" not in events
+
+
+# --------------------------------------------------------------------------- one trainer per run
+HOLD = (
+    "import sys, time\n"
+    "from gatedvae import runlock\n"  # torch-free: starts in a fraction of a second
+    "assert runlock.acquire(sys.argv[1], sys.argv[2]) is not None\n"
+    "print('held', flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def hold_lock(run: Path, doing: str = "training") -> subprocess.Popen:
+    """A process that holds ``run``'s lock as a trainer does, until it is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run), doing], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_second_trainer_is_refused_readers_say_the_run_is_training_and_a_killed_holder_does_not_block(
+    tmp_path, capsys
+):
+    from gatedvae.cli import main
+    from gatedvae.evaluation import evaluate_run
+
+    run = tmp_path / "run"
+    train(small_config(steps=40), run, quiet=True, tensorboard=False, stop_after=10)
+    cfg_path = tmp_path / "cfg.yaml"
+    save_config(small_config(steps=40), cfg_path)
+    images = tmp_path / "x.npy"
+    np.save(images, np.zeros((3, 32, 32), np.uint8))
+    holder = hold_lock(run)
+    try:
+        before = _files(run)
+        assert main(["train", "--resume", str(run), "--quiet", "--no-tensorboard"]) == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(
+            rf"error: run {re.escape(str(run))} is being trained by pid {holder.pid} on "
+            rf"{re.escape(socket.gethostname())} \(since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d, at step 10 of 40\); "
+            r"wait for it or stop it\n",
+            err,
+        ), err
+        assert main(["train", str(cfg_path), "--run-dir", str(run), "--quiet"]) == 2  # a new run into it
+        assert f"is being trained by pid {holder.pid}" in capsys.readouterr().err
+        assert _files(run) == before  # metrics.jsonl, status, checkpoints untouched; nothing written
+        # Readers work on a run in training, and say so and which step they read.
+        assert main(["encode", str(run), str(images), "--out", str(tmp_path / "codes.npy")]) == 0
+        note = (
+            f"note: run {run} is still being trained (pid {holder.pid} on {socket.gethostname()}, "
+            "at step 10 of 40); encoding its checkpoint of step 10"
+        )
+        assert capsys.readouterr().err.strip() == note
+        evaluate_run(run, metrics="mig", preset="fast", progress=False, figures=False)
+        assert capsys.readouterr().err.strip() == note.replace("encoding", "evaluating")
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays, stale
+        holder.wait()
+    assert (run / ".lock").is_file()
+    assert main(["train", "--resume", str(run), "--quiet", "--no-tensorboard"]) == 0
+    assert "finished steps 10-40 (30 this session) in " in capsys.readouterr().out
+    assert not (run / ".lock").exists()
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
+def test_a_run_stopped_before_its_end_is_encoded_with_a_note(tmp_path, capsys):
+    from gatedvae.cli import main
+
+    run = tmp_path / "run"
+    train(small_config(steps=40), run, quiet=True, tensorboard=False, stop_after=20)
+    (run / "status.json").write_text(json.dumps({"status": "stopped", "step": 20, "total_steps": 40}))
+    np.save(tmp_path / "x.npy", np.zeros((2, 32, 32), np.uint8))
+    assert main(["encode", str(run), str(tmp_path / "x.npy"), "--out", str(tmp_path / "c.csv")]) == 0
+    cap = capsys.readouterr()
+    assert cap.err.strip() == (
+        f"note: run {run} is unfinished (it was stopped at step 20 of 40; continue it with gatedvae train "
+        f"--resume {run}); encoding its checkpoint of step 20"
+    )
+    assert "step 20" in cap.out
+
+
+def test_the_lock_is_reentrant_in_a_thread_and_exclusive_across_threads(tmp_path):
+    """A sweep holds the run's lock and calls train() on it in the same thread; another thread is refused."""
+    import threading
+
+    from gatedvae import runlock
+
+    run = tmp_path / "r"
+    run.mkdir()
+    with runlock.locked(run, "sweep") as got:
+        assert got and runlock.held_here(run) and not runlock.is_locked(run)
+        inner = runlock.acquire(run)
+        assert inner is not None
+        inner.release()
+        assert (run / ".lock").is_file()  # still held by the outer hold
+        other: list = []
+        t = threading.Thread(target=lambda: other.append((runlock.acquire(run), runlock.is_locked(run))))
+        t.start()
+        t.join()
+        assert other == [(None, True)]
+        assert "is being worked on by a sweep by pid" in runlock.busy_message(run)
+    assert not (run / ".lock").exists() and not runlock.is_locked(run)
+
+
+# --------------------------------------------------------------------------- progress in a log file
+def test_progress_written_to_a_log_file_is_a_few_plain_lines(tmp_path, capsys):
+    """stderr not a terminal (a file, a scheduler's log): no bar redraws, one line per ~10%."""
+    from gatedvae.cli import main
+
+    cfg_path = tmp_path / "cfg.yaml"
+    save_config(small_config(steps=40), cfg_path)
+    assert main(["train", str(cfg_path), "--run-dir", str(tmp_path / "run"), "--no-tensorboard"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 12, err
+    assert lines[-1].startswith("run: 40/40 step (100%)") and "recon=" in lines[-1]
+
+
+def test_log_lines_come_every_tenth_at_most_once_a_second_and_at_least_once_a_minute(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("gatedvae.progress.time.monotonic", lambda: now[0])
+    out = io.StringIO()
+    bar = LogLines(total=1000, desc="job", unit="step", file=out)
+    for _ in range(1000):  # 1000 steps in 100 s: ten lines, one per 100 steps
+        now[0] += 0.1
+        bar.update(1)
+    bar.close()  # nothing new since the last line
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10 and lines[0].startswith("job: 100/1,000 step (10%) 10 s, 10 step/s")
+    out = io.StringIO()
+    bar = LogLines(total=10_000, desc="fast", file=out)
+    for _ in range(10_000):  # all in 0.5 s: the one-second floor holds the tenths back
+        now[0] += 0.00005
+        bar.update(1)
+    bar.close()
+    assert len(out.getvalue().splitlines()) == 1  # the closing line only
+    out = io.StringIO()
+    bar = LogLines(total=10, desc="slow", file=out)
+    for _ in range(3):  # one step in three minutes: a line a minute at least
+        now[0] += 180
+        bar.update(1)
+    assert len(out.getvalue().splitlines()) == 3
+
+
+def test_a_signal_asks_for_one_stop_and_the_same_signal_again_stops_at_once(monkeypatch):
+    """First SIGINT: stop after the step. Its copy within half a second (torchrun forwards the
+    terminal's Ctrl-C to workers that got it already): the same stop. Later: the previous handler
+    runs (Ctrl-C twice stops at once). An ignored signal stays ignored; handlers are put back."""
+    from gatedvae.train import loop
+
+    now = [100.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    seen: list[int] = []
+    original = signal.signal(signal.SIGINT, lambda s, f: seen.append(s))
+    try:
+        with loop._StopOnSignal() as stop:
+            signal.raise_signal(signal.SIGINT)
+            assert stop.signum == signal.SIGINT and seen == []
+            now[0] += 0.1
+            signal.raise_signal(signal.SIGINT)  # the forwarded copy
+            assert seen == []
+            now[0] += 1.0
+            signal.raise_signal(signal.SIGINT)  # a second Ctrl-C: the previous handler, now
+            assert seen == [signal.SIGINT]
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            with loop._StopOnSignal() as stop:
+                signal.raise_signal(signal.SIGTERM)
+                assert stop.signum is None  # ignored before: still ignored
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    finally:
+        signal.signal(signal.SIGINT, original)

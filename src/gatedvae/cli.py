@@ -26,6 +26,16 @@ def _data_config(name: str, overrides: list[str]) -> DataConfig:
     return apply_overrides(DataConfig(), [f"name={name}", *cleaned])
 
 
+class _DatasetNames:
+    """The registered datasets' names (``%(datasets)s`` in a help text), looked up when the help is
+    printed, so that building the parser does not import the registry (and torch)."""
+
+    def __str__(self) -> str:
+        from .data import DATASETS
+
+        return ", ".join(DATASETS)
+
+
 def cmd_data_describe(args: argparse.Namespace) -> int:
     from .data import build_dataset
     from .data.preview import describe_dataset
@@ -76,14 +86,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # launched by torchrun: rank 0 reports
     final = summary.get("final", {})
     terms = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("step", "epoch", "phase"))
-    print(
-        f"finished {summary['steps']} steps in {summary['seconds']:.0f} s "
-        f"({summary['images_per_second']:.0f} images/s): {terms}"
-    )
+    print(f"{_finished_line(summary)}: {terms}")
     if "evaluation" in summary:
         print("evaluation (metrics.json): " + ", ".join(f"{k} {v:.3g}" for k, v in summary["evaluation"].items()))
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _finished_line(summary: dict) -> str:
+    """What this session trained: ``finished 1500 steps in ...``, or for a resumed run
+    ``finished steps 500-1,500 (1,000 this session) in ...``."""
+    total, start = int(summary["steps"]), int(summary.get("resumed_from") or 0)
+    speed = f"in {summary['seconds']:.0f} s ({summary['images_per_second']:.0f} images/s)"
+    if start == 0:
+        return f"finished {total} steps {speed}"
+    if start >= total:
+        return f"finished: all {total:,} steps were trained before this session, which closed the run"
+    return f"finished steps {start:,}-{total:,} ({total - start:,} this session) {speed}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -223,8 +242,25 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose commands take options and positionals in any order: ``gatedvae train CFG
+    --run-dir r data.path=faces/`` reads ``data.path=faces/`` as an override, as it would before
+    ``--run-dir`` (argparse's intermixed parsing, on every command without sub-commands)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixing or any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gatedvae",
         description="Gated-VAE: disentangled VAEs with weak supervision; datasets, metrics, sweeps.",
     )
@@ -247,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a config (or resume a run)",
         description="Train the model a config describes, in a run directory; or resume a stopped run exactly. "
+        "key=value overrides may come before or after the flags. One process trains a run at a time (RUN/.lock). "
+        "Ctrl-C or SIGTERM stops after the current step with a checkpoint (exit 130 / 143; resume with --resume). "
         "Launched by torchrun (torchrun --nproc_per_node N -m gatedvae train ...) it trains data-parallel, "
         "train.batch_size being the global batch (docs/training.md).",
     )
@@ -264,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="score a trained run: metrics.json and figures in the run directory",
         description="Evaluate the latest checkpoint of a run: disentanglement metrics, partition scores and "
-        "reconstruction into RUN_DIR/metrics.json, figures into RUN_DIR/figures/ (see docs/metrics.md).",
+        "reconstruction into RUN_DIR/metrics.json, figures into RUN_DIR/figures/ (see docs/metrics.md). "
+        "A run still in training (or stopped before its end) is evaluated at its latest checkpoint, with a note.",
     )
     e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by gatedvae train")
     e.add_argument("--metrics", help="comma-separated metrics or aliases, e.g. dci,mig,factor_vae (default: all)")
@@ -286,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         "untrained_vae, ground_truth.",
     )
     bl.add_argument("name", help="raw_pixels, pca, ica, untrained_vae or ground_truth")
-    bl.add_argument("dataset", help="dsprites, dsprites_file, ellipses or images")
+    bl.add_argument("dataset", help="a registered dataset: %(datasets)s").datasets = _DatasetNames()
     bl.add_argument("overrides", nargs="*", metavar="key=value", help="data settings, e.g. stride.posX=2 size=20000")
     bl.add_argument(
         "--latent-dim", type=int, default=10, help="PCA/ICA components, untrained model's latent size (default 10)"
@@ -355,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a partition's codes (encoder means) of images to .npy or .csv",
         description="Encode images with a trained run and write the chosen partition's codes (posterior means): "
         "the embedding for downstream use. IMAGES is a folder of image files (sorted by name), an .npy/.npz array "
-        "or one image file; images are converted to the run's colour mode and resized to its image size.",
+        "or one image file; images are converted to the run's colour mode and resized to its image size. "
+        "A run still in training (or stopped before its end) is encoded at its latest checkpoint, with a note.",
     )
     en.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by gatedvae train")
     en.add_argument("images", metavar="IMAGES", help="folder of images, .npy/.npz array, or an image file")
@@ -440,9 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     except GatedVAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # A training stopped by SIGINT/SIGTERM wrote a checkpoint and says how to resume (130/143).
+        print(str(exc) if hasattr(exc, "resume_command") else "interrupted", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
     except OSError as exc:
         # A file we were asked to read or write: name it and stop, no traceback.
         target = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""

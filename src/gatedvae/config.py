@@ -70,9 +70,10 @@ def config_keys(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _suggest(key: str, valid: list[str]) -> str:
+def _suggest(key: str, valid: list[str], prefix: str = "") -> str:
+    """``; did you mean 'size'? valid keys: ...`` for the unknown part ``key`` (written after ``prefix``)."""
     near = closest(key, valid, cutoff=0.5)
-    hint = f"; did you mean '{near}'?" if near else ";"
+    hint = f"; did you mean '{prefix}{near}'?" if near else ";"
     return f"{hint} valid keys: {', '.join(valid)}"
 
 
@@ -243,9 +244,13 @@ def _set_path(data: Any, cls: Any, parts: list[str], raw: str, where: str) -> An
             new[head] = _leaf_or_descend(data.get(head), cls._open_types.get(head, Any), rest, raw, where)
             return new
         if head not in valid:
-            prefix = where.rsplit(".", 1)[0] if "." in where else ""
-            full = f"{prefix}.{head}" if prefix else head
-            raise ConfigError(f"unknown config key '{full}'{_suggest(head, valid)}")
+            # named up to the unknown part; a part before the last also names the whole override,
+            # and its suggestion is the key up to there (the last part's is the part, as in files)
+            done = where.split(".")[: len(where.split(".")) - len(parts)]
+            prefix = "".join(f"{p}." for p in done)
+            inside = f" in '{where}={raw}'" if rest else ""
+            hint = _suggest(head, valid, prefix if rest else "")
+            raise ConfigError(f"unknown config key '{prefix}{head}'{inside}{hint}")
         sub_t = _field_types(cls)[head]
         new = dict(data)
         new[head] = _leaf_or_descend(data.get(head), sub_t, rest, raw, where)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import torch
 from .config import Config
 from .errors import ConfigError, DataError, PartitionError
 from .io import closest
+from .runlock import unfinished_note
 
 __all__ = ["TrainedRun", "load_run", "as_images", "encode_to_file", "ALL"]
 
@@ -72,10 +74,13 @@ class TrainedRun:
         if partition in self.partitions:
             return self.partitions[partition]
         valid = [*self.partitions, ALL]
+        if not self.partitions:
+            raise PartitionError(
+                f"unknown partition '{partition}'; this run is not gated, so its only partition is '{ALL}'"
+            )
         near = closest(str(partition), valid)
-        hint = f"; did you mean '{near}'?" if near else ""
-        what = "partitions of this run" if self.partitions else "this run is not gated; its only partition"
-        raise PartitionError(f"unknown partition '{partition}'{hint} {what}: {', '.join(valid)}")
+        hint = f"; did you mean '{near}'?" if near else ";"
+        raise PartitionError(f"unknown partition '{partition}'{hint} partitions of this run: {', '.join(valid)}")
 
     @torch.inference_mode()
     def encode(self, images: Any, partition: str | None = None, batch_size: int = 256, logvar: bool = False):
@@ -211,8 +216,10 @@ def encode_to_file(
     The ``.npy`` holds float32 ``(N, dims)``; the ``.csv`` has a header ``file`` (or ``index``
     for an array) then ``<partition>_0 ...`` (``z0 ...`` for the whole latent), one row per
     image in input order (folders: sorted by file name). The file is written atomically; the
-    partition name and the output suffix are checked before anything is computed. Returns a
-    summary (path, shape, dims, step).
+    partition name and the output suffix are checked before anything is computed. A run that is
+    still being trained (or was stopped before its last step) is encoded all the same, with one
+    line on stderr saying so and which checkpoint step was read. Returns a summary (path, shape,
+    dims, step, note: that line or None).
     """
     out = Path(out)
     suffix = out.suffix.lower()
@@ -220,6 +227,9 @@ def encode_to_file(
         raise ConfigError(f"--out {out}: use a .npy or .csv file name")
     run = load_run(run_dir, device=device)
     sl = run.dims(partition)  # a bad name fails here, before any image is read
+    note = unfinished_note(run.run_dir, run.step, "encoding")  # a run still training, or stopped early
+    if note:
+        print(note, file=sys.stderr)
     codes = run.encode(images, partition=partition, batch_size=batch_size)  # (N, d)
     name = partition if partition not in (None, ALL) else None
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,4 +256,5 @@ def encode_to_file(
         "dims": (sl.start, sl.stop),
         "partition": partition or ALL,
         "step": run.step,
+        "note": note,
     }

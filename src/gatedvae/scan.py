@@ -485,9 +485,9 @@ def train_classifier(
 def _steps(n: int, progress: bool, desc: str):
     if not progress:
         return range(n)
-    from tqdm import tqdm
+    from .progress import progress_bar  # plain lines when stderr is not a terminal
 
-    return tqdm(range(n), desc=desc, unit="step", dynamic_ncols=True)
+    return progress_bar(range(n), desc=desc, unit="step")
 
 
 # --------------------------------------------------------------------------- scores

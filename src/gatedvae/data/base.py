@@ -193,6 +193,12 @@ class FactorDataset:
             exploits with index arithmetic.
         weak: ``(N, L)`` float64 continuous weak labels (pose angles, action units) with
             ``weak_names`` naming the columns; clustered by the cluster pair sampler.
+        description: one line about where the data came from.
+        notes: lines about how the images were read that a user should see (``data describe``
+            prints them), e.g. the source modes of an image folder and their conversion.
+        label_file, label_columns: the labels file and every column it has, loaded or not; an
+            error about a column that is in the file but was not loaded says which setting to add
+            it to.
     """
 
     def __init__(
@@ -204,11 +210,17 @@ class FactorDataset:
         weak: np.ndarray | None = None,
         weak_names: Sequence[str] = (),
         description: str = "",
+        notes: Sequence[str] = (),
+        label_file: str = "",
+        label_columns: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.store = store
         self.factor_space = factor_space
         self.description = description
+        self.notes: tuple[str, ...] = tuple(notes)
+        self.label_file = str(label_file)
+        self.label_columns: tuple[str, ...] = tuple(label_columns)
         n = len(store)
         if factors is None:
             if len(factor_space) != n:
@@ -293,7 +305,7 @@ class FactorDataset:
         if not self.is_grid:
             raise DataError(f"{self.name}: data.stride needs a full-grid dataset (dsprites); drop data.stride")
         sub, index = self.factor_space.subspace(strides)
-        return FactorDataset(self.name, self.store.subset(index), sub, description=self.description)
+        return FactorDataset(self.name, self.store.subset(index), sub, description=self.description, notes=self.notes)
 
     def factor_grid_index(self, base: np.ndarray, factor: str | int) -> np.ndarray:
         """For each base factor tuple ``(B, K)``, the indices that vary one factor over all its

@@ -228,9 +228,9 @@ def generate_packed(progress: bool = False) -> np.ndarray:
     bank = sprite_bank().reshape(_N_BASE, SPRITE, SPRITE)  # (720, S, S), (shape, scale, orientation) row-major
     blocks = range(_N_BASE)
     if progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar  # plain lines when stderr is not a terminal
 
-        blocks = tqdm(blocks, desc="dsprites", unit="sprite", leave=False)
+        blocks = progress_bar(blocks, desc="dsprites", unit="sprite", leave=False)
     for b in blocks:
         _packed_block(bank[b], view[b])
     return packed

@@ -571,9 +571,9 @@ def _render_grid(space: FactorSpace, channels: int, size: int, progress: bool = 
     gh = np.tile(hair, nw)  # (G,)
     blocks = [(i, j) for i in range(sizes[0]) for j in range(sizes[1])]
     if progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar  # plain lines when stderr is not a terminal
 
-        blocks = tqdm(blocks, desc="faces", unit="pose", leave=False)
+        blocks = progress_bar(blocks, desc="faces", unit="pose", leave=False)
     for i, j in blocks:
         g = len(gw)
         sc = _scene(np.full(g, yaw[i]), np.full(g, pitch[j]), gw, gh, size)
@@ -746,11 +746,13 @@ def export_faces(
 ) -> np.ndarray:
     """Write ``n`` random grid faces as PNG files plus a tracker-style CSV: the real-data route's input.
 
-    ``folder`` receives ``face_000000.png`` ...; ``labels`` is a CSV with a header: ``file``,
-    ``face_id``, ``confidence``, ``success`` and the :data:`LABEL_COLUMNS` (as OpenFace 2.0
-    names them), followed by the true factors as ``true_yaw`` ... ``true_hair`` (which no
-    tracker gives; there to check a trained model). Images and labels equal those of
-    :func:`make_faces` with the same settings. Returns the grid indices written ``(n,)``.
+    ``folder`` receives ``face_000000.png`` ... in random order (drawn with ``seed``), so file
+    names say nothing about the factors: the first 10% of the files is a random 10% subset, not
+    the faces of one pose. ``labels`` is a CSV with a header: ``file``, ``face_id``,
+    ``confidence``, ``success`` and the :data:`LABEL_COLUMNS` (as OpenFace 2.0 names them),
+    followed by the true factors as ``true_yaw`` ... ``true_hair`` (which no tracker gives; there
+    to check a trained model). Images and labels equal those of :func:`make_faces` with the same
+    settings. Returns the grid indices written ``(n,)``, in file order.
     """
     import csv
 
@@ -759,7 +761,7 @@ def export_faces(
     if int(n) < 1:
         raise DataError(f"export_faces: n must be at least 1, got {n}")
     rng = np.random.default_rng(seed)
-    index = np.sort(rng.choice(len(FACE_SPACE), size=int(n), replace=int(n) > len(FACE_SPACE)))  # (n,)
+    index = rng.choice(len(FACE_SPACE), size=int(n), replace=int(n) > len(FACE_SPACE))  # (n,) in random order
     classes = FACE_SPACE.to_factors(index)  # (n, 9)
     values = FACE_SPACE.to_values(classes)  # (n, 9)
     images = render_faces(values, color=color, image_size=image_size)  # (n, C, S, S)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -33,7 +35,7 @@ from .registry import register_dataset
 
 __all__ = ["load_images", "IMAGE_EXTENSIONS"]
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _ARRAY_EXTENSIONS = (".npy", ".npz")
 _CHUNK = 1024
 
@@ -57,9 +59,85 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_folder(files: list[Path], color: str, size: int) -> np.ndarray:
-    """Decode, convert and resize every file: uint8 ``(N, C, size, size)``."""
-    from PIL import Image, UnidentifiedImageError
+#: Pillow's modes of unsigned 16-bit greyscale (byte orders); a 32-bit ``I`` image read from a
+#: 16-bit file (PNG before Pillow 10, some TIFFs) is scaled the same way.
+_GREY16 = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+#: How a source mode is read, when it is more than a colour conversion (``data describe`` says so).
+_HOW = {
+    "LA": "alpha dropped",
+    "PA": "alpha dropped",
+    "RGBA": "alpha dropped",
+    "RGBa": "alpha dropped",
+    "La": "alpha dropped",
+    "I;16": "16-bit, scaled 65535 -> 255",
+    "F": "float, scaled 1.0 -> 255",
+}
+
+
+def _int_bits(im) -> tuple[int | None, bool]:
+    """(bits per sample, signed) of a Pillow ``I`` image: 16 from a PNG, else the TIFF tags."""
+    if im.format == "PNG":
+        return 16, False  # PNG has no 32-bit greyscale
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return None, False
+
+    def first(tag: int, default: int) -> int:
+        value = tags.get(tag, default)
+        return int(value[0] if isinstance(value, tuple) else value)
+
+    return first(258, 0) or None, first(339, 1) == 2  # BitsPerSample; SampleFormat 2 = signed integer
+
+
+def _to_mode(im, mode: str, file: Path):
+    """A Pillow image of any mode as 8-bit ``mode`` ("L" or "RGB").
+
+    16-bit greyscale is scaled by its bit depth (``round(v * 255 / 65535)``), float greyscale
+    (``F``) in [0, 1] by 255; 32-bit integer greyscale, signed integers and floats outside [0, 1]
+    have no known white level and are refused. Alpha is dropped; every other mode goes through
+    Pillow's own conversion (via RGB where Pillow has no direct path, as for LAB).
+    """
+    import warnings
+
+    from PIL import Image
+
+    source = im.mode
+    if source in _GREY16 or source == "I":
+        bits, signed = (16, False) if source in _GREY16 else _int_bits(im)
+        if bits != 16 or signed:
+            kind = f"{'signed ' if signed else ''}{bits or 32}-bit integer"
+            raise DataError(
+                f"image {file} is {kind} greyscale (Pillow mode {source}), whose white level is unknown; "
+                "save it as 8- or 16-bit unsigned greyscale"
+            )
+        pixels = np.asarray(im).astype(np.float64)  # (H, W) in 0..65535
+        im = Image.fromarray(np.rint(pixels * (255.0 / 65535.0)).astype(np.uint8))  # "L"
+    elif source == "F":
+        pixels = np.asarray(im, dtype=np.float64)  # (H, W)
+        if pixels.size and not (np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0):
+            raise DataError(
+                f"image {file} has float pixels outside [0, 1] (or NaN); "
+                "scale them to [0, 1] or save it as 8- or 16-bit"
+            )
+        im = Image.fromarray(np.rint(pixels * 255.0).astype(np.uint8))  # "L"
+    if im.mode != mode:
+        with warnings.catch_warnings():  # a palette's transparency: dropped, as alpha is
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+            try:
+                im = im.convert(mode)
+            except ValueError:  # no direct conversion (LAB -> L)
+                im = im.convert("RGB").convert(mode)
+    return im
+
+
+def _read_folder(files: list[Path], color: str, size: int, sources: dict[str, int] | None = None) -> np.ndarray:
+    """Decode, convert and resize every file: uint8 ``(N, C, size, size)``.
+
+    Any mode Pillow opens is read as 8-bit grey or RGB (:func:`_to_mode`); a photo with an EXIF
+    orientation is turned upright, as image viewers (and face trackers reading with OpenCV) show
+    it. ``sources``, when given, counts the files per source mode (and ``"EXIF-rotated"``).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     mode = "L" if color == "gray" else "RGB"
     channels = 1 if color == "gray" else 3
@@ -67,15 +145,36 @@ def _read_folder(files: list[Path], color: str, size: int) -> np.ndarray:
     for i, file in enumerate(files):
         try:
             with Image.open(file) as im:
+                opened = im.mode
                 im.draft(mode, (size, size))  # JPEG: let the decoder downscale by powers of two
-                im = im.convert(mode)
+                rotated = im.getexif().get(0x0112, 1) not in (0, 1)  # Orientation
+                if rotated:
+                    im = ImageOps.exif_transpose(im)
+                im = _to_mode(im, mode, file)
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
                 pixels = np.asarray(im, dtype=np.uint8)  # (S, S) or (S, S, 3)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except DataError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"image {file} is unreadable or corrupt ({_why(exc)}); remove or replace it") from None
+        if sources is not None:
+            source = "I;16" if opened in _GREY16 or opened == "I" else opened  # a 32-bit "I" was refused
+            sources[source] = sources.get(source, 0) + 1
+            if rotated:
+                sources["EXIF-rotated"] = sources.get("EXIF-rotated", 0) + 1
         out[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)  # (C, S, S)
     return out
+
+
+def _sources_note(sources: dict[str, int]) -> str:
+    """One line for ``data describe``: ``read 300 files by Pillow mode: 297 L, 2 RGBA (alpha dropped), ...``."""
+    rotated = sources.get("EXIF-rotated", 0)
+    counts = sorted(((n, m) for m, n in sources.items() if m != "EXIF-rotated"), key=lambda t: (-t[0], t[1]))
+    parts = [f"{n} {m}" + (f" ({_HOW[m]})" if m in _HOW else "") for n, m in counts]
+    if rotated:
+        parts.append(f"{rotated} turned upright by their EXIF orientation")
+    return f"read {sum(n for n, _ in counts)} files by Pillow mode: {', '.join(parts)}"
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -176,10 +275,21 @@ def _read_array(arr: np.ndarray, path: Path, color: str, size: int) -> np.ndarra
 
 
 # ---------------------------------------------------------------------- labels
-def _unknown_column(column: str, header: list[str], labels: Path) -> DataError:
+def _near_column(column: str, header: Sequence[str]) -> str | None:
+    """The column a misspelt ``column`` most likely means: the nearest spelling, else the only
+    column that differs in case or holds the name as a part (``yaw`` -> ``true_yaw``)."""
     close = closest(column, header)
-    hint = f"; did you mean '{close}'?" if close else ""
-    return DataError(f"column '{column}' is not in {labels}{hint} columns are: {', '.join(header)}")
+    if close:
+        return close
+    low = column.lower()
+    parts = [h for h in header if h.lower() == low or low in re.split(r"[^0-9a-z]+", h.lower())]
+    return parts[0] if len(parts) == 1 else None
+
+
+def _unknown_column(column: str, header: list[str], labels: Path) -> DataError:
+    close = _near_column(column, header)
+    hint = f"; did you mean '{close}'?" if close else ";"
+    return DataError(f"column '{column}' is not in {labels}{hint} its columns are: {', '.join(header)}")
 
 
 def _read_labels(
@@ -277,14 +387,17 @@ def load_images(
     """Images from a folder or an array, with optional discrete factors and weak labels.
 
     Args:
-        path: a folder of ``png/jpg/jpeg/bmp/gif`` files (read with Pillow, in order of file
-            name; sub-folders are not searched) or an ``.npy``/``.npz`` array of shape
-            ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` (C in 1, 3, 4) holding uint8 or
-            floats in [0, 1]. An ``.npz`` uses its ``images`` (or ``imgs``) array, or its only one.
+        path: a folder of ``png/jpg/jpeg/bmp/gif/tif/tiff/webp`` files (read with Pillow, in order
+            of file name; sub-folders are not searched; any mode Pillow opens: 16-bit greyscale
+            is scaled by 255/65535, float greyscale in [0, 1] by 255, 32-bit integer greyscale is
+            refused; photos are turned upright by their EXIF orientation) or an ``.npy``/``.npz``
+            array of shape ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` (C in 1, 3, 4)
+            holding uint8 or floats in [0, 1]. An ``.npz`` uses its ``images`` (or ``imgs``)
+            array, or its only one.
         labels: a CSV with a header row. For a folder it needs a ``file`` column with each
             image's file name (rows in any order; rows naming files that are not in the folder
-            are ignored; an image without a row is an error). For an array its rows follow the
-            array order and there must be exactly N of them.
+            are ignored, with a warning that counts them; an image without a row is an error).
+            For an array its rows follow the array order and there must be exactly N of them.
         factor_columns: discrete columns. Classes are the sorted unique values; the
             :class:`FactorSpace` values are the numbers when every cell is numeric, else 0..n-1.
         weak_columns: continuous float columns, kept as ``dataset.weak``.
@@ -328,11 +441,12 @@ def load_images(
     factor_classes: list[np.ndarray] = []
     factor_values: list[np.ndarray] = []
     weak = None
+    header: list[str] = []
     label_cols: dict[str, list[str]] = {}
     lines: list[int] = []
     labels_path = Path(labels).expanduser() if labels else None
     if labels_path is not None:
-        _, label_cols, lines = _read_labels(
+        header, label_cols, lines = _read_labels(
             labels_path, [*factor_columns, *weak_columns], "file" if files is not None else None
         )
         if files is not None:
@@ -351,6 +465,15 @@ def load_images(
                     f"{labels_path} has no row for image '{missing[0]}' ({len(missing)} of {n} images lack one); "
                     "add rows or remove the images"
                 )
+            present = {f.name for f in files}
+            extra = [name for name in row_of if name not in present]
+            if extra:
+                warnings.warn(
+                    f"{labels_path}: {len(extra)} of {len(row_of)} rows name images that are not in {path} "
+                    f"(e.g. '{extra[0]}'); those rows are ignored",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             order = np.array([row_of[f.name] for f in files], dtype=np.int64)  # (N,)
             label_cols = {c: [cells[i] for i in order] for c, cells in label_cols.items()}
             lines = [lines[i] for i in order]
@@ -360,8 +483,11 @@ def load_images(
                 "give one row per image, in array order"
             )
 
+    notes: list[str] = []
     if files is not None:
-        images = _read_folder(files, color, size)  # (N, C, S, S)
+        sources: dict[str, int] = {}
+        images = _read_folder(files, color, size, sources)  # (N, C, S, S)
+        notes.append(_sources_note(sources))
     else:
         images = _read_array(array, path, color, size)  # (N, C, S, S)
 
@@ -382,6 +508,9 @@ def load_images(
         weak=weak,
         weak_names=weak_columns,
         description=f"images from {path}" + (f" with labels {labels_path}" if labels_path else ""),
+        notes=notes,
+        label_file=str(labels_path or ""),
+        label_columns=header,
     )
 
 

@@ -24,12 +24,14 @@ were replaced. No Python loop runs per pair.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import DataError, PartitionError
+from ..io import closest
 from .base import FactorDataset
 
 __all__ = [
@@ -40,7 +42,30 @@ __all__ = [
     "IdentityPairSampler",
     "make_sampler",
     "group_index",
+    "PAPER_IMAGES_PER_CLUSTER",
+    "MIN_IMAGES_PER_CLUSTER",
+    "suggested_clusters",
 ]
+
+#: Images per k-means cluster in the paper (section IV-B: 202,599 CelebA images in 4,000
+#: expression and 2,500 pose clusters): about 51 and 81. docs/pairs.md, "How many clusters".
+PAPER_IMAGES_PER_CLUSTER: tuple[int, int] = (50, 80)
+#: Fewer images per cluster than this, on average, draw a warning: a pair's target is then its
+#: input itself more than 10% of the time (the chance is exactly clusters / images).
+MIN_IMAGES_PER_CLUSTER = 10
+
+
+def suggested_clusters(n_images: int) -> tuple[int, int]:
+    """The cluster counts that give ``n_images`` the paper's 50-80 images per cluster (at least 2)."""
+    few, many = PAPER_IMAGES_PER_CLUSTER
+    return max(2, round(n_images / many)), max(2, round(n_images / few))
+
+
+def _clusters_hint(n_images: int) -> str:
+    lo, hi = suggested_clusters(n_images)
+    few, many = PAPER_IMAGES_PER_CLUSTER
+    about = f"{lo}-{hi}" if lo < hi else f"{lo}"
+    return f"use about {about} (the paper's {few}-{many} images per cluster; docs/pairs.md)"
 
 
 @dataclass(frozen=True)
@@ -179,7 +204,10 @@ class ClusterPairSampler(PairSampler):
             in the paper, scaled to the dataset size).
         rng: the generator that seeds k-means (clustering is part of the sampler's set-up).
         noise: fraction of pairs replaced by random targets.
+        name: the partition's name, for messages.
 
+    More clusters than images is an error; fewer than :data:`MIN_IMAGES_PER_CLUSTER` images per
+    cluster a ``RuntimeWarning`` (most pairs would be an image with itself or a near copy).
     Columns are standardised before clustering. ``MiniBatchKMeans`` is used above 20,000
     images (full ``KMeans`` below), so clustering 200,000 rows into thousands of clusters
     takes seconds, not hours.
@@ -192,18 +220,20 @@ class ClusterPairSampler(PairSampler):
         n_clusters: int,
         rng: np.random.Generator,
         noise: float = 0.0,
+        name: str = "",
     ) -> None:
         super().__init__(dataset, noise)
+        who = f"partition '{name}': " if name else ""
         if not columns:
-            raise PartitionError("a cluster pair sampler needs at least one label column to cluster")
+            raise PartitionError(f"{who}a cluster pair sampler needs at least one label column to cluster")
         if n_clusters < 2:
-            raise PartitionError(f"a cluster pair sampler needs at least 2 clusters, got {n_clusters}")
+            raise PartitionError(f"{who}a cluster pair sampler needs at least 2 clusters, got {n_clusters}")
         if n_clusters > self.n:
             raise PartitionError(
-                f"{n_clusters} clusters requested but the dataset has only {self.n} images; "
-                f"use at most {self.n} clusters"
+                f"{who}{n_clusters} clusters requested but the dataset has only {self.n} images; "
+                + _clusters_hint(self.n)
             )
-        table = self._columns(dataset, columns)  # (N, C)
+        table = self._columns(dataset, columns, who)  # (N, C)
         std = table.std(axis=0)
         table = (table - table.mean(axis=0)) / np.where(std > 0, std, 1.0)  # (N, C)
         seed = int(rng.integers(0, 2**31 - 1))
@@ -216,8 +246,16 @@ class ClusterPairSampler(PairSampler):
         self.labels = km.fit_predict(table).astype(np.int64)  # (N,)
         self._order, self._start, self._count, self._group = group_index(self.labels)
         self.n_clusters = int(len(self._count))
+        if self.n < MIN_IMAGES_PER_CLUSTER * self.n_clusters:
+            warnings.warn(
+                f"{who}{self.n_clusters} clusters of {self.n} images hold {self.n / self.n_clusters:.1f} images "
+                f"each, so {self.n_clusters / self.n:.0%} of the pairs are an image with itself; "
+                + _clusters_hint(self.n),
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
-    def _columns(self, dataset: FactorDataset, columns: Sequence[str]) -> np.ndarray:
+    def _columns(self, dataset: FactorDataset, columns: Sequence[str], who: str = "") -> np.ndarray:
         cols = []
         for c in columns:
             if c in dataset.weak_names:
@@ -227,9 +265,15 @@ class ClusterPairSampler(PairSampler):
                 cols.append(dataset.factor_space.values[k][dataset.factors[:, k]])
                 self.shared[k] = True
             else:
+                unloaded = _not_loaded(dataset, [c], "data.weak_columns", who)
+                if unloaded is not None:
+                    raise unloaded
                 valid = list(dataset.weak_names) + list(dataset.factor_space.names)
+                near = closest(c, valid) or closest(c, dataset.label_columns)
+                hint = f"; did you mean '{near}'?" if near else ";"
                 raise PartitionError(
-                    f"unknown label column '{c}' for clustering; the dataset has: {', '.join(valid) or 'no labels'}"
+                    f"{who}unknown label column '{c}' for clustering{hint} "
+                    f"the dataset has: {', '.join(valid) or 'no labels'}"
                 )
         return np.stack(cols, axis=-1).astype(np.float64)  # (N, C)
 
@@ -239,6 +283,19 @@ class ClusterPairSampler(PairSampler):
         return self._order[self._start[g] + offset]
 
 
+def _not_loaded(dataset: FactorDataset, columns: Sequence[str], setting: str, who: str) -> PartitionError | None:
+    """The error for columns that the labels file has but were not loaded: add them to ``setting``."""
+    in_file = [c for c in columns if c in dataset.label_columns]
+    if not in_file:
+        return None
+    names = ", ".join(f"'{c}'" for c in in_file)
+    one = len(in_file) == 1
+    return PartitionError(
+        f"{who}{names} {'is a column' if one else 'are columns'} of {dataset.label_file} but not in {setting}; "
+        f"add {'it' if one else 'them'} there ({setting}=[..., {', '.join(in_file)}])"
+    )
+
+
 def make_sampler(dataset: FactorDataset, partition, rng: np.random.Generator) -> PairSampler:
     """The sampler a :class:`~gatedvae.config.PartitionConfig` asks for."""
     if partition.sampler == "identity":
@@ -246,11 +303,16 @@ def make_sampler(dataset: FactorDataset, partition, rng: np.random.Generator) ->
     if partition.sampler == "exact":
         missing = [f for f in partition.factors if f not in dataset.factor_space.names]
         if missing:
+            unloaded = _not_loaded(dataset, missing, "data.factor_columns", f"partition '{partition.name}': ")
+            if unloaded is not None:
+                raise unloaded
             raise PartitionError(
                 f"partition '{partition.name}' names factor(s) {missing} that dataset '{dataset.name}' lacks; "
-                f"its factors are: {', '.join(dataset.factor_space.names)}"
+                f"its factors are: {', '.join(dataset.factor_space.names) or 'none'}"
             )
         return ExactPairSampler(dataset, partition.factors, noise=partition.noise)
     if partition.sampler == "cluster":
-        return ClusterPairSampler(dataset, partition.factors, partition.clusters, rng, noise=partition.noise)
+        return ClusterPairSampler(
+            dataset, partition.factors, partition.clusters, rng, noise=partition.noise, name=partition.name
+        )
     raise PartitionError(f"unknown sampler '{partition.sampler}'; use exact, cluster or identity")

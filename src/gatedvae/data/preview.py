@@ -138,7 +138,8 @@ def preview(
 
 
 def describe_dataset(ds) -> str:
-    """A few lines about a dataset: size, image shape, memory, factors and weak labels."""
+    """A few lines about a dataset: size, image shape, memory, factors, weak labels and how it was read
+    (an image folder's source modes and their conversion: 16-bit scaled, alpha dropped, ...)."""
     c, h, w = ds.image_shape
     lines = [
         f"{ds.name}: {len(ds):,} images of {c}x{h}x{w}, {ds.store.nbytes / 1e6:.1f} MB in memory"
@@ -150,4 +151,5 @@ def describe_dataset(ds) -> str:
     for name in ds.weak_names:
         col = ds.weak[:, ds.weak_names.index(name)]
         lines.append(f"  weak   {name:<12} continuous in [{col.min():.3g}, {col.max():.3g}]")
+    lines.extend(f"  note   {note}" for note in ds.notes)
     return "\n".join(lines)

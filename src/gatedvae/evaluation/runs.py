@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -38,6 +39,7 @@ from ..io import atomic_json
 from ..metrics import preset_kwargs, udr
 from ..metrics.unsupervised import kl_per_dim
 from ..run import heldout_indices, load_trained
+from ..runlock import unfinished_note
 from ..viz.evaluation import write_figures
 from .encoding import encode_posterior
 from .suite import SAMPLE_SIZES, evaluate_model, headline, resolve_metrics
@@ -132,6 +134,9 @@ def evaluate_run(
 
     Returns:
         the JSON-safe content written to ``metrics.json``.
+
+    A run still being trained by another process (or stopped before its last step) is evaluated
+    all the same, with one line on stderr saying so and which checkpoint step was read.
     """
     t_start = time.perf_counter()
     names = resolve_metrics(metrics)  # refuse a bad name before any expensive work
@@ -141,10 +146,18 @@ def evaluate_run(
         raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
     run = Path(run_dir)
     prep, step, ckpt = load_trained(run, progress=progress)
+    note = unfinished_note(run, step, "evaluating")  # a run still training, or stopped early
+    if note:
+        print(note, file=sys.stderr)
     heldout = _heldout(prep.config, progress, len(prep.dataset)) if "reconstruction" in names else None
     t_eval = time.perf_counter()
-    result = evaluate_model(
-        prep, names, preset, rng=np.random.default_rng(int(seed)), progress=progress, heldout=heldout
+    result = evaluate_model(  # None, not every name: on data without factors, skip what needs them
+        prep,
+        None if metrics is None else names,
+        preset,
+        rng=np.random.default_rng(int(seed)),
+        progress=progress,
+        heldout=heldout,
     )
     t_metrics = time.perf_counter() - t_eval
 

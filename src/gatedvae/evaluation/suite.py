@@ -240,7 +240,7 @@ def evaluate_model(
         rng: the only source of randomness. One number is drawn from it; every metric then gets a
             generator derived from that number and its own name, so a metric's result does not
             depend on which other metrics ran.
-        progress: a tqdm bar over the metrics.
+        progress: a bar over the metrics (:func:`gatedvae.progress.progress_bar`).
         heldout: where the reconstruction scores are measured: an index array into
             ``prep.dataset`` (the images ``data.holdout`` kept out of training,
             :func:`gatedvae.run.heldout_indices`), or a separate dataset (same image shape
@@ -297,8 +297,13 @@ def evaluate_model(
     supervised = [n for n in names if n in METRICS and get_metric(n).needs_factors]
     if keep.size == 0 and supervised:
         if metrics is not None:
+            free = [n for n in eval_metrics() if n not in METRICS or not get_metric(n).needs_factors]
+            labels = (
+                " or name discrete label columns in data.factor_columns" if prep.config.data.name == "images" else ""
+            )
             raise DataError(
-                f"{ds.name}: no factor varies over the sampled images; {', '.join(supervised)} need factors"
+                f"{ds.name}: no factor varies over the sampled images, and these metrics need factors: "
+                f"{', '.join(supervised)}; run --metrics {','.join(free)} (they need none){labels}"
             )
         # Weak labels only (bring-your-own images without factor columns): score what needs no factors.
         names = [n for n in names if n not in supervised]
@@ -310,9 +315,9 @@ def evaluate_model(
     iterator: Iterable[str] = names
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar  # plain lines when stderr is not a terminal
 
-        bar = tqdm(names, desc="metrics", unit="metric", dynamic_ncols=True)
+        bar = progress_bar(names, desc="metrics", unit="metric")
         iterator = bar
     for name in iterator:
         if bar is not None:

@@ -45,6 +45,7 @@ __all__ = [
     "write_csv",
     "markdown",
     "fmt",
+    "compared",
     "DEFAULT_COLUMNS",
 ]
 
@@ -164,10 +165,26 @@ def _strip(config: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
 
 
 def _pair_label(u: str, g: str) -> str:
-    """What two configuration labels have in common (``a=1,enabled=false`` / ``a=1,enabled=true`` -> ``a=1``)."""
+    """What two configuration labels have in common (``ungated,beta=1`` / ``gated,beta=1`` -> ``beta=1``);
+    when nothing (``ungated`` / ``gated``): the pair itself, ``ungated vs gated``."""
     gp = g.split(",")
     common = [p for p in u.split(",") if p in gp]
-    return ",".join(common) if common else u
+    return ",".join(common) if common else f"{u} vs {g}"
+
+
+def _only(label: str, common: str) -> str:
+    """The parts of ``label`` not in ``common`` (what sets it apart in its comparison)."""
+    shared = set(common.split(","))
+    return ",".join(p for p in label.split(",") if p not in shared) or label
+
+
+def compared(c: Comparison) -> str:
+    """What a comparison compares, each thing said once: ``beta=1: ungated vs gated``, or
+    ``ungated vs gated`` when the two configurations differ in nothing else."""
+    pair = f"{c.ungated.label} vs {c.gated.label}"
+    if c.label == pair:
+        return pair
+    return f"{c.label}: {_only(c.ungated.label, c.label)} vs {_only(c.gated.label, c.label)}"
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
@@ -437,9 +454,7 @@ def markdown(col: Collected) -> str:
             lines.append("No scores yet: no run of the compared configurations is done.")
         lines += [
             "",
-            "Configurations compared: "
-            + "; ".join(f"{c.label}: {c.ungated.label} vs {c.gated.label}" for c in col.comparisons)
-            + ".",
+            "Configurations compared: " + "; ".join(compared(c) for c in col.comparisons) + ".",
         ]
     lines += ["", "## Configurations", ""]
     header = ["configuration", "gated", "n", *col.columns]

@@ -154,7 +154,8 @@ def run_sweep(
         cpus, gpus: Ray's request per run (default: the sweep file's ``resources``, else 1 CPU, 0 GPU).
         retry_failed: try failed runs again.
         tensorboard: write TensorBoard logs in each run.
-        progress: a tqdm bar over runs (with the steps of the runs in flight).
+        progress: a bar over runs (with the steps of the runs in flight; plain lines when stderr
+            is not a terminal, :mod:`gatedvae.progress`).
 
     Returns:
         ``{"selected", "skipped", "done", "failed", "busy", "outcomes", "status"}``.
@@ -180,15 +181,10 @@ def run_sweep(
     in_flight: dict[str, dict[str, Any]] = {}
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(
-            total=len(selected),
-            initial=len(skipped),
-            desc=f"sweep {manifest.get('name')}",
-            unit="run",
-            dynamic_ncols=True,
-            file=sys.stderr,
+        bar = progress_bar(  # a bar on a terminal, plain lines in a log file
+            total=len(selected), initial=len(skipped), desc=f"sweep {manifest.get('name')}", unit="run", file=sys.stderr
         )
         if skipped:
             bar.write(

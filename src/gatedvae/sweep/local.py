@@ -66,7 +66,11 @@ def _worker_main(conn, sweep_dir: str, threads: int, retry_failed: bool, tensorb
             return
         if entry is None:
             return
-        conn.send(run_one(sweep_dir, entry, threads=threads, retry_failed=retry_failed, tensorboard=tensorboard))
+        try:
+            outcome = run_one(sweep_dir, entry, threads=threads, retry_failed=retry_failed, tensorboard=tensorboard)
+        except KeyboardInterrupt:  # the parent's SIGTERM: the run checkpointed and stopped; leave quietly
+            return
+        conn.send(outcome)
 
 
 class _Worker:

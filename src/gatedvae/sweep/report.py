@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
-from .collect import Collected, ConfigRow, collect, fmt, fmt_p, markdown, mean_std, write_csv
+from .collect import Collected, ConfigRow, collect, compared, fmt, fmt_p, markdown, mean_std, write_csv
 
 __all__ = ["write_report", "html_report", "FIGURES", "FORMATS"]
 
@@ -91,9 +91,17 @@ def _caption(stem: str) -> str:
     return {"traversals": "latent traversals", "reconstructions": "images and reconstructions"}.get(stem, stem)
 
 
+def _arm_title(row: ConfigRow) -> str:
+    """The configuration's label, with ``(gated)`` / ``(un-gated)`` unless the label says it already
+    (``gated``, ``ungated,beta=4``, a variant ``gated_vae``)."""
+    if "gated" in row.label.lower():
+        return row.label
+    return f"{row.label} ({'gated' if row.gated else 'un-gated'})"
+
+
 def _figure_block(row: ConfigRow) -> str:
     rep = next((r for r in row.runs if r.state == "done" and r.figures), None)
-    head = f'<div class="config"><h3>{_e(row.label)}{" (gated)" if row.gated else ""}</h3>'
+    head = f'<div class="config"><h3>{_e(_arm_title(row))}</h3>'
     if rep is None:
         return head + "<p>No finished run with figures.</p></div>"
     parts = [head, f'<p class="meta">run {_e(rep.name)} ({_e(rep.id)})</p>']
@@ -161,11 +169,7 @@ def html_report(col: Collected, figures: bool = True) -> str:
             )
         else:
             out.append("<p>No scores yet: no run of the compared configurations is done.</p>")
-        out.append(
-            "<p>Compared: "
-            + "; ".join(f"{_e(c.label)}: {_e(c.ungated.label)} vs {_e(c.gated.label)}" for c in col.comparisons)
-            + ".</p>"
-        )
+        out.append("<p>Compared: " + "; ".join(_e(compared(c)) for c in col.comparisons) + ".</p>")
     else:
         out.append("<p>This sweep has no pair of configurations that differ only in gating.</p>")
     # Configurations.

@@ -8,8 +8,10 @@ A sweep's run lives in ``SWEEP_DIR/runs/<id>/``, an ordinary run directory (``ga
   step);
 * ``error.txt``: the full traceback of the last failure (removed when a later attempt succeeds);
 * ``log.txt``: what the run printed (warnings, the traceback of failures), one section per attempt;
-* ``.lock``: held (``flock``) while a process works on the run, so two ``gatedvae sweep run``
-  invocations on the same sweep never train the same run at once.
+* ``.lock``: the run's lock (:mod:`gatedvae.runlock`), held while a process works on the run, so
+  two ``gatedvae sweep run`` invocations, or a sweep and a plain ``gatedvae train --resume``,
+  never train the same run at once (``train()`` runs inside the sweep's hold: the lock is
+  re-entrant within a thread).
 
 The state of a run is read from its files, which are the truth (:func:`inspect_run`):
 ``pending`` (nothing trained), ``partial`` (stopped with or without a checkpoint: resumed next
@@ -24,11 +26,11 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+from .. import runlock
 from ..errors import GatedVAEError
 from ..io import atomic_json, read_json
 from .spec import EvalSettings
@@ -38,13 +40,7 @@ __all__ = ["run_one", "inspect_run", "record_failure", "run_dir_of", "RECORD", "
 RECORD = "sweep.json"
 LOG = "log.txt"
 ERROR_FILE = "error.txt"
-LOCK = ".lock"
 STATES = ("done", "failed", "running", "partial", "trained", "pending")
-
-try:  # POSIX; without it runs are not locked (one sweep process at a time is then the user's care)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 
 def run_dir_of(sweep_dir: str | os.PathLike, entry: dict[str, Any]) -> Path:
@@ -60,42 +56,13 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-@contextmanager
-def _locked(run_dir: Path, wait: float = 0.0) -> Iterator[bool]:
-    """Hold the run's lock for the block; yields False (and holds nothing) if another process has it.
-
-    ``wait``: keep trying that many seconds. A status probe (:func:`_is_locked`) holds the lock for
-    microseconds; a process working on the run holds it for the whole run, so a short wait tells
-    the two apart.
-    """
-    if fcntl is None:  # pragma: no cover
-        yield True
-        return
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.05)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+def _locked(run_dir: Path, wait: float = 0.0):
+    """Hold the run's lock for the block (yields False, holding nothing, if another process has it)."""
+    return runlock.locked(run_dir, "sweep", wait=wait)
 
 
 def _is_locked(run_dir: Path) -> bool:
-    if fcntl is None or not (run_dir / LOCK).exists():  # pragma: no cover
-        return False
-    with _locked(run_dir) as got:
-        return not got
+    return runlock.is_locked(run_dir)
 
 
 def _total_steps(entry: dict[str, Any]) -> int:
@@ -347,10 +314,12 @@ def run_one(
                     state="failed", action="+".join(actions) or "failed", error=msg, seconds=time.perf_counter() - t0
                 )
                 return out
-            except BaseException:
+            except BaseException as exc:
                 attempt.update(outcome="interrupted", ended=_now())
                 record.update(state="interrupted", updated=_now())
                 atomic_json(run_dir / RECORD, record, indent=1)
+                if hasattr(exc, "resume_command"):  # SIGINT/SIGTERM: train() checkpointed and stopped
+                    exc.resume_command = f"gatedvae sweep run {sweep_dir}"
                 raise
             finally:
                 torch.set_num_threads(prev_threads)

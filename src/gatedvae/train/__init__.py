@@ -4,14 +4,16 @@
 ``gatedvae bench``); :mod:`.loop` runs steps with checkpoints, logs and exact resume, calling
 :class:`Callback` objects for anything else (evaluation and figures live above this package:
 :mod:`gatedvae.callbacks`); :mod:`.files` writes status, metrics and summary;
-:mod:`.distributed` makes the loop data-parallel under ``torchrun``.
+:mod:`.distributed` makes the loop data-parallel under ``torchrun``. One process trains a run at a
+time (the run's lock, :mod:`gatedvae.runlock`); SIGINT and SIGTERM stop it after a step with a
+checkpoint (:class:`TrainingStopped`).
 """
 
 from ..checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from ..run import Prepared, load_run_config, prepare, resolve_device
 from .batch import Batch, Batcher
 from .callbacks import Callback, RunInfo
-from .loop import train
+from .loop import TrainingStopped, train
 from .step import Optimizers, RunningSums, TrainingDiverged, make_generators, make_optimizers, training_step
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "resolve_device",
     "load_run_config",
     "TrainingDiverged",
+    "TrainingStopped",
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",

@@ -32,6 +32,9 @@ The contract is *the same run as one process on the same global batch*, up to fl
 * Only rank 0 writes (run directory, checkpoints, logs, TensorBoard, summary, evaluation);
   the logged numbers are averaged over processes, so they describe the global batch.
 * A non-finite loss stops every process at the same step (:class:`FiniteGuard`).
+* SIGINT or SIGTERM (to any of the processes) stops every process at the same step: they agree
+  at the next log step (:meth:`Context.any_rank`), write the checkpoint there and exit 130 or
+  143 (:mod:`gatedvae.train.loop`). The run's lock is held by rank 0.
 
 What is *not* global: objectives whose terms couple the samples of a batch (InfoVAE's MMD,
 DIP-VAE's covariance of the means, beta-TCVAE's minibatch estimators, FactorVAE's permutation,
@@ -145,6 +148,19 @@ class Context:
         dist.all_reduce(buf)
         buf = buf / self.world_size
         return {n: buf[i].to(values[n].dtype) for i, n in enumerate(names)}
+
+    def all_ranks(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every process (one all-reduce); ``flag`` when not distributed."""
+        return self._reduce_flag(flag, dist.ReduceOp.MIN) if self.enabled else bool(flag)
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on some process (one all-reduce); ``flag`` when not distributed."""
+        return self._reduce_flag(flag, dist.ReduceOp.MAX) if self.enabled else bool(flag)
+
+    def _reduce_flag(self, flag: bool, op) -> bool:
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)  # (1,)
+        dist.all_reduce(t, op=op)
+        return bool(t.item())
 
     def summary_fields(self) -> dict[str, object]:
         return {"world_size": self.world_size, "backend": self.backend} if self.enabled else {}

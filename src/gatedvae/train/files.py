@@ -1,6 +1,7 @@
 """What the trainer writes into a run directory besides checkpoints.
 
-``status.json`` (running / finished / failed with the step), ``metrics.jsonl`` (one JSON line of
+``status.json`` (``running``, ``stopped`` by a signal, ``finished`` or ``failed``, with the step;
+see :data:`STATUSES`), ``metrics.jsonl`` (one JSON line of
 mean loss terms per log interval; truncated back to the checkpoint on resume), ``summary.json``,
 and the TensorBoard writer. Only the main process (rank 0) calls the writing functions.
 """
@@ -23,14 +24,21 @@ __all__ = [
     "append_metrics",
     "last_metrics",
     "open_tensorboard",
+    "STATUSES",
 ]
+
+#: The states ``status.json`` records: training in progress (or killed: no trainer holds the run's
+#: lock), stopped by SIGINT/SIGTERM with a checkpoint of that step, finished, failed (a non-finite loss).
+STATUSES = ("running", "stopped", "finished", "failed")
 
 
 def check_run_dir_for_new(run_dir: Path) -> None:
     """Refuse a run directory that holds anything but what an interrupted start leaves behind."""
 
-    def leftover(p: Path) -> bool:  # a start killed before config.yaml was in place
-        return p.name == "config.yaml.tmp" or (p.name == "checkpoints" and p.is_dir() and not any(p.iterdir()))
+    def leftover(p: Path) -> bool:  # a start killed before config.yaml was in place (.lock: its stale lock)
+        return p.name in ("config.yaml.tmp", ".lock") or (
+            p.name == "checkpoints" and p.is_dir() and not any(p.iterdir())
+        )
 
     if run_dir.exists() and any(not leftover(p) for p in run_dir.iterdir()):
         raise GatedVAEError(

@@ -22,7 +22,20 @@ Exact resume: everything random comes from two generators (numpy for data, torch
 reparameterisation noise) whose states are checkpointed with the parameters and optimiser
 moments, and the partition schedule is a function of the step (or of the numpy generator).
 A run stopped at any point and resumed ends bitwise equal to an uninterrupted one on the
-same machine.
+same machine (the running sums of the log interval in progress are checkpointed too, so the
+next log line is the same as well).
+
+One trainer per run: :func:`train` holds the run's lock (``RUN/.lock``,
+:mod:`gatedvae.runlock`) from before it writes anything to its end; a second trainer, or a
+sweep working on the run, is refused with one line naming the holder (pid, host, since when).
+
+Stopping: on SIGINT (Ctrl-C) or SIGTERM (a scheduler's pre-emption) the loop finishes the step
+it is in, writes a checkpoint, sets ``status.json`` to ``stopped`` and raises
+:class:`TrainingStopped` (``gatedvae train`` prints ``interrupted at step N; checkpoint written;
+resume with: gatedvae train --resume RUN`` and exits 130 or 143). The same signal a second
+time, half a second later or more, stops at once (the steps since the last checkpoint are then
+lost). In a data-parallel run the processes agree on the stop at the next log step
+(``train.log_every``) and all stop there.
 """
 
 from __future__ import annotations
@@ -30,6 +43,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +57,9 @@ from ..checkpoint import checkpoint_name, latest_checkpoint, list_checkpoints, l
 from ..config import Config, save_config, to_dict
 from ..data import FactorDataset
 from ..errors import GatedVAEError
+from ..progress import progress_bar
 from ..run import Prepared, load_run_config, prepare, resolve_device
+from ..runlock import RunBusy, RunLock, acquire, busy_message, holder
 from . import distributed
 from .batch import Batcher
 from .callbacks import Callback, RunInfo
@@ -67,7 +84,7 @@ from .step import (
     training_step,
 )
 
-__all__ = ["train", "TrainingDiverged", "PER_STEP_CHECK_DEVICES"]
+__all__ = ["train", "TrainingDiverged", "TrainingStopped", "PER_STEP_CHECK_DEVICES"]
 
 #: Devices whose loss is checked for NaN every step (a host read). Elsewhere (CUDA) the check is
 #: a device-side record read at log and checkpoint steps, so a step never waits for the device
@@ -97,6 +114,12 @@ def train(
         stop_after: stop (as if killed, after checkpointing) once this step is reached; for tests.
         callbacks: :class:`~gatedvae.train.callbacks.Callback` objects called on the main process
             (``gatedvae.callbacks.standard_callbacks()``: TensorBoard images and ``train.evaluate``).
+
+    Raises:
+        RunBusy: another process trains the run (it holds ``RUN/.lock``); nothing was written.
+        TrainingStopped: SIGINT or SIGTERM arrived; the step in progress was finished and
+            checkpointed and ``status.json`` says ``stopped`` (resume with ``resume=True``).
+        TrainingDiverged: a loss term was not finite (``status.json`` says ``failed``).
     """
     run_dir = Path(run_dir)
     config = _run_config(config, run_dir, resume)
@@ -105,7 +128,30 @@ def train(
         torch.set_num_threads(cfg.threads)
     # Launched by torchrun: join the process group; only rank 0 writes (train/distributed.py).
     ctx = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
-    prep = prepare(config, device=ctx.device, dataset=dataset, progress=not quiet and ctx.is_main)
+    lock = _lock_run(run_dir, ctx) if resume else None  # a new run is locked once it is prepared
+    try:
+        prep = prepare(config, device=ctx.device, dataset=dataset, progress=not quiet and ctx.is_main)
+        if not resume:  # (lock is None on every process but rank 0: test resume, not lock)
+            lock = _lock_run(run_dir, ctx, new=True)
+        return _train(config, prep, run_dir, ctx, resume, quiet, tensorboard, stop_after, callbacks)
+    finally:
+        if lock is not None and ctx.is_main:
+            lock.release()
+
+
+def _train(
+    config: Config,
+    prep: Prepared,
+    run_dir: Path,
+    ctx: distributed.Context,
+    resume: bool,
+    quiet: bool,
+    tensorboard: bool,
+    stop_after: int | None,
+    callbacks: Sequence[Callback],
+) -> dict[str, Any]:
+    """The loop of :func:`train`, with the run's lock held."""
+    cfg = config.train
     model, total = prep.model, cfg.steps + cfg.finetune_steps
     if ctx.enabled:
         distributed.convert_sync_batchnorm(model)
@@ -116,6 +162,7 @@ def train(
     ckpt = _Checkpoints(run_dir / "checkpoints", prep, optimizers, rng, gen, ctx)
     start = _open_run_dir(run_dir, config, resume, ckpt, ctx, total)
     log = _Progress(run_dir, prep, ctx, ckpt, start, total, tensorboard and ctx.is_main, quiet)
+    ckpt.follow(log.sums)  # the log interval in progress is checkpointed and restored with the rest
     run = RunInfo(run_dir, prep, log.writer, quiet)
     hooks = list(callbacks) if ctx.is_main else []
     batcher = Batcher(prep)
@@ -123,7 +170,7 @@ def train(
     model.train()
     step, phase = start, None
     try:
-        with ctx.shard_draws(gen):  # each process takes its rows of the global batch's noise
+        with _StopOnSignal() as stop, ctx.shard_draws(gen):  # each process takes its rows of the global noise
             while step < total:
                 finetune = step >= cfg.steps
                 if finetune != phase:
@@ -136,13 +183,21 @@ def train(
                 )  # fmt: skip
                 step += 1
                 log.add(terms)
-                if step % cfg.log_every == 0 or step == total:
+                logged = step % cfg.log_every == 0 or step == total
+                if logged:
                     log.write(step, finetune)
                 for hook in hooks:
                     hook.on_step(run, step)
-                if step % cfg.checkpoint_every == 0 or step == total:
+                saved = step % cfg.checkpoint_every == 0 or step == total
+                if saved:
                     ckpt.save(step, total)
                 log.advance()
+                if step < total and stop.requested(ctx, logged):
+                    if not saved:
+                        ckpt.save(step)
+                    if ctx.is_main:
+                        write_status(run_dir, "stopped", step, total, signal=signal.Signals(stop.signum).name)
+                    raise TrainingStopped(run_dir, step, stop.signum)
                 if stop_after is not None and stop_after <= step < total:
                     ckpt.save(step)
                     return {"status": "stopped", "step": step}
@@ -150,9 +205,123 @@ def train(
         if ctx.is_main:
             write_status(run_dir, "failed", step, total, error=str(exc))
         raise
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, TrainingStopped) and ctx.is_main:  # stopped at once: back to the last checkpoint
+            write_status(run_dir, "stopped", ckpt.last, total)
+        raise
     finally:
         log.close()
     return _finish(run, ctx, start, total, log, hooks)
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after a complete step, with a checkpoint of that step
+    written and ``status.json`` set to ``stopped``. A KeyboardInterrupt, so code that lets Ctrl-C
+    through lets this through too; ``exit_code`` is the shell's 128 + signal (130, 143)."""
+
+    def __init__(self, run_dir: Path, step: int, signum: int) -> None:
+        self.run_dir, self.step, self.signum = Path(run_dir), int(step), int(signum)
+        self.resume_command = f"gatedvae train --resume {run_dir}"
+        super().__init__(str(self))
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return f"interrupted at step {self.step}; checkpoint written; resume with: {self.resume_command}"
+
+
+class _StopOnSignal:
+    """While the loop runs: SIGINT and SIGTERM ask it to stop after the current step.
+
+    Installed only in the main thread and only over handlers that are not ``SIG_IGN`` (a sweep's
+    workers ignore SIGINT: their parent decides). The same signal a second time (half a second or
+    more after the first) runs the previous handler (Ctrl-C twice: KeyboardInterrupt now; SIGTERM
+    twice: terminate). Handlers are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    #: A repeat of the signal within this many seconds is the same stop, not a second one:
+    #: under torchrun a terminal's Ctrl-C reaches every worker directly and again, forwarded by
+    #: the agent, milliseconds later.
+    REPEAT_WINDOW = 0.5
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.first = 0.0
+        self.saved: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is signal.SIG_IGN or previous is None:
+                    continue
+                self.saved[sig] = previous
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self.saved.items():
+            signal.signal(sig, previous)
+        self.saved = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum, self.first = signum, time.monotonic()
+            return
+        if signum != self.signum or time.monotonic() - self.first < self.REPEAT_WINDOW:
+            return  # another signal, or the same one forwarded: one stop
+        previous = self.saved.get(signum, signal.SIG_DFL)
+        self.__exit__()
+        if callable(previous):
+            previous(signum, frame)  # SIGINT: raises KeyboardInterrupt here
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)
+
+    def requested(self, ctx: distributed.Context, logged: bool) -> bool:
+        """Whether to stop after this step. In a data-parallel run the processes agree at log
+        steps only (where they synchronise anyway), so all stop at the same step."""
+        if not ctx.enabled:
+            return self.signum is not None
+        if not logged:
+            return False
+        if ctx.any_rank(self.signum is not None):
+            if self.signum is None:
+                self.signum = signal.SIGTERM
+            return True
+        return False
+
+
+def _lock_run(run_dir: Path, ctx: distributed.Context, new: bool = False) -> RunLock | None:
+    """Take the run's lock on the main process (all processes raise :class:`RunBusy` if it is
+    held elsewhere); a new run's directory is created for it and checked again under the lock."""
+    lock, error = None, None
+    if ctx.is_main:
+        try:
+            if new:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            lock = acquire(run_dir, "training", wait=1.0)
+            if lock is None:
+                error = RunBusy(busy_message(run_dir, holder(run_dir)))
+            elif new:
+                check_run_dir_for_new(run_dir)  # another trainer may have started and gone meanwhile
+            else:
+                _refuse_if_finished(run_dir)  # ... or finished the run meanwhile
+        except GatedVAEError as exc:
+            error = exc
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        if error is not None and lock is not None:
+            lock.release()
+            lock = None
+    if not ctx.all_ranks(error is None):  # the other processes stop with rank 0
+        raise error if error is not None else RunBusy(busy_message(run_dir))
+    return lock
 
 
 def _run_config(config: Config | None, run_dir: Path, resume: bool) -> Config:
@@ -160,20 +329,36 @@ def _run_config(config: Config | None, run_dir: Path, resume: bool) -> Config:
     if not resume:
         if config is None:
             raise GatedVAEError("no config given; pass a config file or --resume RUN_DIR")
+        _refuse_if_busy(run_dir)
         check_run_dir_for_new(run_dir)
         return config
     saved = load_run_config(run_dir)
+    _refuse_if_busy(run_dir)
+    _refuse_if_finished(run_dir)
+    if config is not None and to_dict(config) != to_dict(saved):
+        raise GatedVAEError(
+            f"the config differs from the one saved in '{run_dir}'; resume without a config or start a new run"
+        )
+    return saved
+
+
+def _refuse_if_finished(run_dir: Path) -> None:
     status = read_status(run_dir)
     if status.get("status") == "finished":
         raise GatedVAEError(
             f"run '{run_dir}' already finished at step {status.get('step')}; nothing to resume "
             f"(score it with gatedvae evaluate {run_dir}, or train longer in a new run)"
         )
-    if config is not None and to_dict(config) != to_dict(saved):
-        raise GatedVAEError(
-            f"the config differs from the one saved in '{run_dir}'; resume without a config or start a new run"
-        )
-    return saved
+
+
+def _refuse_if_busy(run_dir: Path) -> None:
+    """Refuse at once (before building anything) a run another process trains. (Data-parallel:
+    the processes decide together, after joining the group, in :func:`_lock_run`.)"""
+    if distributed.launched_world()[0] > 1:
+        return
+    info = holder(run_dir) if run_dir.is_dir() else None
+    if info is not None:
+        raise RunBusy(busy_message(run_dir, info))
 
 
 def _open_run_dir(run_dir: Path, config: Config, resume: bool, ckpt: _Checkpoints, ctx, total: int) -> int:
@@ -202,6 +387,9 @@ class _Checkpoints:
     ) -> None:
         self.dir, self.prep, self.ctx = directory, prep, ctx
         self.optimizers, self.rng, self.gen = optimizers.all(), rng, gen
+        self.last = 0  # the step of the newest checkpoint
+        self.sums: RunningSums | None = None
+        self.restored_sums: dict[str, Any] | None = None
         self.guard = distributed.FiniteGuard(
             ctx,
             prep.device.type in PER_STEP_CHECK_DEVICES,
@@ -214,16 +402,37 @@ class _Checkpoints:
             return 0
         header = load_checkpoint(found[1], self.prep.model, self.optimizers, self.gen)
         self.rng.bit_generator.state = header["numpy_rng"]
-        return int(header["step"])
+        self.restored_sums = header.get("log_sums")
+        self.last = int(header["step"])
+        return self.last
+
+    def follow(self, sums: RunningSums) -> None:
+        """Checkpoint ``sums`` (the log interval in progress) with the rest; put back the restored ones."""
+        self.sums = sums
+        saved = self.restored_sums
+        if saved and saved.get("count"):
+            for name, (value, dtype) in saved["sums"].items():
+                sums.sums[name] = torch.tensor(value, dtype=getattr(torch, dtype), device=self.prep.device)
+            sums.count = int(saved["count"])
 
     def save(self, step: int, total: int | None = None) -> None:
         """Checkpoint ``step`` (and with ``total`` mark it in ``status.json``); old ones beyond
         ``train.keep_checkpoints`` are removed."""
         self.guard.check()  # never checkpoint past a non-finite step (deferred check on CUDA)
+        log_sums = None
+        if self.sums is not None and self.sums.count:  # mid-interval: the next log line needs them
+            means = self.ctx.mean_over_ranks(self.sums.sums)  # collective; exact with one process
+            log_sums = {
+                "count": self.sums.count,
+                "sums": {k: [float(v), str(v.dtype).removeprefix("torch.")] for k, v in means.items()},
+            }
+        self.last = step
         if not self.ctx.is_main:
             return
         config = self.prep.config
         header = {"step": step, "numpy_rng": self.rng.bit_generator.state, "config": to_dict(config)}
+        if log_sums is not None:
+            header["log_sums"] = log_sums
         save_checkpoint(self.dir / checkpoint_name(step), self.prep.model, self.optimizers, self.gen, header)
         for _, old in list_checkpoints(self.dir)[: -config.train.keep_checkpoints]:
             old.unlink(missing_ok=True)
@@ -243,10 +452,8 @@ class _Progress:
         self.sums = RunningSums()
         self.started = time.perf_counter()
         self.bar = None
-        if not quiet and ctx.is_main:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc=run_dir.name, unit="step", dynamic_ncols=True)
+        if not quiet and ctx.is_main:  # a bar on a terminal, a plain line every ~10% in a log file
+            self.bar = progress_bar(total=total, initial=start, desc=run_dir.name, unit="step")
 
     def add(self, terms: dict[str, torch.Tensor]) -> None:
         self.sums.add(terms)
@@ -287,6 +494,7 @@ def _finish(run: RunInfo, ctx, start: int, total: int, log: _Progress, hooks: li
     summary = {
         "status": "finished",
         "steps": total,
+        "resumed_from": start,  # the first step of this session (0: trained in one go)
         "model": prep.model.describe(),
         "gated": prep.config.gating.enabled,
         "seconds": round(elapsed, 2),
