@@ -105,3 +105,31 @@ def test_overrides_go_before_or_after_flags(tmp_path, capsys, after):
     with pytest.raises(SystemExit) as exc:  # a flag that does not exist is still refused
         main(["train", str(cfg), "--run-dir", str(tmp_path / "r2"), "--bogus", "train.steps=3"])
     assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_warnings_of_a_command_are_one_line(monkeypatch, capsys):
+    """A warning raised inside a command (a cluster count, label rows without images, a collapsed
+    partition) is printed as 'warning: ...' on one line, without Python's source line."""
+    import warnings
+
+    from gatedvae import cli
+
+    def noisy(args):
+        message = "2999 clusters of 3000 images hold 1.0 images each;\n use about 38-60"
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_list_models", noisy)
+    before = warnings.showwarning
+    assert cli.main(["list", "models"]) == 0
+    err = capsys.readouterr().err
+    assert err == "warning: 2999 clusters of 3000 images hold 1.0 images each; use about 38-60\n"
+    assert warnings.showwarning is before  # restored for the caller
+
+
+def test_an_unknown_metric_without_a_near_name_is_still_punctuated():
+    from gatedvae.errors import ConfigError
+    from gatedvae.evaluation.suite import resolve_metrics
+
+    with pytest.raises(ConfigError, match=r"^unknown metric 'qqqqqq'; metrics: dci_lasso, "):
+        resolve_metrics("qqqqqq")

@@ -502,3 +502,93 @@ def test_face_study_refuses_other_data(folder_run, capsys):
     assert main(["face-study", str(run)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "data.name=faces" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------- issue 16: what the codes carry
+def _edit_head(run: Path, edit) -> None:
+    """Apply ``edit(weight (48, F), bias (48,))`` in place to the encoder head of the run's checkpoint."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from gatedvae.checkpoint import latest_checkpoint
+
+    path = latest_checkpoint(run / "checkpoints")[1]
+    with safe_open(str(path), "pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    edit(tensors["model/encoder.head.linear.weight"], tensors["model/encoder.head.linear.bias"])
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.fixture
+def collapsed_run(folder_run, tmp_path):
+    """A copy of the tiny face run whose pose partition is active and whose expression partition is
+    collapsed the way the face example's is: dims 6 and 7 have means that vary (variance 0.05,
+    "active") but carry 0.025 nats; the other 16 are the prior (mean 0, variance 1)."""
+    import shutil
+
+    root, run, _, _ = folder_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    mu = load_run(copy).encode(root / "faces", warn=False)  # (64, 24)
+    centre, spread = mu.mean(0), mu.std(0)  # (24,)
+
+    def edit(w, b):
+        for d in range(6):  # pose: means of variance 1, posterior variance e^-2: about 1 nat a dim
+            w[d], b[d] = w[d] / float(spread[d]), (b[d] - float(centre[d])) / float(spread[d])
+        w[24:30], b[24:30] = 0.0, -2.0
+        w[6:24], b[6:24], w[30:48], b[30:48] = 0.0, 0.0, 0.0, 0.0  # expression: the prior
+        for d in (6, 7):  # ... but for two dims whose means vary a little, like pose dim 0
+            w[d], b[d] = w[0] * 0.05**0.5, b[0] * 0.05**0.5
+
+    _edit_head(copy, edit)
+    return root / "faces", copy
+
+
+def test_encode_reports_activity_warns_on_a_collapsed_partition_and_drops_inactive_dims(
+    collapsed_run, tmp_path, capsys
+):
+    """Issue 16: the face example's expression partition had collapsed (KL 0.52 nats in all) while
+    its encoder means tracked yaw; encode must say how active each partition is, warn when the one
+    asked for is collapsed, and offer to keep only the active dims."""
+    from gatedvae.encode import CollapsedPartitionWarning
+
+    images, run = collapsed_run
+    trained = load_run(run)
+    act = trained.activity(images)
+    assert list(act) == ["pose", "expression"]
+    expr, pose = act["expression"], act["pose"]
+    assert expr.dims == 18 and expr.active.tolist() == [True, True] + [False] * 16 and expr.collapsed
+    assert np.allclose(expr.variance[:2], 0.05, rtol=1e-3) and 0.02 < expr.kl.max() < 0.03
+    assert pose.active.all() and not pose.collapsed and pose.kl.min() > 0.5
+    with pytest.warns(CollapsedPartitionWarning, match=r"partition 'expression' is collapsed: its 18 dims carry"):
+        z = trained.encode(images, partition="expression")
+    assert z.shape == (64, 18)
+    with pytest.warns(CollapsedPartitionWarning):
+        assert trained.encode(images, partition="expression", active_only=True).shape == (64, 2)
+    # the command: activity lines, the warning on stderr, --drop-inactive keeps dims 6 and 7 by name
+    out = tmp_path / "codes.csv"
+    args = ["encode", str(run), str(images), "--partition", "expression", "--out"]
+    assert main([*args, str(out), "--drop-inactive"]) == 0
+    captured = capsys.readouterr()
+    assert "kept the active dims 6, 7" in captured.out
+    assert "partition expression: 18 dims, 2 active (variance of the mean > 0.01 over 64 images)" in captured.out
+    assert "partition pose: 6 dims, 6 active" in captured.out
+    assert captured.err.startswith("warning: partition 'expression' is collapsed") and captured.err.count("\n") == 1
+    with open(out, newline="") as fh:
+        assert next(csv.reader(fh)) == ["file", "expression_0", "expression_1"]
+    assert main(["encode", str(run), str(images), "--partition", "pose", "--out", str(tmp_path / "p.csv")]) == 0
+    assert "warning" not in capsys.readouterr().err  # an active partition: no warning
+
+
+def test_drop_inactive_with_no_active_dim_is_refused_in_one_line(collapsed_run, tmp_path, capsys):
+    images, run = collapsed_run
+
+    def silence(w, b):
+        w[6:8], b[6:8] = 0.0, 0.0
+
+    _edit_head(run, silence)
+    out = tmp_path / "none.csv"
+    code = main(["encode", str(run), str(images), "--partition", "expression", "--out", str(out), "--drop-inactive"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no active dims over these 64 images" in err and err.startswith("error: ")
+    assert not out.exists()

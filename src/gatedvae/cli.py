@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -208,13 +209,24 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     info = encode_to_file(
-        args.run_dir, args.images, args.out, partition=args.partition, batch_size=args.batch_size, device=args.device
+        args.run_dir,
+        args.images,
+        args.out,
+        partition=args.partition,
+        batch_size=args.batch_size,
+        device=args.device,
+        drop_inactive=args.drop_inactive,
     )
     start, stop = info["dims"]
+    kept = "" if len(info["kept"]) == stop - start else f"; kept the active dims {', '.join(map(str, info['kept']))}"
     print(
         f"wrote {info['out']}: {info['shape'][0]} x {info['shape'][1]} codes (partition {info['partition']}, "
-        f"latent dims {start}..{stop - 1}, step {info['step']})"
+        f"latent dims {start}..{stop - 1}{kept}, step {info['step']})"
     )
+    for act in info["activity"].values():
+        print("  " + act.describe())
+    if info["warning"]:
+        print(f"warning: {info['warning']}", file=sys.stderr)
     return 0
 
 
@@ -395,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode images with a trained run and write the chosen partition's codes (posterior means): "
         "the embedding for downstream use. IMAGES is a folder of image files (sorted by name), an .npy/.npz array "
         "or one image file; images are converted to the run's colour mode and resized to its image size. "
-        "A run still in training (or stopped before its end) is encoded at its latest checkpoint, with a note.",
+        "A run still in training (or stopped before its end) is encoded at its latest checkpoint, with a note. "
+        "Prints each partition's activity over the images (active dims: variance of the mean > 0.01; KL in nats "
+        "per image) and warns when the partition asked for has collapsed (no dim carries 0.1 nats).",
     )
     en.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by gatedvae train")
     en.add_argument("images", metavar="IMAGES", help="folder of images, .npy/.npz array, or an image file")
@@ -408,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file: .npy (float32 N x dims) or .csv (one row per image; default codes.npy)",
     )
     en.add_argument("--batch-size", type=int, default=256, help="images per encoder call (default 256)")
+    en.add_argument(
+        "--drop-inactive",
+        action="store_true",
+        help="keep only the partition's active dims (variance of the mean over these images > 0.01); "
+        "the CSV's column names keep their dim numbers",
+    )
     en.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     en.set_defaults(func=cmd_encode)
 
@@ -470,11 +490,17 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The command line's warnings: ``warning: <message>`` on one line of stderr (no source line)."""
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         return _usage(parser)
+    show, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
         return int(args.func(args) or 0)
     except GatedVAEError as exc:
@@ -493,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":  # pragma: no cover

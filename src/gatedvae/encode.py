@@ -2,13 +2,17 @@
 
 The point of a Gated-VAE (``000_fc03c6fb001bc541.txt``, section I and V) is "a means to mask or
 extract informative partitions for the purposes of downstream tasks": for faces, an expression
-code that does not carry head pose. Three lines from Python::
+code meant not to carry head pose (what holds on the procedural faces, measured, is in
+docs/datasets.md, "What the codes carry": a collapsed partition's means still follow pose).
+Three lines from Python::
 
     from gatedvae import load_run
     run = load_run("runs/faces_gated")
     z = run.encode(images, partition="expression")   # (N, 18) float32, the encoder means
 
-and one command (``gatedvae encode RUN_DIR IMAGES --partition expression --out codes.csv``).
+(``run.activity(images)`` says how active each partition is on those images; ``encode`` warns when
+the partition asked for has collapsed, and ``active_only=True`` keeps its active dims) and one
+command (``gatedvae encode RUN_DIR IMAGES --partition expression --out codes.csv``).
 
 :func:`load_run` rebuilds only the model from the run's saved config and its latest checkpoint
 (the dataset is not rebuilt, no k-means runs). ``images`` may be an array (``(N, H, W)``,
@@ -23,6 +27,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +40,79 @@ from .errors import ConfigError, DataError, PartitionError
 from .io import closest
 from .runlock import unfinished_note
 
-__all__ = ["TrainedRun", "load_run", "as_images", "encode_to_file", "ALL"]
+__all__ = [
+    "TrainedRun",
+    "load_run",
+    "as_images",
+    "encode_to_file",
+    "ALL",
+    "PartitionActivity",
+    "CollapsedPartitionWarning",
+    "ACTIVE_VARIANCE",
+    "COLLAPSED_KL",
+]
 
 #: The partition name that means "the whole latent vector".
 ALL = "all"
+
+#: A latent dim is *active* when the variance over the images of its posterior mean exceeds this
+#: (Burda et al. 2016; ``metrics.unsupervised.active_units``, what ``gatedvae evaluate`` reports).
+ACTIVE_VARIANCE = 0.01
+#: A partition is *collapsed* when none of its dims carries this much KL to the prior, in nats per
+#: image, on average: what the decoder can read from it is then close to nothing, whatever its
+#: means vary with (they may still follow, e.g., head pose by tenths of a unit).
+COLLAPSED_KL = 0.1
+
+
+@dataclass(frozen=True)
+class PartitionActivity:
+    """How much a partition's codes vary and carry, measured on a set of images (:meth:`TrainedRun.activity`).
+
+    ``variance`` ``(d,)``: variance over the images of each dim's posterior mean; ``kl`` ``(d,)``:
+    each dim's KL(q(z|x) || N(0, 1)) averaged over the images, nats per image.
+    """
+
+    name: str
+    variance: np.ndarray
+    kl: np.ndarray
+    images: int
+
+    @property
+    def dims(self) -> int:
+        return int(self.variance.size)
+
+    @property
+    def active(self) -> np.ndarray:
+        """``(d,)`` bool: variance of the mean above :data:`ACTIVE_VARIANCE`."""
+        return self.variance > ACTIVE_VARIANCE
+
+    @property
+    def collapsed(self) -> bool:
+        """No dim carries :data:`COLLAPSED_KL` nats per image."""
+        return bool(self.dims) and float(self.kl.max()) < COLLAPSED_KL
+
+    def describe(self) -> str:
+        """One line: dims, active dims, KL."""
+        return (
+            f"partition {self.name}: {self.dims} dims, {int(self.active.sum())} active (variance of the mean "
+            f"> {ACTIVE_VARIANCE} over {self.images:,} images), KL {float(self.kl.sum()):.2f} nats per image "
+            f"(largest dim {float(self.kl.max()):.2f})"
+        )
+
+    def warning(self) -> str:
+        """The collapse warning (one line), or "" when the partition is not collapsed."""
+        if not self.collapsed:
+            return ""
+        return (
+            f"partition '{self.name}' is collapsed: its {self.dims} dims carry {float(self.kl.sum()):.2f} nats per "
+            f"image in all (none reaches {COLLAPSED_KL}), so the decoder reads next to nothing from them; their "
+            f"means still vary with the image ({int(self.active.sum())} of {self.dims} above {ACTIVE_VARIANCE}) and "
+            "may follow other factors (docs/datasets.md#what-the-codes-carry); train longer or check its pairs"
+        )
+
+
+class CollapsedPartitionWarning(UserWarning):
+    """:meth:`TrainedRun.encode` was asked for a partition that carries next to nothing."""
 
 
 @dataclass
@@ -82,13 +156,50 @@ class TrainedRun:
         hint = f"; did you mean '{near}'?" if near else ";"
         raise PartitionError(f"unknown partition '{partition}'{hint} partitions of this run: {', '.join(valid)}")
 
-    @torch.inference_mode()
-    def encode(self, images: Any, partition: str | None = None, batch_size: int = 256, logvar: bool = False):
+    def encode(
+        self,
+        images: Any,
+        partition: str | None = None,
+        batch_size: int = 256,
+        logvar: bool = False,
+        active_only: bool = False,
+        warn: bool = True,
+    ):
         """Posterior means of ``images`` on ``partition``'s dims: float32 ``(N, dims)``.
 
         ``images``: see :func:`as_images`. With ``logvar=True`` returns ``(mu, logvar)``.
+        ``active_only``: keep only the partition's dims that are active over these images
+        (variance of the mean above :data:`ACTIVE_VARIANCE`; at least two images needed).
+        ``warn``: emit a :class:`CollapsedPartitionWarning` when the partition is collapsed on
+        these images (:meth:`PartitionActivity.collapsed`): its means then vary with the image
+        without carrying anything the decoder reads, and may follow factors the partition was
+        meant to exclude.
         """
         sl = self.dims(partition)
+        mu, lv = self._posterior(images, batch_size)  # (N, M) each
+        mu, lv = mu[:, sl], lv[:, sl]
+        if (warn or active_only) and len(mu):
+            act = _activity(partition or ALL, mu, lv)
+            if warn and act.collapsed:
+                warnings.warn(act.warning(), CollapsedPartitionWarning, stacklevel=2)
+            if active_only:
+                if len(mu) < 2:
+                    raise DataError("active_only needs at least two images: activity is a variance over images")
+                mu, lv = mu[:, act.active], lv[:, act.active]
+        return (mu, lv) if logvar else mu
+
+    def activity(self, images: Any, batch_size: int = 256) -> dict[str, PartitionActivity]:
+        """Each partition's activity over ``images`` (``"all"`` for an un-gated run), in latent order."""
+        mu, lv = self._posterior(images, batch_size)  # (N, M) each
+        if len(mu) < 2:
+            raise DataError(f"activity needs at least two images (got {len(mu)}): it is a variance over images")
+        parts = self.partitions or {ALL: slice(0, self.latent_dim)}
+        return {name: _activity(name, mu[:, sl], lv[:, sl]) for name, sl in parts.items()}
+
+    @torch.inference_mode()
+    def _posterior(self, images: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Means and log-variances of every latent dim: float32 ``(N, M)`` each."""
+        sl = slice(0, self.latent_dim)
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         x = as_images(images, self.image_shape)  # (N, C, H, W) uint8
@@ -101,10 +212,8 @@ class TrainedRun:
             mus.append(post.mu[:, sl].float().cpu().numpy())  # (b, d)
             logvars.append(post.logvar[:, sl].float().cpu().numpy())
         d = sl.stop - sl.start
-        mu = np.concatenate(mus) if mus else np.zeros((0, d), np.float32)  # (N, d)
-        if logvar:
-            return mu, (np.concatenate(logvars) if logvars else np.zeros((0, d), np.float32))
-        return mu
+        mu = np.concatenate(mus) if mus else np.zeros((0, d), np.float32)  # (N, M)
+        return mu, (np.concatenate(logvars) if logvars else np.zeros((0, d), np.float32))
 
     @torch.inference_mode()
     def decode(self, z: Any, batch_size: int = 256) -> np.ndarray:
@@ -122,6 +231,14 @@ class TrainedRun:
             zb = torch.from_numpy(z[s : s + int(batch_size)]).to(self.device)  # (b, M)
             out.append(self.model.mean_image(self.model.decode(zb)).clamp(0, 1).float().cpu().numpy())  # (b, C, H, W)
         return np.concatenate(out) if out else np.zeros((0, *self.image_shape), np.float32)
+
+
+def _activity(name: str, mu: np.ndarray, logvar: np.ndarray) -> PartitionActivity:
+    """Activity of one partition from its posterior means and log-variances ``(N, d)``."""
+    mu64, lv64 = mu.astype(np.float64), logvar.astype(np.float64)
+    kl = 0.5 * (mu64**2 + np.exp(lv64) - 1.0 - lv64)  # (N, d) KL(N(mu, s^2) || N(0, 1)) per dim
+    variance = mu64.var(axis=0) if len(mu64) > 1 else np.zeros(mu64.shape[1])  # (d,)
+    return PartitionActivity(name, variance, kl.mean(axis=0), len(mu64))
 
 
 def load_run(
@@ -210,6 +327,7 @@ def encode_to_file(
     partition: str | None = None,
     batch_size: int = 256,
     device: str = "cpu",
+    drop_inactive: bool = False,
 ) -> dict:
     """``gatedvae encode``: write the codes of ``images`` on ``partition`` to ``out`` (``.npy`` or ``.csv``).
 
@@ -218,8 +336,13 @@ def encode_to_file(
     image in input order (folders: sorted by file name). The file is written atomically; the
     partition name and the output suffix are checked before anything is computed. A run that is
     still being trained (or was stopped before its last step) is encoded all the same, with one
-    line on stderr saying so and which checkpoint step was read. Returns a summary (path, shape,
-    dims, step, note: that line or None).
+    line on stderr saying so and which checkpoint step was read.
+
+    Each partition's activity over these images is measured (:class:`PartitionActivity`, with at
+    least two images) and returned; ``warning`` is the collapse warning of the partition asked for,
+    or None. ``drop_inactive`` keeps only the asked partition's active dims (the CSV's column names
+    keep their dim numbers, ``kept`` lists them). Returns a summary (path, shape, dims, kept, step,
+    note: the unfinished-run line or None, activity, warning).
     """
     out = Path(out)
     suffix = out.suffix.lower()
@@ -230,7 +353,22 @@ def encode_to_file(
     note = unfinished_note(run.run_dir, run.step, "encoding")  # a run still training, or stopped early
     if note:
         print(note, file=sys.stderr)
-    codes = run.encode(images, partition=partition, batch_size=batch_size)  # (N, d)
+    mu, lv = run._posterior(images, batch_size)  # (N, M) each
+    parts = run.partitions or {ALL: slice(0, run.latent_dim)}
+    activity = {n: _activity(n, mu[:, p], lv[:, p]) for n, p in parts.items()} if len(mu) > 1 else {}
+    asked = _activity(partition or ALL, mu[:, sl], lv[:, sl]) if len(mu) else None
+    codes = mu[:, sl]  # (N, d)
+    kept = np.arange(sl.start, sl.stop)
+    if drop_inactive:
+        if len(mu) < 2:
+            raise DataError("--drop-inactive needs at least two images: activity is a variance over images")
+        if not asked.active.any():
+            raise DataError(
+                f"partition '{partition or ALL}' has no active dims over these {len(mu)} images (variance of the "
+                f"mean <= {ACTIVE_VARIANCE} in every dim); nothing to write: drop --drop-inactive or pick another "
+                "partition"
+            )
+        codes, kept = codes[:, asked.active], kept[asked.active]
     name = partition if partition not in (None, ALL) else None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -240,7 +378,7 @@ def encode_to_file(
                 np.save(fh, codes.astype(np.float32), allow_pickle=False)
         else:
             key, rows = _row_names(images, len(codes))
-            header = [key, *(f"{name}_{j}" if name else f"z{sl.start + j}" for j in range(codes.shape[1]))]
+            header = [key, *(f"{name}_{j - sl.start}" if name else f"z{j}" for j in kept)]
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(header)
@@ -254,7 +392,10 @@ def encode_to_file(
         "out": out,
         "shape": tuple(codes.shape),
         "dims": (sl.start, sl.stop),
+        "kept": kept.tolist(),
         "partition": partition or ALL,
         "step": run.step,
         "note": note,
+        "activity": activity,
+        "warning": (asked.warning() or None) if asked is not None else None,
     }

@@ -170,7 +170,7 @@ def resolve_metrics(metrics: str | Iterable[str] | None) -> list[str]:
         else:
             valid = list(suite) + list(aliases)
             near = closest(name, valid)
-            hint = f"; did you mean '{near}'?" if near else ""
+            hint = f"; did you mean '{near}'?" if near else ";"
             raise ConfigError(f"unknown metric '{raw}'{hint} metrics: {', '.join(valid)}")
     if not chosen:
         raise ConfigError("no metric named; give e.g. --metrics dci,mig")

@@ -589,7 +589,7 @@ def _validate(plan: Plan, check_data: bool, where: str) -> None:
                 for what, f in used:
                     if f not in known:
                         close = closest(f, known)
-                        hint = f"; did you mean '{close}'?" if close else ""
+                        hint = f"; did you mean '{close}'?" if close else ";"
                         raise ConfigError(
                             f"{what} names factor '{f}' that dataset '{ds.name}' lacks{hint} it has: {', '.join(known)}"
                         )
