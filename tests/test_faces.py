@@ -592,3 +592,22 @@ def test_drop_inactive_with_no_active_dim_is_refused_in_one_line(collapsed_run, 
     err = capsys.readouterr().err
     assert code == 2 and "has no active dims over these 64 images" in err and err.startswith("error: ")
     assert not out.exists()
+
+
+def test_a_tall_traversal_figure_has_no_empty_band_under_its_title():
+    """Issue 16: the face traversal figure (14 rows) had more than an inch of empty space between
+    its title and its first row (the axes stayed at 88% of the figure's height)."""
+    import matplotlib.pyplot as plt
+
+    from gatedvae.viz.diagnostics import plot_image_rows
+
+    images = np.zeros((14, 9, 1, 8, 8), dtype=np.float32)
+    for cols in (None, [f"{v:.1f}" for v in np.linspace(-2, 2, 9)]):
+        fig = plot_image_rows(images, [f"z{i}" for i in range(14)], title="traversals of image 0", col_labels=cols)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        title_bottom = fig._suptitle.get_window_extent(renderer).y0  # pixels from the bottom
+        first_row = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes)  # with its column labels
+        gap = (title_bottom - first_row) / fig.dpi  # inches
+        plt.close(fig)
+        assert 0.0 <= gap < 0.25, gap

@@ -27,6 +27,7 @@ import torch
 from ..errors import DataError
 from ..io import use_agg
 from ..run import condition_vectors
+from .pairs import grid_title
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Prepared
@@ -247,8 +248,7 @@ def plot_image_rows(images, labels: Sequence[str], title: str = "", col_labels: 
     if col_labels is not None:
         for s, lab in enumerate(col_labels):
             axes[0, s].set_title(lab, fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    grid_title(fig, title, extra_top=0.18 if col_labels is not None else 0.0)
     return fig
 
 
@@ -267,6 +267,5 @@ def plot_swap_grid(part, rest, grid, title: str = ""):
             _show(axes[i + 1, j + 1], grid[i, j])
     axes[0, 1].set_title("rest from", fontsize=7, loc="left")
     axes[1, 0].set_ylabel("partition\nfrom", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    grid_title(fig, title, extra_top=0.18)
     return fig

@@ -11,7 +11,7 @@ import torch
 
 from ..io import use_agg
 from ..run import condition_vectors, eval_mode
-from .pairs import save_figure
+from .pairs import grid_title, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Prepared
@@ -116,8 +116,7 @@ def traversal_figure(prep: Prepared, path: str | os.PathLike, title: str = "", s
         for s in range(steps):
             _show(axes[d, s], imgs[d, s])
         axes[d, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    grid_title(fig, title)
     return save_figure(fig, path)
 
 
