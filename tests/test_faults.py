@@ -80,6 +80,10 @@ for line in sys.stdin:
         if pid == 0:
             rc = 98
             try:
+                # A command started from a terminal: Ctrl-C raises KeyboardInterrupt, even where the
+                # test itself runs in a background job (the shell starts those with SIGINT ignored).
+                import signal
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 os.environ.update(req.get("env", {}))
                 fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 1); os.dup2(fd, 2)
