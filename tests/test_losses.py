@@ -439,6 +439,23 @@ def test_kl_invwishart_zero_on_equal_and_batched():
     torch.testing.assert_close(out, torch.zeros(3, dtype=torch.float64), atol=1e-10, rtol=0)
 
 
+def test_invwishart_terms_are_nan_for_a_matrix_that_is_not_positive_definite():
+    """The Cholesky factorisations keep their status on the device (``cholesky_ex``: no host wait on
+    CUDA); a sample whose matrix is not positive definite gets a NaN term, which the trainer's
+    finite check reports, and the other samples keep theirs."""
+    rng = np.random.default_rng(43)
+    good = torch.tensor(rand_spd(3, rng))  # (3, 3)
+    psi = torch.stack([good, -torch.eye(3, dtype=torch.float64)])  # (2, 3, 3) the second is not SPD
+    kl = L.kl_invwishart(psi, 9.0, good, 8.0)  # (2,)
+    assert torch.isfinite(kl[0]) and torch.isnan(kl[1])
+    torch.testing.assert_close(kl[0], L.kl_invwishart(good, 9.0, good, 8.0))
+    assert torch.isnan(L.invwishart_log_density(psi, good, 9.0)[1])
+    ekl = L.expected_kl_normal_under_invwishart(
+        torch.zeros(2, 3, dtype=torch.float64), rand_tril(2, 3, gen(44)), psi, 9.0
+    )
+    assert torch.isfinite(ekl[0]) and torch.isnan(ekl[1])
+
+
 def test_expected_kl_normal_under_invwishart_matches_monte_carlo():
     rng = np.random.default_rng(41)
     g = gen(42)

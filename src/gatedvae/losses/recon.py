@@ -92,19 +92,22 @@ def gaussian_nll(
         ``(B,)``: summed over every non-batch dimension.
     """
     _check_pair(mean, target, ("mean", "target"))
-    if log_scale is None:
-        # Checked on the host: a Python float costs nothing; a tensor sigma is checked where it
-        # lives already (a device tensor would synchronise here, so pass a float on CUDA).
-        if isinstance(sigma, torch.Tensor):
-            if bool((sigma <= 0).any()):
-                raise ValueError(f"gaussian_nll: sigma must be positive, got {sigma}")
-        elif not sigma > 0:
-            raise ValueError(f"gaussian_nll: sigma must be positive, got {sigma}")
-        s = torch.as_tensor(sigma, dtype=mean.dtype, device=mean.device)  # () or broadcastable
-        log_s = torch.log(s)  # () or broadcastable
-    else:
+    if log_scale is not None:
         log_s = log_scale.to(mean.dtype)  # broadcastable to (B, ...)
-    quad = 0.5 * ((target - mean) * torch.exp(-log_s)) ** 2  # (B, ...)
+        inv_s = torch.exp(-log_s)  # broadcastable to (B, ...)
+    elif isinstance(sigma, torch.Tensor):
+        # Checked where it lives: a device tensor synchronises here, so pass a float on CUDA.
+        if bool((sigma <= 0).any()):
+            raise ValueError(f"gaussian_nll: sigma must be positive, got {sigma}")
+        log_s = torch.log(sigma.to(device=mean.device, dtype=mean.dtype))  # () or broadcastable
+        inv_s = torch.exp(-log_s)  # () or broadcastable
+    else:
+        # A Python float stays one: no tensor is made from it (on CUDA that would be a
+        # host-to-device copy, and a host wait, every step).
+        if not sigma > 0:
+            raise ValueError(f"gaussian_nll: sigma must be positive, got {sigma}")
+        log_s, inv_s = math.log(sigma), 1.0 / sigma
+    quad = 0.5 * ((target - mean) * inv_s) ** 2  # (B, ...)
     per_pixel = quad + log_s  # (B, ...)
     if include_constant:
         per_pixel = per_pixel + 0.5 * math.log(2.0 * math.pi)  # (B, ...)

@@ -109,15 +109,21 @@ def mss_log_weights(
         dataset_size: N >= B (the minibatch is drawn without replacement).
 
     Returns:
-        ``(B, B)`` log-weights (computed in float64, then cast).
+        ``(B, B)`` log-weights (computed in float64 on the host, as three Python numbers, then
+        filled in on ``device``: nothing is copied from host memory, which on CUDA would make
+        the host wait every step).
     """
     _check_sizes(batch_size, dataset_size, need_two=True)
     n, m = float(dataset_size), float(batch_size - 1)
-    w = torch.full((batch_size, batch_size), 1.0 / m, dtype=torch.float64)  # (B, B)
-    rows = torch.arange(batch_size)  # (B,)
-    w[rows, (rows + 1) % batch_size] = (n - m) / (n * m)  # one stratum column per row
-    w[rows, rows] = 1.0 / n  # own component; set last so B == 2 keeps both entries distinct
-    return torch.log(w).to(dtype=dtype, device=device)  # (B, B); -inf if N == M (zero weight)
+    own = torch.eye(batch_size, dtype=torch.bool, device=device)  # (B, B) the diagonal
+    stratum = own.roll(1, dims=1)  # (B, B) True at (i, (i + 1) mod B)
+    log_w = torch.full((batch_size, batch_size), _log(1.0 / m), dtype=dtype, device=device)  # (B, B)
+    log_w = log_w.masked_fill(stratum, _log((n - m) / (n * m)))  # (B, B) one stratum column per row
+    return log_w.masked_fill(own, _log(1.0 / n))  # (B, B) the sample's own component
+
+
+def _log(w: float) -> float:
+    return math.log(w) if w > 0 else -math.inf  # -inf if N == M (the stratum weight is zero)
 
 
 def _check_sizes(batch_size: int, dataset_size: int, need_two: bool) -> None:

@@ -25,7 +25,9 @@ digamma(a + (1 - i)/2)`` the multivariate digamma. Two facts about
 Numerics: the functions compute in float64 and return the input dtype. With the paper's
 ``nu`` up to 13000, individual pieces (``nu/2 log det Phi``, ``log Gamma_p(nu/2)``) are of
 order ``nu p log nu`` (~1e5 to 1e6) while the KL is O(1); float32 would lose it to
-cancellation. The matrices are p x p with p the latent size, so float64 costs nothing.
+cancellation. The matrices are p x p with p the latent size, so float64 costs nothing. The
+Cholesky factorisations keep their status on the device (no host wait on CUDA): a sample whose
+matrix is not positive definite gets NaN, not an exception (the trainer's finite check reports it).
 
 Reduction: per sample, ``(B,)``, summed over latent dimensions (a KL of p-dimensional
 distributions).
@@ -52,9 +54,40 @@ __all__ = [
 _F64 = torch.float64
 
 
-def _as_f64(x, like: torch.Tensor | None = None) -> torch.Tensor:
-    device = like.device if like is not None else None
-    return torch.as_tensor(x, dtype=_F64, device=device)
+def _as_f64(x, like: torch.Tensor) -> torch.Tensor:
+    """``x`` (a number or a tensor) as a float64 tensor on ``like``'s device. A number is filled in
+    there (``torch.as_tensor`` would copy it from host memory: on CUDA, a host wait)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype=_F64, device=like.device)  # () or (...)
+    return torch.full((), float(x), dtype=_F64, device=like.device)  # ()
+
+
+def _cholesky(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Cholesky factor of ``a (..., p, p)`` and where it exists, ``(...)`` bool.
+
+    ``torch.linalg.cholesky`` reads the solver's error code back to the host to raise (on CUDA a
+    host wait every call); ``cholesky_ex`` leaves it on the device. A matrix that is not positive
+    definite makes the caller's result NaN (:func:`_nan_unless`), which the trainer's finite check
+    reports as a non-finite loss term.
+    """
+    chol, info = torch.linalg.cholesky_ex(a)  # (..., p, p), (...)
+    return chol, info == 0
+
+
+def _nan_unless(ok: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.where(ok, out, torch.nan)  # broadcast of (...) and out's shape
+
+
+def _trace_inv_times(chol_a: torch.Tensor, chol_b: torch.Tensor) -> torch.Tensor:
+    """``tr(A^-1 B) = ||L_A^-1 L_B||_F^2`` from the Cholesky factors ``(..., p, p)`` (broadcast).
+
+    A triangular solve (one batched cuBLAS call on CUDA), not ``torch.cholesky_solve``, which on a
+    batch goes to MAGMA where PyTorch is built with it: host-side pointer arrays, a status read
+    on the host, a path not checked for host waits here.
+    """
+    a, b = torch.broadcast_tensors(chol_a, chol_b)  # (..., p, p) each
+    white = torch.linalg.solve_triangular(a, b, upper=False)  # (..., p, p) L_A^-1 L_B
+    return (white**2).sum((-2, -1))  # (...)
 
 
 def mvdigamma(a: torch.Tensor, p: int) -> torch.Tensor:
@@ -122,10 +155,9 @@ def invwishart_log_density(Sigma: torch.Tensor, Psi: torch.Tensor, nu) -> torch.
     S = Sigma.to(_F64)  # (..., p, p)
     P = Psi.to(_F64)  # (..., p, p)
     nu = _as_f64(nu, S)  # () or (...)
-    chol_s = torch.linalg.cholesky(S)  # (..., p, p)
-    chol_p = torch.linalg.cholesky(P)  # (..., p, p)
-    P_b, chol_s_b = torch.broadcast_tensors(P, chol_s)  # (..., p, p) each
-    trace = torch.diagonal(torch.cholesky_solve(P_b, chol_s_b), dim1=-2, dim2=-1).sum(-1)  # (...) tr(Sigma^-1 Psi)
+    chol_s, ok_s = _cholesky(S)  # (..., p, p), (...)
+    chol_p, ok_p = _cholesky(P)  # (..., p, p), (...)
+    trace = _trace_inv_times(chol_s, chol_p)  # (...) tr(Sigma^-1 Psi)
     out = (
         0.5 * nu * _chol_logdet(chol_p)
         - 0.5 * nu * p * math.log(2.0)
@@ -133,7 +165,7 @@ def invwishart_log_density(Sigma: torch.Tensor, Psi: torch.Tensor, nu) -> torch.
         - 0.5 * (nu + p + 1) * _chol_logdet(chol_s)
         - 0.5 * trace
     )  # (...)
-    return out.to(Sigma.dtype)
+    return _nan_unless(ok_s & ok_p, out).to(Sigma.dtype)
 
 
 def kl_invwishart(Psi_q: torch.Tensor, nu_q, Psi_p: torch.Tensor, nu_p) -> torch.Tensor:
@@ -168,10 +200,9 @@ def kl_invwishart(Psi_q: torch.Tensor, nu_q, Psi_p: torch.Tensor, nu_p) -> torch
     P = Psi_p.to(_F64)  # (..., p, p)
     nu_q = _as_f64(nu_q, Q)  # () or (...)
     nu_p = _as_f64(nu_p, Q)  # () or (...)
-    chol_q = torch.linalg.cholesky(Q)  # (..., p, p)
-    chol_p = torch.linalg.cholesky(P)  # (..., p, p)
-    P_b, chol_q_b = torch.broadcast_tensors(P, chol_q)  # (..., p, p) each
-    trace = torch.diagonal(torch.cholesky_solve(P_b, chol_q_b), dim1=-2, dim2=-1).sum(-1)  # (...) tr(Psi_q^-1 Psi_p)
+    chol_q, ok_q = _cholesky(Q)  # (..., p, p), (...)
+    chol_p, ok_p = _cholesky(P)  # (..., p, p), (...)
+    trace = _trace_inv_times(chol_q, chol_p)  # (...) tr(Psi_q^-1 Psi_p)
     out = (
         0.5 * (nu_q - nu_p) * mvdigamma(0.5 * nu_q, p)
         + 0.5 * nu_p * (_chol_logdet(chol_q) - _chol_logdet(chol_p))
@@ -179,7 +210,7 @@ def kl_invwishart(Psi_q: torch.Tensor, nu_q, Psi_p: torch.Tensor, nu_p) -> torch
         + _lmvgamma(0.5 * nu_p, p)
         - _lmvgamma(0.5 * nu_q, p)
     )  # (...)
-    return out.to(Psi_q.dtype)
+    return _nan_unless(ok_q & ok_p, out).to(Psi_q.dtype)
 
 
 def expected_kl_normal_under_invwishart(
@@ -219,7 +250,7 @@ def expected_kl_normal_under_invwishart(
     L = torch.tril(scale_tril).to(_F64)  # (B, p, p)
     P = Psi.to(_F64).expand(L.shape)  # (B, p, p)
     nu = _as_f64(nu, m)  # () or (B,)
-    chol_p = torch.linalg.cholesky(P)  # (B, p, p)
+    chol_p, ok = _cholesky(P)  # (B, p, p), (B,)
     # tr(Psi^-1 S) = ||C^-1 L||_F^2 and mu^T Psi^-1 mu = ||C^-1 mu||^2 with Psi = C C^T.
     white_l = torch.linalg.solve_triangular(chol_p, L, upper=False)  # (B, p, p)
     white_m = torch.linalg.solve_triangular(chol_p, m.unsqueeze(-1), upper=False).squeeze(-1)  # (B, p)
@@ -227,7 +258,8 @@ def expected_kl_normal_under_invwishart(
     mean_term = nu * (white_m**2).sum(-1)  # (B,)
     prior_det = _chol_logdet(chol_p) - p * math.log(2.0) - mvdigamma(0.5 * nu, p)  # (B,)
     post_det = -2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1).abs()).sum(-1)  # (B,)
-    return (0.5 * (trace_term + mean_term + prior_det + post_det - p)).to(mu.dtype)  # (B,)
+    ekl = 0.5 * (trace_term + mean_term + prior_det + post_det - p)  # (B,)
+    return _nan_unless(ok, ekl).to(mu.dtype)  # (B,)
 
 
 def chyvae_terms(
