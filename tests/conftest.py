@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ TINY = {
     "data": {"name": "ellipses", "size": 400, "levels": 8},
     "model": {"name": "beta_vae", "latent_dim": 4, "hidden": 24},
     "gating": {"enabled": True, "partitions": list(TINY_PARTITIONS)},
-    "train": {"steps": 40, "batch_size": 16, "lr": 1e-3, "log_every": 5, "checkpoint_every": 10},
+    "train": {"steps": 40, "batch_size": 16, "lr": 1e-3, "log_every": 5, "checkpoint_every": 10, "device": "cpu"},
 }
 
 
@@ -101,6 +102,55 @@ def tiny_dict(dotted: dict[str, Any] | None = None, *, gated: bool = True, **sec
 def tiny_config(dotted: dict[str, Any] | None = None, *, gated: bool = True, **sections: Any) -> Config:
     """The tiny run config (a :class:`~gatedvae.config.Config`); arguments as :func:`tiny_dict`."""
     return from_dict(Config, tiny_dict(dotted, gated=gated, **sections))
+
+
+# --------------------------------------------------------------------------- devices
+# The default suite is about behaviour on the CPU and passes on any machine: every config a test
+# trains names its device (TINY above says ``cpu``) and every evaluation passes ``device="cpu"``,
+# never ``auto``, so a GPU machine runs the same tests on the same device. Tests that need a CUDA
+# device carry ``@pytest.mark.gpu`` (registered in pyproject.toml); where torch sees no CUDA device
+# they are skipped with the reason below.
+#
+# ``pytest --pretend-cuda`` audits that on a CPU-only machine: torch.cuda.is_available() answers True
+# in the test process, so a default test that would run on CUDA on a GPU machine fails here with
+# "Torch not compiled with CUDA enabled" (gpu-marked tests stay skipped). It cannot reach a test's
+# subprocesses: one that trains or evaluates must name its device too.
+GPU_SKIP_REASON = "needs a CUDA GPU"
+# cuBLAS reads its workspace setting once, when a process first uses it; the trainer sets it for
+# deterministic runs (train.deterministic), but a GPU test may use cuBLAS before a trainer does.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+_REAL_CUDA: list[bool] = []  # torch.cuda.is_available() before --pretend-cuda, once asked
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--pretend-cuda",
+        action="store_true",
+        help="audit: torch.cuda.is_available() answers True, so a default test that would use CUDA fails",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--pretend-cuda", default=False):
+        import torch
+
+        _REAL_CUDA.append(bool(torch.cuda.is_available()))
+        torch.cuda.is_available = lambda: True
+
+
+def cuda_available() -> bool:
+    """Whether torch says it sees a CUDA device (True under --pretend-cuda)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_items and not (_REAL_CUDA[0] if _REAL_CUDA else cuda_available()):
+        skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+        for item in gpu_items:
+            item.add_marker(skip)
 
 
 @pytest.fixture

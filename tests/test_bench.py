@@ -24,9 +24,10 @@ def dsprites():
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """One quick run of the default sections (the subprocess ones included)."""
+    """One quick run of the default sections (the subprocess ones included), training rows at fp32
+    and bf16 (``gatedvae bench --quick --device cpu --precision fp32,bf16``)."""
     threads = torch.get_num_threads()
-    res = bench.run_bench(bench.BenchOptions.quick_mode(), log=lambda _: None)
+    res = bench.run_bench(bench.BenchOptions.quick_mode(precisions=("fp32", "bf16")), log=lambda _: None)
     assert torch.get_num_threads() == threads  # the quick mode's one thread is undone
     return res
 
@@ -153,12 +154,24 @@ def test_quick_run_sections(quick, tmp_path):
         "fraction_of_peak",
         "linalg_ms",
     }
-    assert {(r["net"], r["gated"]) for r in tr["rows"]} == {
-        ("mlp", False),
-        ("mlp", True),
-        ("conv64", False),
-        ("conv64", True),
+    assert {(r["net"], r["gated"], r["precision"]) for r in tr["rows"]} == {
+        (net, gated, p) for net in ("mlp", "conv64") for gated in (False, True) for p in ("fp32", "bf16")
     }
+    # each precision against its own measured peak: bf16 operands for the bf16 rows
+    assert tr["device"] == "cpu" and tr["precisions"] == ["fp32", "bf16"]
+    assert set(tr["peaks"]) == {"fp32", "bf16"} and tr["peaks"]["bf16"]["dtype"] == "bfloat16"
+    assert all(pk["gflops"] > 0 for pk in tr["peaks"].values()) and tr["peak"] == {
+        "precision": "fp32",
+        **tr["peaks"]["fp32"],
+    }
+    raw = tr["raw_seconds_per_call"]
+    for row in tr["rows"]:
+        peak = raw["peak" if row["precision"] == "fp32" else "peak bf16"]
+        want = np.median(
+            [(row["flops_per_step"] / a) / (2 * 256**3 / b) for a, b in zip(raw[row["key"]], peak, strict=True)]
+        )
+        assert row["fraction_of_peak"] == pytest.approx(want)
+        assert row["roofline"].endswith(" bf16") == (row["precision"] == "bf16")
     for row in tr["rows"]:
         assert keys <= set(row) and all(row[k] > 0 for k in keys), row
         assert row["non_matmul_fraction"] < 1
@@ -189,7 +202,8 @@ def test_quick_run_sections(quick, tmp_path):
     text, md = bench.format_report(res), bench.format_markdown(res)
     for needle in ("roofline", "DataLoader", "pairs", "metrics", "memory"):
         assert needle in text
-    assert md.count("| target | measured |") == 1 and "| mlp-64 | beta_vae | yes |" in md
+    assert md.count("| target | measured |") == 1 and "| mlp-64 | beta_vae | yes | bf16 |" in md
+    assert "roofline: bf16 matmul 256^3 peak" in text and "Roofline: fp32 matmul 256^3" in md
 
 
 def test_cli_renders_saved_json(quick, tmp_path, capsys):
@@ -207,6 +221,9 @@ def test_cli_renders_saved_json(quick, tmp_path, capsys):
         (["bench", "--from", "/nonexistent/bench.json"], "no such file"),
         (["bench", "--quick", "--only", "pairs", "--out", "/nonexistent/dir/b.json"], "does not exist"),
         (["bench", "--seconds", "0"], "--seconds must be positive"),
+        (["bench", "--precision", "tf32"], "--precision tf32 needs --device cuda (TF32 is an NVIDIA tensor-core mode)"),
+        (["bench", "--precision", "fp32,fp8"], "unknown precision 'fp8'; choose from fp32, tf32, bf16, fp16"),
+        (["bench", "--device", "meta"], "the bench runs on cpu or cuda"),
     ],
 )
 def test_cli_user_errors(argv, message, capsys):
@@ -224,10 +241,70 @@ def test_cli_rejects_a_foreign_json(tmp_path, capsys):
 
 def test_cli_quick_pairs_writes_json(tmp_path, capsys):
     out = tmp_path / "b.json"
-    assert main(["bench", "--quick", "--only", "pairs", "--out", str(out)]) == 0
+    argv = ["bench", "--quick", "--only", "pairs", "--out", str(out), "--device", "cpu", "--precision", "fp32,bf16"]
+    assert main(argv) == 0
     doc = json.loads(out.read_text())
     assert set(doc) >= {"machine", "pairs", "targets"} and "train" not in doc
+    assert doc["options"]["device"] == "cpu" and doc["options"]["precisions"] == ["fp32", "bf16"]
     assert "pairs (" in capsys.readouterr().out
+
+
+def test_a_missing_gpu_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, also on a GPU one
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert main(["bench", "--device", "cuda", "--only", "pairs"]) == 2
+    assert capsys.readouterr().err == "error: --device cuda but CUDA is not available here; use --device cpu\n"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the CUDA branch, forced
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["bench", "--device", "cuda:1", "--only", "pairs"]) == 2
+    assert "--device cuda:1 but this machine has 1 CUDA device(s); choose cuda:0..cuda:0" in capsys.readouterr().err
+
+
+def test_device_timing_waits_for_the_device_rarely():
+    """The CUDA timing, run on the CPU with a counting stand-in for torch.cuda.synchronize: the
+    clock is read only after the device is synchronised, and synchronisations grow
+    logarithmically with the calls (1, 2, 4, ... calls between them)."""
+    from gatedvae.bench.timing import _timed
+
+    calls, syncs = [], []
+    per_call = _timed(lambda: calls.append(1), 0.05, lambda: syncs.append(len(calls)))
+    assert per_call > 0 and len(calls) > 50
+    assert syncs[0] == 0 and syncs[-1] == len(calls)  # before the clock starts, and at the last reading
+    assert len(syncs) <= 2 + np.log2(len(calls)) and syncs[1:4] == [1, 3, 7]
+
+
+def test_precision_flags_are_set_per_call_on_cuda():
+    """Interleaved rounds alternate precisions: each CUDA item sets TF32 as its precision asks."""
+    from gatedvae.bench.train_section import _at_precision
+
+    seen = []
+
+    def fn():
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        cuda = torch.device("cuda")  # no GPU needed: the flags are process-wide settings
+        for precision in ("tf32", "fp32", "bf16", "tf32"):
+            _at_precision(fn, precision, cuda)()
+        assert seen == [(True, True), (False, False), (False, False), (True, True)]
+        assert _at_precision(fn, "tf32", torch.device("cpu")) is fn  # the CPU has no TF32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.gpu
+def test_quick_train_section_on_the_gpu():
+    """``gatedvae bench --device cuda --quick --only train --precision fp32,tf32,bf16``."""
+    o = bench.BenchOptions.quick_mode(sections=("train",), device="cuda", precisions=("fp32", "tf32", "bf16"))
+    res = bench.run_bench(o, log=lambda _: None)
+    tr = res["train"]
+    assert tr["device"].startswith("cuda") and set(tr["peaks"]) == {"fp32", "tf32", "bf16"}
+    assert tr["peak"]["square"] == 4096 and all(pk["gflops"] > 0 for pk in tr["peaks"].values())
+    assert not tr["errors"] and {r["precision"] for r in tr["rows"]} == {"fp32", "tf32", "bf16"}
+    assert all(r["images_per_s"] > 0 and 0 < r["fraction_of_peak"] for r in tr["rows"])
+    assert res["machine"]["device_name"] and tr["profiles"][0]["device"].startswith("cuda")
+    assert not any("dense first" in v["variant"] for v in tr["variants"])  # the CPU's sparse layer
 
 
 @pytest.mark.slow

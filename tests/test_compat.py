@@ -73,7 +73,7 @@ def test_a_01_config_file_loads_and_saves_byte_identical(old):
 
 
 def test_a_01_run_evaluates_and_encodes(old, capsys):
-    assert main(["evaluate", "run_finished", "--preset", "fast", "--metrics", "mig", "--quiet"]) == 0
+    assert main(["evaluate", "run_finished", "--preset", "fast", "--metrics", "mig", "--device", "cpu", "--quiet"]) == 0
     doc = json.loads((old / "run_finished" / "metrics.json").read_text())
     assert doc["checkpoint_step"] == 24 and np.isfinite(doc["headline"]["mig.mig"])
     run = load_run("run_finished")
@@ -102,7 +102,8 @@ def test_a_01_sweep_keeps_its_run_ids_runs_the_rest_and_reports(old, capsys):
 
     # this version scores the 0.1 run as 0.1 did (same settings, same seed; equal on the machine
     # that wrote the fixture, within float noise on CPUs with other matmul kernels)
-    assert main(["evaluate", str(done), "--preset", "fast", "--metrics", "dci_lasso,mig", "--quiet"]) == 0
+    args = ["--preset", "fast", "--metrics", "dci_lasso,mig", "--device", "cpu", "--quiet"]
+    assert main(["evaluate", str(done), *args]) == 0
     new_scores = json.loads((done / "metrics.json").read_text())["headline"]
     assert new_scores.keys() == old_scores.keys()
     for key, value in old_scores.items():

@@ -99,6 +99,8 @@ def test_non_strict_ignores_unknown_keys():
         ({"gating": {"partitions": [{"name": "a", "size": 2, "factors": "shape"}]}}, "expected list of str"),
         ({"gating": {"enabled": True}}, "partitions is empty"),
         ({"model": "beta_vae"}, "expected ModelConfig"),
+        ({"train": {"precision": "fp8"}}, "train.precision: 'fp8' is not one of 'fp32', 'tf32', 'bf16', 'fp16'"),
+        ({"train": {"deterministic": "yes"}}, "train.deterministic"),
     ],
 )
 def test_wrong_values_fail_with_one_line(data, match):
@@ -296,6 +298,21 @@ def test_to_dict_is_byte_identical_to_0_1(key):
 
     cfg, pinned = PINNED[key]
     assert config_hash(cfg) == pinned
+
+
+def test_precision_and_determinism_are_written_only_when_set():
+    """``train.precision`` / ``train.deterministic`` (0.3) at their defaults leave a 0.1 config's
+    file and run id as they were; set, they are part of both."""
+    from gatedvae.sweep.spec import config_hash
+
+    plain = to_dict(Config())["train"]
+    assert "precision" not in plain and "deterministic" not in plain
+    for override in ("train.precision=bf16", "train.deterministic=false"):
+        cfg = apply_overrides(Config(), [override])
+        key, value = override.removeprefix("train.").split("=")
+        assert str(to_dict(cfg)["train"][key]).lower() == value
+        assert from_dict(Config, to_dict(cfg)) == cfg
+        assert config_hash(cfg) != config_hash(Config())
 
 
 def test_shipped_configs_keep_their_0_1_layout():

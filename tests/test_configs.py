@@ -45,7 +45,7 @@ def test_config_builds(path):
         )
     if cfg.data.name == "ellipses":
         cfg = apply_overrides(cfg, ["data.size=2000"])  # same factors, fewer images
-    prep = prepare(cfg)
+    prep = prepare(cfg, device=torch.device("cpu"))
     # Run a few images through the built networks: the encoder's output width (not an attribute
     # copied from the config) is the configured latent, and the decoder maps it back to images.
     idx = np.arange(4)

@@ -4,16 +4,23 @@ The contract under test: N processes on a global batch of B train the run one pr
 on B, up to float rounding. One ``torch.multiprocessing.spawn`` of 2 processes runs several
 scenarios in sequence (a process start costs seconds), and one ``torchrun`` subprocess runs
 the real command line. The single-process references are trained in the test process.
+
+Every run here sets ``train.device=cpu`` (gloo), whatever GPUs the machine has: on one GPU a
+second process would find no ``cuda:1``, on two it would get NCCL. NCCL has its own test, which
+runs where two GPUs are (``gpu`` marker).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -28,8 +35,14 @@ from gatedvae.train import distributed, latest_checkpoint, train
 WORLD = 2
 
 
+#: The collectives' timeout in the spawned processes: long enough for any scenario, short enough
+#: that a process left waiting by its peer fails the test in bounded time.
+TIMEOUT = timedelta(seconds=90)
+
+
 def tiny_config(steps: int = 30, model: str = "beta_vae", batch_size: int = 16, **train_kw) -> Config:
-    """A gated beta-VAE with the paper's MLP (batch norm in every hidden layer) on 400 ellipses."""
+    """A gated beta-VAE with the paper's MLP (batch norm in every hidden layer) on 400 ellipses, on the CPU."""
+    train_kw = {"device": "cpu", **train_kw}
     return conftest.tiny_config(
         model={"name": model},
         train={"steps": steps, "batch_size": batch_size, "checkpoint_every": 10, "threads": 1, **train_kw},
@@ -129,12 +142,47 @@ def _sync_batchnorm(rank: int, out: Path) -> dict:
     return results
 
 
+def _io_failures(rank: int, out_p: Path, report: dict, device: str = "cpu") -> None:
+    """Rank 0 cannot write: its checkpoint of step 20 (a full disk), then a callback's file at step
+    12 (a lost permission; the next log step is 15). Every process must stop with rank 0's error,
+    promptly, not wait in its next collective for the backend's timeout."""
+    from gatedvae.train import Callback, loop
+
+    original_save = loop.save_checkpoint
+
+    def full_disk(path, *args, **kwargs):
+        if Path(path).name == "step-000000020.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return original_save(path, *args, **kwargs)
+
+    class ImagesAtStep12(Callback):
+        def on_step(self, run, step):
+            if step == 12:
+                raise PermissionError(errno.EACCES, "Permission denied", str(run.run_dir / "tensorboard" / "x"))
+
+    for name, hooks in (("full_disk", []), ("callback", [ImagesAtStep12()])):
+        if rank == 0 and name == "full_disk":
+            loop.save_checkpoint = full_disk
+        t0 = time.perf_counter()
+        try:
+            cfg = tiny_config(40, log_every=5, device=device)
+            train(cfg, out_p / name, quiet=True, tensorboard=False, callbacks=hooks)
+            report[name] = {"error": "no error"}
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to compare across processes
+            report[name] = {"type": type(exc).__name__, "error": str(exc), "errno": getattr(exc, "errno", None)}
+        finally:
+            loop.save_checkpoint = original_save
+        report[name]["seconds"] = time.perf_counter() - t0
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     out_p = Path(out)
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank)
     )
     torch.set_num_threads(1)
+    # The group train() joins (it uses one that exists as it is), with a bounded timeout.
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=TIMEOUT)
     from gatedvae import run as run_module
     from gatedvae.errors import ConfigError
     from gatedvae.train import TrainingDiverged, loop
@@ -209,6 +257,9 @@ def _worker(rank: int, port: int, out: str) -> None:
 
     # 6. Synchronised batch norm on its own.
     report.update(_sync_batchnorm(rank, out_p))
+
+    # 7. Rank 0 fails to write (last: before the fix, rank 1 was left waiting).
+    _io_failures(rank, out_p, report)
     (out_p / f"report_rank{rank}.json").write_text(json.dumps(report))
 
 
@@ -351,6 +402,74 @@ def test_a_batch_that_does_not_split_is_a_one_line_error(spawned):
         assert "train.batch_size=15 (the global batch) does not split evenly over 2 processes" in r["odd"]
         assert "\n" not in r["odd"]
     assert not (out / "odd").exists()
+
+
+def _assert_io_failures_stop_every_process(out: Path, reports: list[dict]) -> None:
+    full = [r["full_disk"] for r in reports]
+    path = out / "full_disk" / "checkpoints" / "step-000000020.safetensors"
+    for r in full:  # the same error on every process (the command line prints the same one line)
+        assert r["type"] == "OSError" and r["errno"] == errno.ENOSPC, full
+        assert r["error"] == f"[Errno {errno.ENOSPC}] No space left on device: '{path}'", full
+        assert r["seconds"] < TIMEOUT.total_seconds() / 3, full  # promptly, not at the collectives' timeout
+    assert latest_checkpoint(out / "full_disk" / "checkpoints")[0] == 10
+    hook = [r["callback"] for r in reports]
+    for r in hook:
+        assert r["type"] == "PermissionError" and r["errno"] == errno.EACCES, hook
+        assert r["error"] == f"[Errno {errno.EACCES}] Permission denied: '{out / 'callback' / 'tensorboard' / 'x'}'"
+        assert r["seconds"] < TIMEOUT.total_seconds() / 3, hook
+    # raised at the next log step (15), before the checkpoint of step 20
+    assert latest_checkpoint(out / "callback" / "checkpoints")[0] == 10
+    assert [json.loads(line)["step"] for line in (out / "callback" / "metrics.jsonl").read_text().splitlines()] == [
+        5,
+        10,
+        15,
+    ]
+
+
+def test_a_write_failure_on_rank_zero_stops_every_process_at_once(spawned):
+    out, reports = spawned
+    _assert_io_failures_stop_every_process(out, reports)
+
+
+def test_the_other_processes_raise_the_failed_ones_error():
+    """What crosses between the processes: an OSError becomes the same OSError (its subclass, errno,
+    text and file), any other error one line naming the process that failed."""
+    from gatedvae.errors import GatedVAEError
+
+    rebuilt = distributed._rebuild(distributed._describe(PermissionError(errno.EACCES, "Permission denied", "/r/x")), 0)
+    assert type(rebuilt) is PermissionError and str(rebuilt) == "[Errno 13] Permission denied: '/r/x'"
+    rebuilt = distributed._rebuild(distributed._describe(GatedVAEError("run 'r' is busy")), 0)
+    assert isinstance(rebuilt, distributed.RankFailed) and str(rebuilt) == "run 'r' is busy" and rebuilt.exit_code == 2
+    rebuilt = distributed._rebuild(distributed._describe(ValueError("bad\n value")), 1)
+    assert str(rebuilt) == "rank 1 failed: ValueError: bad value"
+    ctx = distributed.Context(torch.device("cpu"))  # one process: the block as it is
+    with pytest.raises(OSError, match="No space"), ctx.main_io():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(KeyError), ctx.defer_errors():
+        raise KeyError("raised at once")
+
+
+def _nccl_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    out_p = Path(out)
+    report: dict = {"summary": train(tiny_config(20, device="cuda"), out_p / "nccl", quiet=True, tensorboard=False)}
+    _io_failures(rank, out_p, report, device="cuda")
+    (out_p / f"report_rank{rank}.json").write_text(json.dumps(report, default=str))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL between two processes)")
+def test_nccl_trains_and_a_write_failure_stops_every_process(tmp_path):
+    """torchrun's two processes on two GPUs: NCCL, one process per GPU; rank 0's write failures
+    stop both at once (NCCL would otherwise wait 10 minutes in the next collective)."""
+    mp.spawn(_nccl_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    reports = [json.loads((tmp_path / f"report_rank{r}.json").read_text()) for r in range(WORLD)]
+    summary = reports[0]["summary"]
+    assert summary["backend"] == "nccl" and summary["world_size"] == 2 and summary["steps"] == 20
+    assert json.loads((tmp_path / "nccl" / "status.json").read_text())["status"] == "finished"
+    _assert_io_failures_stop_every_process(tmp_path, reports)
 
 
 def test_sharded_draws_are_rows_of_the_global_draw():

@@ -62,7 +62,7 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def doc(run) -> dict:
-    return evaluate_run(run, preset="fast", seed=0, progress=False)
+    return evaluate_run(run, preset="fast", seed=0, progress=False, device="cpu")
 
 
 # --------------------------------------------------------------------------- metrics.json
@@ -228,7 +228,8 @@ def test_cli_unknown_metric_is_one_line_error(run, capsys):
 def test_cli_evaluates_a_subset_and_prints_a_table(run, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("metrics.json", "figures"))
-    assert main(["evaluate", str(copy), "--metrics", "mig,sap", "--preset", "fast", "--seed", "3", "--quiet"]) == 0
+    args = ["--metrics", "mig,sap", "--preset", "fast", "--seed", "3", "--device", "cpu", "--quiet"]
+    assert main(["evaluate", str(copy), *args]) == 0
     out = capsys.readouterr().out
     assert "mig" in out and "sap" in out and "metrics.json" in out
     doc = json.loads((copy / "metrics.json").read_text())
@@ -249,7 +250,7 @@ def test_udr_over_runs_of_two_seeds(run, tmp_path):
     cfg = small_config()
     other = tmp_path / "seed1"
     train(replace(cfg, train=replace(cfg.train, seed=1)), other, quiet=True, tensorboard=False)
-    out = udr_runs([run, other], preset="fast")
+    out = udr_runs([run, other], preset="fast", device="cpu")
     assert out["runs"] == [str(run), str(other)] and out["samples"] == 400
     assert len(out["model_scores"]) == 2 and all(0.0 <= s <= 1.0 for s in out["model_scores"])
     assert out["pairwise"][0][1] == out["pairwise"][1][0]
@@ -491,7 +492,7 @@ def test_reconstruction_measured_on_heldout_images(tmp_path):
     cfg = replace(cfg, data=replace(cfg.data, holdout=0.1))
     path = tmp_path / "run"
     train(cfg, path, quiet=True, tensorboard=False)
-    doc = evaluate_run(path, metrics="reconstruction", preset="fast", progress=False, figures=False)
+    doc = evaluate_run(path, metrics="reconstruction", preset="fast", progress=False, figures=False, device="cpu")
     rec = doc["results"]["reconstruction"]
     assert rec["params"]["source"] == "heldout" and rec["samples"]["images"] == 40
     assert rec["scores"]["source"].startswith("held-out images (40 of 400")

@@ -242,6 +242,7 @@ def folder_run(tmp_path_factory):
             "train.checkpoint_every=4",
             "train.log_every=2",
             "train.threads=1",
+            "train.device=cpu",
             "model.hidden=64",
         ],
     )
@@ -416,13 +417,14 @@ def test_evaluating_own_faces_scores_what_needs_no_factors_and_hints_otherwise(f
     _, run, _, _ = folder_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    assert main(["evaluate", str(copy), "--metrics", "mig", "--preset", "fast", "--quiet"]) == 2
+    assert main(["evaluate", str(copy), "--metrics", "mig", "--preset", "fast", "--device", "cpu", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err == (
         "error: faces: no factor varies over the sampled images, and these metrics need factors: mig; run "
         "--metrics unsupervised,reconstruction (they need none) or name discrete label columns in data.factor_columns\n"
     )
-    doc = evaluate_run(copy, preset="fast", progress=False, figures=False)  # no --metrics: skip what needs factors
+    # no --metrics: skip what needs factors
+    doc = evaluate_run(copy, preset="fast", progress=False, figures=False, device="cpu")
     assert set(doc["results"]) == {"unsupervised", "reconstruction"} and "mig" in doc["skipped"]
 
 
@@ -480,7 +482,7 @@ def test_face_study_scores_a_run(small, tmp_path, capsys):
                 PartitionConfig(name="expression", size=6, factors=AU_COLUMNS, sampler="cluster", clusters=20),
             ),
         ),
-        train=TrainConfig(steps=3, batch_size=16, checkpoint_every=3, log_every=1, threads=1),
+        train=TrainConfig(steps=3, batch_size=16, checkpoint_every=3, log_every=1, threads=1, device="cpu"),
     )
     run = tmp_path / "faces_gated_s0"
     train(config, run, quiet=True, tensorboard=False, dataset=small)

@@ -230,7 +230,7 @@ def test_tiny_run_trains_resumes_and_writes_gan_figures(tmp_path):
     assert any(k.startswith("optim/discriminator/") for k in a)
     lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"gen", "info", "disc", "gp", "l_i"} <= set(lines[-1])
-    doc = evaluate_run(run, metrics="beta_vae,mig", preset="fast", seed=0, progress=False)
+    doc = evaluate_run(run, metrics="beta_vae,mig", preset="fast", seed=0, progress=False, device="cpu")
     assert 0.0 <= doc["headline"]["beta_vae.eval_accuracy"] <= 1.0
     assert {"figures/samples.png", "figures/code_traversals.png", "figures/traversals.png"} <= set(doc["figures"])
     for f in ("samples.png", "code_traversals.png"):

@@ -102,7 +102,7 @@ def test_a_pickled_checkpoint_is_refused_and_never_unpickled(trained, tmp_path, 
 
     for argv in (
         ["train", "--resume", str(run), "--quiet", "--no-tensorboard"],
-        ["evaluate", str(run), "--preset", "fast", "--quiet"],
+        ["evaluate", str(run), "--preset", "fast", "--device", "cpu", "--quiet"],
     ):
         assert cli.main(argv) == 2
         err = _one_line(capsys.readouterr().err)
@@ -214,7 +214,8 @@ def test_a_run_directory_config_with_a_python_tag_is_refused(trained, tmp_path, 
     shutil.copytree(trained, run)
     (run / "status.json").write_text('{"status": "running", "step": 10, "total_steps": 20}\n')
     (run / "config.yaml").write_text((trained / "config.yaml").read_text() + f"extra: {_python_tag(marker)}\n")
-    for argv in (["train", "--resume", str(run), "--quiet"], ["evaluate", str(run), "--preset", "fast", "--quiet"]):
+    evaluate = ["evaluate", str(run), "--preset", "fast", "--device", "cpu", "--quiet"]
+    for argv in (["train", "--resume", str(run), "--quiet"], evaluate):
         assert cli.main(argv) == 2
         assert "is not valid YAML" in _one_line(capsys.readouterr().err)
     assert not marker.exists()
@@ -292,7 +293,7 @@ def test_figures_of_any_valid_partition_name_stay_in_the_run(tmp_path, capsys):
     run = tmp_path / "runs" / "r"
     assert cli.main(["train", str(tmp_path / "cfg.yaml"), "--run-dir", str(run), "--quiet", "--no-tensorboard"]) == 0
     outside = sorted(p for p in tmp_path.rglob("*") if run not in p.parents and p != run)
-    assert cli.main(["evaluate", str(run), "--preset", "fast", "--quiet", "--metrics", "mig"]) == 0
+    assert cli.main(["evaluate", str(run), "--preset", "fast", "--quiet", "--metrics", "mig", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert (run / "figures" / "swap_pose (yaw) é.png").is_file()
     assert sorted(p for p in tmp_path.rglob("*") if run not in p.parents and p != run) == outside
@@ -344,7 +345,7 @@ def test_a_subprocess_never_unpickles_either(trained, tmp_path):
     shutil.copytree(trained, run)
     torch.save({"x": Payload(marker)}, run / "checkpoints" / "step-000000020.safetensors")
     r = subprocess.run(
-        [sys.executable, "-m", "gatedvae", "evaluate", str(run), "--preset", "fast", "--quiet"],
+        [sys.executable, "-m", "gatedvae", "evaluate", str(run), "--preset", "fast", "--device", "cpu", "--quiet"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import tiny_dict
@@ -335,7 +336,10 @@ def pooled(tmp_path_factory):
     finished = {r["id"] for r in at_kill["runs"] if r["state"] == "done"}
     before = {i: files_of(sweep_dir / "runs" / i) for i in finished}
     records = {i: json.loads((sweep_dir / "runs" / i / "sweep.json").read_text()) for i in finished}
-    res = run_sweep(sweep_dir, workers=2, progress=False, tensorboard=False)
+    with pytest.MonkeyPatch.context() as mp:  # two GPUs, as the parent's CUDA_VISIBLE_DEVICES names them
+        mp.setattr(torch.cuda, "device_count", lambda: 2)
+        mp.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+        res = run_sweep(sweep_dir, workers=2, progress=False, tensorboard=False)
     return {
         "dir": sweep_dir,
         "rc": killed_rc,
@@ -391,6 +395,60 @@ def test_pool_runs_every_run_to_done_with_metrics(pooled):
     assert snap["complete"] and snap["counts"]["done"] == 8
 
 
+def test_pool_workers_are_placed_on_the_gpus(pooled):
+    """Two (faked) GPUs named 3 and 5 by the parent's CUDA_VISIBLE_DEVICES, two workers: each worker
+    sees one of them (its runs record it), and the two workers are on different GPUs."""
+    sweep_dir, res = pooled["dir"], pooled["res"]
+    by_pid: dict[int, set[str]] = {}
+    for o in res["outcomes"]:
+        last = json.loads((sweep_dir / "runs" / o["id"] / "sweep.json").read_text())["history"][-1]
+        if last["pid"] != os.getpid():  # a worker's (a single remaining run trains in this process)
+            by_pid.setdefault(last["pid"], set()).add(last["cuda_visible_devices"])
+    if len(res["outcomes"]) >= 2:
+        assert by_pid and all(len(g) == 1 for g in by_pid.values()), by_pid  # one GPU per worker
+        gpus = [next(iter(g)) for g in by_pid.values()]
+        assert set(gpus) <= {"3", "5"} and len(set(gpus)) == len(gpus), by_pid
+
+
+def test_gpu_slots_put_worker_i_on_gpu_i_mod_n(monkeypatch):
+    from gatedvae.sweep.local import gpu_slots, visible_gpus
+
+    assert gpu_slots(5, ["0", "1"]) == ["0", "1", "0", "1", "0"]
+    assert gpu_slots(2, ["GPU-a", "GPU-b", "GPU-c"]) == ["GPU-a", "GPU-b"]
+    assert gpu_slots(3, []) == [None, None, None]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert visible_gpus() == []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert visible_gpus() == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 7,-1,4")  # CUDA stops at -1: two devices
+    assert visible_gpus() == ["2", "7"]
+
+
+def test_workers_per_gpu(tmp_path, monkeypatch, capsys):
+    from gatedvae.sweep import execute
+
+    path = write_spec(tmp_path / "s.yaml", {"name": "g", "base": tiny_base(steps=10), "seeds": 3})
+    sweep_dir = tmp_path / "sw"
+    write_manifest(plan_sweep(path), sweep_dir)
+    argv = ["sweep", "run", str(sweep_dir), "--quiet"]
+    assert main([*argv, "--workers", "2", "--workers-per-gpu", "1"]) == 2
+    assert capsys.readouterr().err == "error: give --workers or --workers-per-gpu, not both\n"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert main([*argv, "--workers-per-gpu", "1"]) == 2
+    assert capsys.readouterr().err == "error: --workers-per-gpu: no CUDA device is visible here; use --workers N\n"
+    assert main([*argv, "--workers-per-gpu", "1", "--backend", "ray"]) == 2
+    assert "--workers-per-gpu is for --backend local; with Ray use --gpus-per-run" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(execute, "run_local", lambda d, todo, **kw: seen.update(kw, runs=len(todo)))
+    assert main([*argv, "--workers-per-gpu", "2"]) == 0
+    assert seen["workers"] == 4 and seen["gpus"] == ["0", "1"] and seen["runs"] == 3
+    assert main([*argv, "--workers-per-gpu", "0"]) == 2
+    assert "--workers-per-gpu must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_run_dirs_are_ordinary_runs(pooled, capsys, tmp_path):
     import shutil
 
@@ -398,7 +456,10 @@ def test_run_dirs_are_ordinary_runs(pooled, capsys, tmp_path):
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     assert "already finished" in capsys.readouterr().err
     shutil.copytree(run, tmp_path / "copy")
-    assert main(["evaluate", str(tmp_path / "copy"), "--metrics", "mig", "--preset", "fast", "--quiet"]) == 0
+    assert (
+        main(["evaluate", str(tmp_path / "copy"), "--metrics", "mig", "--preset", "fast", "--quiet", "--device", "cpu"])
+        == 0
+    )
 
 
 def test_rerun_skips_finished_runs_untouched(pooled, capsys):
@@ -455,7 +516,7 @@ def test_missing_sweep_dir_is_a_one_line_error(tmp_path, capsys):
         sweep_status(tmp_path)
 
 
-def test_index_and_shard_run_their_part_only(tmp_path, capsys):
+def test_index_and_shard_run_their_part_only(tmp_path, capsys, monkeypatch):
     path = write_spec(
         tmp_path / "s.yaml",
         {"name": "parts", "base": tiny_base(steps=10), "seeds": 4, "evaluate": {"metrics": ["mig"], "figures": False}},
@@ -464,7 +525,13 @@ def test_index_and_shard_run_their_part_only(tmp_path, capsys):
     assert main(["sweep", "plan", str(path), "--out", str(sweep_dir)]) == 0
     assert main(["sweep", "run", str(sweep_dir), "--index", "2", "--quiet", "--no-tensorboard"]) == 0
     assert [r["state"] for r in sweep_status(sweep_dir)["runs"]] == ["pending", "pending", "done", "pending"]
+    import gatedvae.data
+
+    built = []
+    build = gatedvae.data.build_dataset
+    monkeypatch.setattr(gatedvae.data, "build_dataset", lambda *a, **k: built.append(1) or build(*a, **k))
     assert main(["sweep", "run", str(sweep_dir), "--shard", "1/2", "--quiet", "--no-tensorboard"]) == 0
+    assert len(built) == 1  # two runs on the same data, trained and evaluated: one dataset (before: four)
     assert [r["state"] for r in sweep_status(sweep_dir)["runs"]] == ["pending", "done", "done", "done"]
     capsys.readouterr()
     assert main(["sweep", "run", str(sweep_dir), "--shard", "0/2", "--quiet", "--no-tensorboard"]) == 0

@@ -366,7 +366,7 @@ def test_a_second_trainer_is_refused_readers_say_the_run_is_training_and_a_kille
             "at step 10 of 40); encoding its checkpoint of step 10"
         )
         assert capsys.readouterr().err.splitlines()[0] == note  # (then encode's activity warning, if any)
-        evaluate_run(run, metrics="mig", preset="fast", progress=False, figures=False)
+        evaluate_run(run, metrics="mig", preset="fast", progress=False, figures=False, device="cpu")
         assert capsys.readouterr().err.strip() == note.replace("encoding", "evaluating")
     finally:
         holder.kill()  # SIGKILL: its lock file stays, stale

@@ -45,7 +45,11 @@ class TensorBoardImages(Callback):
 class EvaluateAtEnd(Callback):
     """``gatedvae evaluate`` on the finished run (``RUN/metrics.json``, ``RUN/figures/``) with the
     preset ``train.evaluate`` names (nothing when it is ``none``) and the run's ``train.seed``; the
-    headline scores go into ``summary.json`` as ``evaluation``."""
+    headline scores go into ``summary.json`` as ``evaluation``.
+
+    The trainer's dataset and model are evaluated where they are (on the training device, the
+    model holding the final checkpoint's weights): nothing is built or loaded a second time, so
+    a GPU holds one copy of the data, and the scores are those ``gatedvae evaluate RUN`` gives."""
 
     def on_end(self, run: RunInfo, summary: dict[str, Any]) -> None:
         cfg = run.prep.config.train
@@ -53,7 +57,7 @@ class EvaluateAtEnd(Callback):
             return
         from .evaluation import evaluate_run
 
-        doc = evaluate_run(run.run_dir, preset=cfg.evaluate, seed=cfg.seed, progress=not run.quiet)
+        doc = evaluate_run(run.run_dir, preset=cfg.evaluate, seed=cfg.seed, progress=not run.quiet, prep=run.prep)
         summary["evaluation"] = doc["headline"]
 
 

@@ -6,6 +6,12 @@ buffers, optimiser moments, the torch generator's state) and a JSON header with 
 written to a temporary file, flushed to disk, and renamed into place, so a run killed at
 any moment leaves either the previous checkpoint or the new one, never half a file.
 Nothing is ever unpickled: safetensors stores raw tensors, JSON the rest.
+
+Tensors are stored from host memory and always loaded into host memory first, then copied
+into the model's and optimisers' tensors wherever those live: a checkpoint written on a GPU
+loads on a CPU-only machine and the other way round. The header records the device the run
+was on (``device``, from 0.3; :func:`checkpoint_device` reads it, or infers it for older files),
+because the torch generator's state is not portable between the CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -18,12 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import GatedVAEError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint", "CheckpointError", "FORMAT"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "checkpoint_device",
+    "CheckpointError",
+    "FORMAT",
+]
 
 FORMAT = "gatedvae-checkpoint-1"
 _NAME = re.compile(r"^step-(\d{9})\.safetensors$")
@@ -215,12 +229,17 @@ def load_checkpoint(
     path = Path(path)
     header = read_header(path)
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(str(path), device="cpu")  # copied to the model's device by load_state_dict
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint '{path}' is damaged ({str(exc).splitlines()[0]}); "
             f"move it out of {path.parent} to use the checkpoint before it"
         ) from None
+    if generator is not None and tensors["rng/torch"].numel() != generator.get_state().numel():
+        raise CheckpointError(
+            f"checkpoint '{path}' was written on {checkpoint_device(path, header)}; its random generator "
+            f"state does not fit a generator on {generator.device}; load it without the generator"
+        )
     state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     own = model.state_dict()
     missing = set(own) - set(state)
@@ -247,6 +266,27 @@ def load_checkpoint(
     if generator is not None:
         generator.set_state(tensors["rng/torch"])
     return header
+
+
+#: Size in bytes of the CPU generator's state (a Mersenne Twister); CUDA's (Philox seed and offset) is 16.
+_CPU_RNG_STATE_BYTES = 5056
+
+
+def checkpoint_device(path: str | os.PathLike, header: dict[str, Any] | None = None) -> str:
+    """The device the run was on when it wrote the checkpoint (``"cpu"``, ``"cuda:0"``, ...).
+
+    The header's ``device`` (checkpoints of gatedvae 0.3 and later); for older ones ``"cpu"`` or
+    ``"cuda"`` as the saved generator state's size tells.
+    """
+    header = read_header(path) if header is None else header
+    if header.get("device"):
+        return str(header["device"])
+    try:
+        with safe_open(str(path), "pt") as f:
+            size = f.get_slice("rng/torch").get_shape()[0]
+    except (SafetensorError, OSError, ValueError, KeyError):
+        return "cpu"
+    return "cpu" if size == _CPU_RNG_STATE_BYTES else "cuda"
 
 
 def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:

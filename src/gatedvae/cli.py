@@ -74,12 +74,20 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--resume takes the config saved in the run directory; drop the config file and overrides"
             )
         summary = train(
-            None, args.resume, resume=True, quiet=args.quiet, tensorboard=not args.no_tensorboard, callbacks=callbacks
+            None,
+            args.resume,
+            resume=True,
+            quiet=args.quiet,
+            tensorboard=not args.no_tensorboard,
+            callbacks=callbacks,
+            other_device=args.resume_on_other_device,
         )
         run_dir = Path(args.resume)
     else:
         if not args.config:
             raise ConfigError("give a config file (see configs/) or --resume RUN_DIR")
+        if args.resume_on_other_device:
+            raise ConfigError("--resume-on-other-device continues a stopped run: use it with --resume RUN_DIR")
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
         summary = train(config, run_dir, quiet=args.quiet, tensorboard=not args.no_tensorboard, callbacks=callbacks)
@@ -109,7 +117,14 @@ def _finished_line(summary: dict) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_run, format_headline
 
-    doc = evaluate_run(args.run_dir, metrics=args.metrics, preset=args.preset, seed=args.seed, progress=not args.quiet)
+    doc = evaluate_run(
+        args.run_dir,
+        metrics=args.metrics,
+        preset=args.preset,
+        seed=args.seed,
+        progress=not args.quiet,
+        device=args.device,
+    )
     print(format_headline(doc))
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
     return 0
@@ -306,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--run-dir", help="where to write the run (default: runs/<config name>); must be new or empty")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument(
+        "--resume-on-other-device",
+        action="store_true",
+        help="with --resume: continue a run checkpointed on the CPU on a GPU or the other way round "
+        "(not bitwise: the model's random draws are re-seeded; refused without this flag)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     t.set_defaults(func=cmd_train)
@@ -326,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample sizes: default (the reference papers') or fast (default: default)",
     )
     e.add_argument("--seed", type=int, default=0, help="random seed of the evaluation (default 0)")
+    e.add_argument(
+        "--device",
+        default="auto",
+        help="where the model encodes and decodes: auto (CUDA when available), cpu, cuda or cuda:N "
+        "(default auto; any device, whatever the run was trained on)",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
 

@@ -657,6 +657,12 @@ class TrainConfig:
     ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
     ``threads``: torch's intra-op threads (0 = its default; 1 is best when other jobs share
     the cores). ``evaluate``: run ``gatedvae evaluate`` with that preset when training ends.
+    ``precision``: ``fp32`` (IEEE float32 everywhere), ``tf32`` (CUDA: float32 matmuls and
+    convolutions on TF32 tensor cores), ``bf16`` (CPU or CUDA: the networks' forward passes under
+    bfloat16 autocast, the loss terms in float32), ``fp16`` (CUDA: float16 autocast with a
+    gradient scaler). ``deterministic``: on CUDA, deterministic algorithms only (cuBLAS workspace,
+    cuDNN), for exact resume; ``false`` lets cuDNN pick the fastest. See docs/training.md.
+    Both are written to files only when not at their default (a 0.1 run's id is unchanged).
     """
 
     steps: int = 10_000
@@ -671,6 +677,15 @@ class TrainConfig:
     keep_checkpoints: int = 2
     threads: int = 0
     evaluate: Literal["none", "fast", "default"] = "none"
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
+    deterministic: bool = True
+
+    def _to_plain(self) -> dict[str, Any]:
+        out = {f.name: to_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        for key, default in (("precision", "fp32"), ("deterministic", True)):
+            if out[key] == default:
+                del out[key]  # added in 0.3: a 0.1 config's file and run id stay byte-identical
+        return out
 
     def __post_init__(self) -> None:
         _require(self.steps >= 0, f"train.steps: must be non-negative, got {self.steps}")

@@ -47,6 +47,7 @@ __all__ = [
     "Prepared",
     "prepare",
     "resolve_device",
+    "usable_device",
     "condition_vectors",
     "heldout_indices",
     "load_run_config",
@@ -66,6 +67,15 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
     return dev
+
+
+def usable_device(name: str) -> torch.device:
+    """``name`` resolved (:func:`resolve_device`), or the CPU where this machine lacks it: for reading a
+    trained run (evaluation, figures), where the device it trained on does not matter."""
+    try:
+        return resolve_device(name)
+    except ConfigError:
+        return torch.device("cpu")
 
 
 def condition_vectors(
@@ -218,6 +228,9 @@ def load_trained(
     """``(prep, step, checkpoint_path)`` of a trained run: its data and model (eval mode) with the
     latest (or the given) checkpoint's weights, rebuilt exactly as training built them.
 
+    ``device``: where to load it; None: the run's ``train.device`` where this machine has it, else
+    the CPU (a run trained on a GPU is evaluated on a CPU-only machine). Checkpoints load into host
+    memory and are copied to the device, wherever they were written.
     ``dataset``: an already built dataset of the run's data config (saves rebuilding it).
     """
     run = Path(run_dir)
@@ -226,6 +239,8 @@ def load_trained(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     dev = resolve_device(device) if isinstance(device, str) else device
+    if dev is None:
+        dev = usable_device(config.train.device)
     prep = prepare(config, device=dev, dataset=dataset, progress=progress, samplers=False)
     header = load_checkpoint(path, prep.model)
     prep.model.eval()

@@ -89,7 +89,8 @@ def _child_memory(args: dict[str, Any]) -> dict[str, Any]:
             steps=args["steps"],
             batch_size=args["batch"],
             seed=0,
-            device="cpu",
+            device=args.get("device", "cpu"),
+            precision=args.get("precision", "fp32"),
             threads=args.get("threads", 0),
             log_every=max(args["steps"] // 4, 1),
             checkpoint_every=max(args["steps"] // 2, 1),
@@ -101,14 +102,21 @@ def _child_memory(args: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         summary = train(cfg, Path(tmp) / "run", quiet=True, tensorboard=True, callbacks=standard_callbacks())
         seconds = time.perf_counter() - t0
-    return {
+    out = {
         "steps": args["steps"],
         "hidden": args["hidden"],
         "evaluate": args["evaluate"],
+        "device": args.get("device", "cpu"),
+        "precision": args.get("precision", "fp32"),
         "seconds": seconds,
         "images_per_second": summary.get("images_per_second"),
         "peak_rss_mb": peak_rss_mb(),
     }
+    import torch
+
+    if torch.device(out["device"]).type == "cuda":  # the GPU's own peak (tensors the run allocated)
+        out["peak_device_mb"] = torch.cuda.max_memory_allocated(torch.device(out["device"])) / 2**20
+    return out
 
 
 def _child_quickstart(args: dict[str, Any]) -> dict[str, Any]:

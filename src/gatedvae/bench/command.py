@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
-from .options import DEFAULT_SECTIONS, SECTIONS, BenchOptions
+from .options import DEFAULT_SECTIONS, SECTIONS, BenchOptions, bench_device, check_precisions
 from .report import format_markdown, format_report
 from .sections import run_bench
 
@@ -37,6 +37,18 @@ def add_arguments(p) -> None:
         "--metrics-run", help="metrics section: time the metrics on this trained run instead of training one"
     )
     p.add_argument("--metrics", help="metrics section: comma-separated subset (default: all)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the train and metrics sections (and the memory section's run) compute: cpu, cuda or cuda:N "
+        "(default cpu); on a GPU the roofline is that GPU's measured matmul peak at each precision",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="train section: comma-separated precisions of the training rows, each against the matmul peak at "
+        "that precision: fp32, tf32, bf16, fp16 (default fp32; the CPU does fp32 and bf16)",
+    )
 
 
 def options_from_args(args) -> BenchOptions:
@@ -60,11 +72,15 @@ def options_from_args(args) -> BenchOptions:
         kw["metrics_run"] = args.metrics_run
     if args.metrics:
         kw["metrics"] = args.metrics
+    device = bench_device(getattr(args, "device", "cpu"))
+    kw["device"] = str(device)
+    raw = getattr(args, "precision", "fp32")
+    kw["precisions"] = check_precisions(tuple(x.strip().lower() for x in raw.split(",") if x.strip()), device)
     o = BenchOptions.quick_mode(**kw) if args.quick else BenchOptions(**kw)
     unknown = [s for s in o.sections if s not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown bench section(s) {', '.join(unknown)} in --only; choose from {', '.join(SECTIONS)}")
-    return o
+    return o.for_device()
 
 
 def bench_command(args, log: Callable[[str], None] = print) -> dict[str, Any]:

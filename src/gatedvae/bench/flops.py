@@ -192,28 +192,48 @@ class Operands:
     """Random operands of one product with autograd's layouts for ``nn.Linear``.
 
     ``fwd``: ``X @ W.t()``; ``dx``: ``G @ W``; ``dw``: ``G.t() @ X`` (transposed views, as
-    autograd passes them, so BLAS sees the same transpose flags).
+    autograd passes them, so BLAS sees the same transpose flags). ``device`` and ``dtype``: where
+    and in what the product runs (drawn in float32 on the CPU from ``gen``, then moved and cast;
+    bfloat16 and float16 for the mixed precisions, float32 for fp32 and TF32).
     """
 
-    def __init__(self, m: int, k: int, n: int, layout: str, gen: torch.Generator) -> None:
+    def __init__(
+        self,
+        m: int,
+        k: int,
+        n: int,
+        layout: str,
+        gen: torch.Generator,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        def draw(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
         if layout == "fwd":  # (m, k) @ (n, k)^T
-            self.a, self.b = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen).t()
+            self.a, self.b = draw(m, k), draw(n, k).t()
         elif layout == "dx":  # (m, k) @ (k, n): G (rows, N) @ W (N, K)
-            self.a, self.b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+            self.a, self.b = draw(m, k), draw(k, n)
         else:  # (m, k) @ (k, n) with a = G^T: G (rows=k, N=m)^T @ X (rows=k, K=n)
-            self.a, self.b = torch.randn(k, m, generator=gen).t(), torch.randn(k, n, generator=gen)
-        self.out = torch.empty(m, n)
+            self.a, self.b = draw(k, m).t(), draw(k, n)
+        self.out = torch.empty(m, n, device=device, dtype=dtype)
 
     def __call__(self) -> None:
         torch.mm(self.a, self.b, out=self.out)
 
 
-def matmul_step(gemms: list[Gemm], seed: int = 0, skip: Sequence[str] = ()) -> Callable[[], None]:
+def matmul_step(
+    gemms: list[Gemm],
+    seed: int = 0,
+    skip: Sequence[str] = (),
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Callable[[], None]:
     """A callable running every product of one training step of ``gemms`` once (but the
-    layers named in ``skip``)."""
+    layers named in ``skip``), on ``device`` in ``dtype``."""
     gen = torch.Generator().manual_seed(seed)
     ops = [
-        Operands(m, k, n, layout, gen)
+        Operands(m, k, n, layout, gen, device, dtype)
         for _, m, k, n, layout in gemm_products([g for g in gemms if g.layer not in skip])
     ]
 

@@ -1,13 +1,21 @@
-"""What ``gatedvae bench`` measures: the sections and the sizes (:class:`BenchOptions`)."""
+"""What ``gatedvae bench`` measures: the sections and the sizes (:class:`BenchOptions`), and on
+which device at which precisions (:func:`bench_device`, :func:`check_precisions`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import DataConfig
+import torch
 
-__all__ = ["SECTIONS", "DEFAULT_SECTIONS", "BenchOptions"]
+from ..config import DataConfig
+from ..errors import ConfigError
+
+__all__ = ["SECTIONS", "DEFAULT_SECTIONS", "BenchOptions", "bench_device", "check_precisions", "CUDA_SQUARE"]
+
+#: The peak's square product on a GPU (quick mode: the smaller): 2 x 8192^3 = 1.1 TFLOP, several
+#: milliseconds even at a large GPU's bf16 rate, so launch and timing overheads do not count.
+CUDA_SQUARE = (8192, 4096)
 
 SECTIONS = ("train", "data", "pairs", "metrics", "memory", "quickstart")
 DEFAULT_SECTIONS = ("train", "data", "pairs", "metrics", "memory")
@@ -38,6 +46,11 @@ class BenchOptions:
     stride: int = 1  # keep every k-th posX/posY class of dSprites (quick mode: 4)
     loader_workers: tuple[int, ...] = (0, 1)
     presets: tuple[str, ...] = ("default", "fast")
+    #: where the train and metrics sections (and the memory section's run) compute: cpu, cuda, cuda:N
+    device: str = "cpu"
+    #: the training rows' precisions (``train.precision`` values); the first one is also that of the
+    #: DataLoader baselines, the variants, the phases and the operator profiles
+    precisions: tuple[str, ...] = ("fp32",)
 
     @classmethod
     def quick_mode(cls, **kw: Any) -> BenchOptions:
@@ -64,5 +77,54 @@ class BenchOptions:
         base.update(kw)
         return cls(**base)
 
+    def for_device(self) -> BenchOptions:
+        """These options with the sizes of their device: a GPU's peak is measured on a larger square."""
+        if torch.device(self.device).type == "cuda":
+            big, small = CUDA_SQUARE
+            self.square = max(self.square, small if self.quick else big)
+        return self
+
     def data_config(self) -> DataConfig:
         return DataConfig(name="dsprites", stride={"posX": self.stride, "posY": self.stride} if self.stride > 1 else {})
+
+
+def bench_device(name: str) -> torch.device:
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, present on this machine (one-line ConfigError)."""
+    text = str(name).strip().lower()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ConfigError(f"--device {name}: the bench runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} but CUDA is not available here; use --device cpu")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ConfigError(
+            f"--device {name} but this machine has {count} CUDA device(s); choose cuda:0..cuda:{count - 1}"
+        )
+    return torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+
+
+def check_precisions(precisions: tuple[str, ...], device: torch.device) -> tuple[str, ...]:
+    """``--precision``: each a ``train.precision`` value this device computes in (one-line ConfigError)."""
+    from ..train.step import PRECISIONS, check_precision
+
+    if not precisions:
+        raise ConfigError(f"--precision names no precision; choose from {', '.join(PRECISIONS)}")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ConfigError(f"--precision: unknown precision '{p}'; choose from {', '.join(PRECISIONS)}")
+        if device.type == "cpu" and p in ("tf32", "fp16"):
+            why = "TF32 is an NVIDIA tensor-core mode" if p == "tf32" else "float16 training needs CUDA"
+            raise ConfigError(f"--precision {p} needs --device cuda ({why}); on the CPU use fp32 or bf16")
+        try:
+            check_precision(p, device)
+        except ConfigError as exc:
+            raise ConfigError(f"--precision {p} on {device}: {exc}") from None
+    if len(set(precisions)) != len(precisions):
+        raise ConfigError(f"--precision {','.join(precisions)} names a precision twice")
+    return tuple(precisions)

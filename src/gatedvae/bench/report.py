@@ -16,6 +16,16 @@ def _find(rows: list[dict], key: str) -> dict | None:
     return next((r for r in rows if r["key"] == key), None)
 
 
+def _peaks(tr: dict) -> dict[str, dict]:
+    """Precision -> the matmul peak measured at it (a result from before 0.3 has the fp32 one only)."""
+    return tr.get("peaks") or {"fp32": tr["peak"]}
+
+
+def _show_precision(tr: dict) -> bool:
+    """Whether the row tables need a precision column (anything but fp32 alone)."""
+    return list(_peaks(tr)) != ["fp32"]
+
+
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The performance issue's targets with the measured value, where measured."""
     out: list[dict[str, Any]] = []
@@ -137,6 +147,12 @@ def _header(res: dict) -> list[str]:
         f"{'/'.join(f'{x:.2f}' for x in res['loadavg_end'])} at end; "
         f"{res['seconds']:.0f} s"
     ]
+    if m.get("device", "cpu") != "cpu":
+        lines.append(
+            f"device {m['device']}: {m.get('device_name', '?')} (compute capability {m.get('capability', '?')}, "
+            f"{m.get('device_memory_gb', 0):.0f} GB), CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')}; the train and "
+            "metrics sections ran there, data and pairs are the host's work"
+        )
     tr = res.get("train")
     if tr:
         lines.append(
@@ -158,29 +174,36 @@ def format_report(res: dict[str, Any]) -> str:
             out.append(f"{t['target']:<{w}}{_fmt_value(t):>12}{_fmt_limit(t):>12}  {'yes' if t['met'] else 'NO'}")
     tr = res.get("train")
     if tr:
-        out.append(f"\nroofline: fp32 matmul {tr['peak']['square']}^3 peak {tr['peak']['gflops']:.1f} GFLOP/s")
-        out.append(f"  {'products of the paper-preset step':<36}{'GFLOP/s':>9}{'of peak':>9}   layers")
+        out.append("")
+        for p, pk in _peaks(tr).items():
+            out.append(f"roofline: {p} matmul {pk['square']}^3 peak {pk['gflops']:.1f} GFLOP/s")
+        shapes_p = tr.get("shapes_precision", "fp32")
+        out.append(f"  {'products of the paper-preset step':<36}{'GFLOP/s':>9}{'of peak':>9}   layers ({shapes_p})")
         for r in tr["shapes"]:
             out.append(
                 f"  {r['product']:<36}{r['gflops']:>9.1f}{r['fraction_of_peak']:>9.0%}   {', '.join(r['layers'])}"
             )
+        prec = _show_precision(tr)
+        prec_col = f"{'prec':<6}" if prec else ""
         hdr = (
-            f"\n{'net':<10}{'model':<18}{'gated':<7}{'images/s':>9}{'ms/step':>9}{'GFLOP/step':>11}{'GFLOP/s':>9}"
-            f"{'roofline':>9}{'of roof':>8}{'of peak':>8}{'non-mm':>8}"
+            f"\n{'net':<10}{'model':<18}{'gated':<7}{prec_col}{'images/s':>9}{'ms/step':>9}"
+            f"{'GFLOP/step':>11}{'GFLOP/s':>9}{'roofline':>9}{'of roof':>8}{'of peak':>8}{'non-mm':>8}"
         )
         out.append(hdr)
         out.append("-" * (len(hdr) - 1))
         for r in tr["rows"]:
             out.append(
                 f"{r['label']:<10}{r['model']:<18}{'yes' if r['gated'] else 'no':<7}"
-                f"{r['images_per_s']:>9,.0f}{r['step_ms']:>9.1f}"
+                + (f"{r.get('precision', 'fp32'):<6}" if prec else "")
+                + f"{r['images_per_s']:>9,.0f}{r['step_ms']:>9.1f}"
                 f"{r['flops_per_step'] / 1e9:>11.3f}{r['gflops']:>9.1f}{r['roofline_gflops']:>9.1f}"
                 f"{r['fraction_of_roofline']:>8.0%}{r['fraction_of_peak']:>8.0%}"
                 + (f"{r['non_matmul_fraction']:>8.0%}" if "non_matmul_fraction" in r else f"{'':>8}")
             )
         out.append(
             "GFLOP/step: analytic dense Linear/Conv FLOPs (forward + backward); roofline = the same products alone; "
-            "non-mm = 1 - the step's linear algebra alone / the step."
+            "non-mm = 1 - the step's linear algebra alone / the step"
+            + ("; each row against the products and the peak at its precision." if prec else ".")
         )
         for key, err in tr["errors"].items():
             out.append(f"  not measured: {key}: {err}")
@@ -272,18 +295,23 @@ def format_markdown(res: dict[str, Any]) -> str:
             )
     tr = res.get("train")
     if tr:
+        prec = _show_precision(tr)
+        peaks = "; ".join(f"{p} matmul {pk['square']}^3, {pk['gflops']:.1f} GFLOP/s" for p, pk in _peaks(tr).items())
         out += [
             "",
-            f"Roofline: fp32 matmul {tr['peak']['square']}^3, {tr['peak']['gflops']:.1f} GFLOP/s.",
+            f"Roofline: {peaks}.",
             "",
-            "| net | model | gated | images/s | ms/step | GFLOP/step | GFLOP/s | roofline GFLOP/s | of "
-            "roofline | of peak | non-matmul |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| net | model | gated | "
+            + ("precision | " if prec else "")
+            + "images/s | ms/step | GFLOP/step | GFLOP/s | roofline GFLOP/s | of roofline | of peak | non-matmul |",
+            "| --- | --- | --- | " + ("--- | " if prec else "") + "---: | " * 7 + "---: |",
         ]
         for r in tr["rows"]:
             nm = f"{r['non_matmul_fraction']:.0%}" if "non_matmul_fraction" in r else ""
             out.append(
-                f"| {r['label']} | {r['model']} | {'yes' if r['gated'] else 'no'} | {r['images_per_s']:,.0f} "
+                f"| {r['label']} | {r['model']} | {'yes' if r['gated'] else 'no'} | "
+                + (f"{r.get('precision', 'fp32')} | " if prec else "")
+                + f"{r['images_per_s']:,.0f} "
                 f"| {r['step_ms']:.1f} | "
                 f"{r['flops_per_step'] / 1e9:.3f} | {r['gflops']:.1f} | {r['roofline_gflops']:.1f} | "
                 f"{r['fraction_of_roofline']:.0%} | {r['fraction_of_peak']:.0%} | {nm} |"

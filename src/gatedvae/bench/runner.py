@@ -1,6 +1,10 @@
 """The measured step: the trainer's own batcher and :func:`gatedvae.train.training_step` on a
 model of a :class:`Spec`, and a conventional per-item DataLoader as the baseline input pipeline.
 
+On CUDA the step is the trainer's CUDA step: the dataset on the GPU, the non-finite check a
+device-side record read after the timing (no host wait per step), the spec's precision applied
+as the trainer applies ``train.precision`` (:class:`gatedvae.train.step.Precision`).
+
 :class:`StepRunner` is a callable that takes one training step (main phase), as the training
 loop does: draw a batch (:class:`gatedvae.train.Batcher`, or a DataLoader) -> the training step
 (loss, finiteness check, ``zero_grad``, ``backward``, Adam, auxiliary step) -> the loop's running
@@ -20,6 +24,7 @@ import torch
 from ..config import Config, DataConfig, GatingConfig, ModelConfig, TrainConfig
 from ..run import prepare
 from ..train import Batch, Batcher, RunningSums, make_generators, make_optimizers, training_step
+from ..train.step import Precision
 from .flops import Gemm, traced_gemms
 
 __all__ = ["LATENT_DIM", "PHASES", "Spec", "make_config", "PerItemPairs", "LoaderDraw", "StepRunner", "build_runner"]
@@ -39,7 +44,8 @@ class Spec:
     ``threads``: torch threads during the step (0 = the process's setting); ``dense_first``:
     turn the MLP's sparse first layer off; ``channels_first``: conv weights and inputs in
     NCHW (the trainer keeps them NHWC on the CPU); ``loader``: feed batches from a per-item
-    DataLoader with this many workers (None = the trainer's batcher).
+    DataLoader with this many workers (None = the trainer's batcher); ``precision``: the
+    ``train.precision`` of the step (part of the key unless ``fp32``).
     """
 
     label: str
@@ -52,6 +58,7 @@ class Spec:
     dense_first: bool = False
     channels_first: bool = False
     loader: int | None = None
+    precision: str = "fp32"
 
     @property
     def variant(self) -> str:
@@ -69,12 +76,14 @@ class Spec:
     @property
     def key(self) -> str:
         base = f"{self.label} {self.model} {'gated' if self.gated else 'ungated'}"
+        if self.precision != "fp32":
+            base += f" {self.precision}"
         return f"{base} [{self.variant}]" if self.variant else base
 
 
-def make_config(spec: Spec, batch: int, data: DataConfig | None = None) -> Config:
+def make_config(spec: Spec, batch: int, data: DataConfig | None = None, device: str = "cpu") -> Config:
     """The run config of a spec: dSprites, latent 8 (the paper's 4 partitions of 2 when gated),
-    Adam lr 1e-4, CPU."""
+    Adam lr 1e-4, on ``device``, at the spec's precision."""
     from ..models import MODELS
     from ..quickstart import DSPRITES_PARTITIONS
 
@@ -83,7 +92,7 @@ def make_config(spec: Spec, batch: int, data: DataConfig | None = None) -> Confi
         data=data or DataConfig(name="dsprites"),
         model=ModelConfig(name=spec.model, net=spec.net, hidden=spec.hidden, latent_dim=LATENT_DIM, condition=cond),  # type: ignore[arg-type]
         gating=GatingConfig(enabled=spec.gated, partitions=DSPRITES_PARTITIONS if spec.gated else ()),
-        train=TrainConfig(batch_size=batch, device="cpu", seed=0),
+        train=TrainConfig(batch_size=batch, device=str(device), seed=0, precision=spec.precision),  # type: ignore[arg-type]
     )
 
 
@@ -124,14 +133,24 @@ class PerItemPairs(torch.utils.data.Dataset):
 
 class LoaderDraw:
     """Batches from one per-item DataLoader per partition (or one, un-gated), in the order of
-    the trainer's partition schedule; returns what ``Batcher.draw`` returns."""
+    the trainer's partition schedule; returns what ``Batcher.draw`` returns.
 
-    def __init__(self, prep, batcher: Batcher, workers: int, seed: int) -> None:
+    The items come from ``host`` (the dataset in host memory; default ``prep.dataset``); on a GPU
+    the batches are collated in pinned memory and copied to the device without waiting, as a
+    conventional CUDA input pipeline does."""
+
+    def __init__(self, prep, batcher: Batcher, workers: int, seed: int, host=None) -> None:
         self.batcher = batcher
+        self.device = prep.device
+        cuda = prep.device.type == "cuda"
         parts = prep.config.gating.partitions if prep.partitions is not None else (None,)
         self.loaders = []
         for k, p in enumerate(parts):
-            ds = PerItemPairs(prep.dataset, None if p is None else p.factors, np.random.default_rng([seed, 3, k]))
+            ds = PerItemPairs(
+                host if host is not None else prep.dataset,
+                None if p is None else p.factors,
+                np.random.default_rng([seed, 3, k]),
+            )
             self.loaders.append(
                 torch.utils.data.DataLoader(
                     ds,
@@ -141,6 +160,7 @@ class LoaderDraw:
                     num_workers=workers,
                     generator=torch.Generator().manual_seed(seed + k),
                     persistent_workers=workers > 0,
+                    pin_memory=cuda,
                 )
             )
         self.iters = [iter(ld) for ld in self.loaders]
@@ -152,25 +172,41 @@ class LoaderDraw:
             self.iters[k] = iter(self.loaders[k])
             return next(self.iters[k])
 
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.device == self.device else x.to(self.device, non_blocking=True)
+
     def __call__(self, step: int, rng: np.random.Generator) -> Batch:
         b = self.batcher
         if b.partitions is None:
-            x = self._next(0)
+            x = self._to_device(self._next(0))
             return Batch(x, x)
         active = b.schedule(step, rng)
         x, target = self._next(active)
-        return Batch(x, target, gate_mask=b.masks[active], active=active)
+        return Batch(self._to_device(x), self._to_device(target), gate_mask=b.masks[active], active=active)
 
 
 class _FiniteOrRaise:
-    """The CPU loop's per-step check, as a plain error (a benchmark has no checkpoint to name)."""
+    """The loop's non-finite check, as a plain error (a benchmark has no checkpoint to name): on
+    the CPU every step, as the loop does; on CUDA a device-side record (no host wait per step, as
+    the loop's deferred check), read by :meth:`verify` after the timing."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, every_step: bool = True) -> None:
         self.model_name = model_name
+        self.every_step = every_step
+        self.ok: torch.Tensor | None = None  # () bool on the device: every total so far finite
 
     def observe(self, step: int, terms: dict[str, torch.Tensor], total: torch.Tensor) -> None:
-        if not bool(torch.isfinite(total)):
-            raise RuntimeError(f"{self.model_name}: loss is not finite at benchmark step {step}")
+        if self.every_step:
+            if not bool(torch.isfinite(total)):
+                raise RuntimeError(f"{self.model_name}: loss is not finite at benchmark step {step}")
+            return
+        finite = torch.isfinite(total.detach())  # ()
+        self.ok = finite if self.ok is None else self.ok & finite
+
+    def verify(self) -> None:
+        """Raise if some step's loss was not finite (reads the device record)."""
+        if self.ok is not None and not bool(self.ok):
+            raise RuntimeError(f"{self.model_name}: loss was not finite at some benchmark step")
 
 
 class StepRunner:
@@ -181,7 +217,7 @@ class StepRunner:
     one dict of seconds per phase per call).
     """
 
-    def __init__(self, prep, spec: Spec, split: bool = False) -> None:
+    def __init__(self, prep, spec: Spec, split: bool = False, host=None) -> None:
         self.prep = prep
         self.spec = spec
         self.model = prep.model
@@ -189,7 +225,11 @@ class StepRunner:
         self.batcher = Batcher(prep)
         self.optimizers = make_optimizers(self.model, self.config.train.lr, prep.device, **dict(spec.adam))
         self.rng, self.gen = make_generators(self.config.train.seed, prep.device)
-        self.check = _FiniteOrRaise(self.config.model.name)
+        self.precision = Precision(spec.precision, prep.device)
+        cuda = prep.device.type == "cuda"
+        self.check = _FiniteOrRaise(self.config.model.name, every_step=not cuda)
+        # Phases on a GPU: wait for the device at each mark, or a phase would time only its launches.
+        self.sync = (lambda: torch.cuda.synchronize(prep.device)) if cuda and split else (lambda: None)
         self.threads = spec.threads
         self.split = split
         self.records: list[dict[str, float]] = []
@@ -201,7 +241,7 @@ class StepRunner:
         if spec.channels_first:
             self.model.to(memory_format=torch.contiguous_format)
         self.draw = (
-            LoaderDraw(prep, self.batcher, spec.loader, self.config.train.seed)
+            LoaderDraw(prep, self.batcher, spec.loader, self.config.train.seed, host)
             if spec.loader is not None
             else self._draw
         )
@@ -233,12 +273,19 @@ class StepRunner:
 
     def _step(self) -> None:
         step = self.step_no
+        self.sync()
         t0 = time.perf_counter()
         batch = self.draw(step, self.rng)
         if self.spec.channels_first:
             batch = replace(batch, x=batch.x.contiguous())
+        self.sync()
         t1 = time.perf_counter()
         marks: dict[str, float] = {}
+
+        def mark(phase: str) -> None:
+            self.sync()
+            marks[phase] = time.perf_counter()
+
         terms = training_step(
             self.model,
             batch,
@@ -247,9 +294,11 @@ class StepRunner:
             self.optimizers,
             gate_regulariser=self.config.gating.gate_kl,
             check=self.check,
-            mark=(lambda phase: marks.__setitem__(phase, time.perf_counter())) if self.split else None,
+            mark=mark if self.split else None,
+            precision=self.precision,
         )
         self.sums.add(terms)  # the loop's logging sums
+        self.sync()
         t4 = time.perf_counter()
         self.step_no += 1
         if self.step_no % 100 == 0:
@@ -259,11 +308,13 @@ class StepRunner:
             self.records.append({"batch": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "optimizer": t4 - t3})
 
 
-def build_runner(spec: Spec, batch: int, dataset, split: bool = False) -> tuple[StepRunner, list[Gemm]]:
-    """``(runner, gemms)`` of a spec on an already built dataset."""
-    config = make_config(spec, batch)
-    prep = prepare(config, device=torch.device("cpu"), dataset=dataset)
-    runner = StepRunner(prep, spec, split)
+def build_runner(spec: Spec, batch: int, dataset, split: bool = False, host=None) -> tuple[StepRunner, list[Gemm]]:
+    """``(runner, gemms)`` of a spec on an already built dataset, on the dataset's device (``host``:
+    the same dataset in host memory, for a DataLoader baseline on a GPU; default ``dataset``)."""
+    device = dataset.store.device
+    config = make_config(spec, batch, device=str(device))
+    prep = prepare(config, device=device, dataset=dataset)
+    runner = StepRunner(prep, spec, split, host)
     gemms = traced_gemms(runner)
     runner.step_no, runner.records = 0, []  # the traced step does not count
     runner.sums.reset()

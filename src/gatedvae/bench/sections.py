@@ -18,7 +18,7 @@ import torch
 from ..config import Config
 from ..errors import ConfigError
 from .children import dsprites_partitions, run_child
-from .options import SECTIONS, BenchOptions
+from .options import SECTIONS, BenchOptions, bench_device, check_precisions
 from .report import targets
 from .timing import loadavg, rate
 from .train_section import measure_train
@@ -95,12 +95,13 @@ def metrics_config(steps: int, o: BenchOptions) -> Config:
         cfg,
         data=o.data_config(),
         model=replace(cfg.model, hidden=o.hidden_small),
-        train=replace(cfg.train, device="cpu", threads=o.threads),
+        train=replace(cfg.train, device=o.device, threads=o.threads),
     )
 
 
 def measure_metrics(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Seconds per metric for each preset on a trained model (``--metrics-run`` or trained here)."""
+    """Seconds per metric for each preset on a trained model (``--metrics-run`` or trained here),
+    the model encoding on ``o.device`` (the metrics themselves are numpy on the CPU)."""
     from ..evaluation import evaluate_model
     from ..run import load_trained
     from ..train import latest_checkpoint, train
@@ -123,8 +124,9 @@ def measure_metrics(o: BenchOptions, log: Callable[[str], None] = print) -> dict
         train(cfg, run, quiet=True, tensorboard=False)
         train_seconds = time.perf_counter() - t0
     try:
-        prep, step, _ = load_trained(run)
+        prep, step, _ = load_trained(run, device=torch.device(o.device))
         out: dict[str, Any] = {
+            "device": o.device,
             "run": None if tmp else str(run),
             "step": step,
             "images": len(prep.dataset),
@@ -177,6 +179,8 @@ def measure_memory(o: BenchOptions, log: Callable[[str], None] = print) -> dict[
         "batch": o.batch,
         "evaluate": evaluate,
         "threads": o.threads,
+        "device": o.device,
+        "precision": o.precisions[0],
     }
     return run_child("memory", args, o.threads)
 
@@ -188,8 +192,10 @@ def measure_quickstart(o: BenchOptions, log: Callable[[str], None] = print) -> d
     return run_child("quickstart", {"steps": 30 if o.quick else 3000}, o.threads)
 
 
-def machine_info() -> dict[str, Any]:
-    return {
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """The machine; with a CUDA ``device`` also the GPU (name, compute capability, memory) and the
+    CUDA and cuDNN versions."""
+    info: dict[str, Any] = {
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
@@ -197,7 +203,19 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
         "platform": platform.platform(),
+        "device": str(device),
     }
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        info.update(
+            device_name=props.name,
+            capability=f"{props.major}.{props.minor}",
+            device_memory_gb=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
+    return info
 
 
 def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -205,12 +223,14 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, 
     unknown = [s for s in o.sections if s not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown bench section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    device = bench_device(o.device)  # a device or precision this machine lacks: one line, nothing measured
+    o = replace(o, device=str(device), precisions=check_precisions(tuple(o.precisions), device)).for_device()
     before = torch.get_num_threads()
     if o.threads:
         torch.set_num_threads(o.threads)
     t0 = time.perf_counter()
     res: dict[str, Any] = {
-        "machine": machine_info(),
+        "machine": machine_info(o.device),
         "options": asdict(o),
         "loadavg_start": loadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -5,8 +5,8 @@
 * :mod:`.reconstruction`: reconstruction error and sharpness;
 * :mod:`.suite`: the metric suite over a prepared run (:func:`evaluate_model`), driven by the
   metric registry, and the headline scores;
-* :mod:`.runs`: a run directory -> ``metrics.json`` and figures (:func:`evaluate_run`), UDR over
-  several runs (:func:`udr_runs`).
+* :mod:`.runs`: a run directory -> ``metrics.json`` and figures (:func:`evaluate_run`, on the
+  device of :func:`evaluation_device`), UDR over several runs (:func:`udr_runs`).
 
 Layering: this package imports :mod:`gatedvae.run` (the one loader of a trained run) and
 :mod:`gatedvae.viz` (the figures), never :mod:`gatedvae.train`.
@@ -30,7 +30,7 @@ from .encoding import (
     representation_fn,
 )
 from .reconstruction import laplacian_sharpness, reconstruction_scores
-from .runs import FORMAT, evaluate_run, format_headline, to_jsonable, udr_runs, write_json
+from .runs import FORMAT, evaluate_run, evaluation_device, format_headline, to_jsonable, udr_runs, write_json
 from .suite import (
     RECONSTRUCTION,
     SAMPLE_SIZES,
@@ -72,6 +72,7 @@ __all__ = [
     "reconstruction_scores",
     # runs
     "evaluate_run",
+    "evaluation_device",
     "udr_runs",
     "format_headline",
     "to_jsonable",

@@ -4,7 +4,11 @@ One call, :func:`evaluate_run`, does what ``gatedvae evaluate RUN_DIR`` does:
 
 1. read the run's resolved config and its latest checkpoint (a one-line error if the directory
    is missing, is not a run, or has no checkpoint yet) and rebuild its dataset and model exactly
-   as training did (:func:`gatedvae.run.load_trained`, the one loader of a trained run);
+   as training did (:func:`gatedvae.run.load_trained`, the one loader of a trained run), on the
+   evaluation's device (``--device``, :func:`evaluation_device`: CUDA when there is one, whatever
+   device the run was trained on; a run trained on a GPU evaluates on a CPU-only machine). At the
+   end of training (:class:`gatedvae.callbacks.EvaluateAtEnd`) nothing is rebuilt: the trainer's
+   dataset and model are evaluated in place (one copy of the data on the device);
 2. run the metrics through the suite (:func:`gatedvae.evaluation.evaluate_model`) with a preset's
    sample sizes and one seed;
 3. write ``RUN/metrics.json`` atomically: every score with its parameters, sample sizes and the
@@ -28,7 +32,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,13 +42,17 @@ from ..errors import ConfigError, DataError
 from ..io import atomic_json
 from ..metrics import preset_kwargs, udr
 from ..metrics.unsupervised import kl_per_dim
-from ..run import heldout_indices, load_trained
+from ..run import find_checkpoint, heldout_indices, load_run_config, load_trained
 from ..runlock import unfinished_note
 from ..viz.evaluation import write_figures
 from .encoding import encode_posterior
 from .suite import SAMPLE_SIZES, evaluate_model, headline, resolve_metrics
 
-__all__ = ["evaluate_run", "udr_runs", "to_jsonable", "write_json", "format_headline", "FORMAT"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data.base import FactorDataset
+    from ..run import Prepared
+
+__all__ = ["evaluate_run", "udr_runs", "evaluation_device", "to_jsonable", "write_json", "format_headline", "FORMAT"]
 
 FORMAT = "gatedvae-metrics-1"
 
@@ -91,6 +99,40 @@ def write_json(path: str | os.PathLike, data: dict) -> Path:
     return atomic_json(path, data, indent=1)
 
 
+# --------------------------------------------------------------------------- the device
+def evaluation_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device an evaluation encodes and decodes on: ``auto`` (or None) = the first CUDA device
+    when there is one, else the CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given, checked.
+
+    Independent of the device the run was trained on (its ``train.device``): a run trained on a
+    GPU is evaluated on a CPU-only machine with ``auto`` or ``cpu``. ConfigError (one line) for a
+    device this machine lacks or a name that is not a device.
+    """
+    if isinstance(device, torch.device):
+        name = str(device)
+    else:
+        name = "auto" if device is None else str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ConfigError(f"--device {name}: evaluation runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} but CUDA is not available here; use --device auto or cpu")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ConfigError(
+            f"--device {name} but this machine has {count} CUDA device{'s' if count != 1 else ''} "
+            f"(cuda:0..cuda:{count - 1}); choose one of them"
+        )
+    return dev
+
+
 # --------------------------------------------------------------------------- held-out images
 def _heldout(config: Config, progress: bool, n_images: int):
     """Images for the reconstruction scores that the model did not train on, where there are any.
@@ -120,6 +162,10 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = True,
     figures: bool = True,
+    device: str | torch.device | None = "auto",
+    *,
+    prep: Prepared | None = None,
+    dataset: FactorDataset | None = None,
 ) -> dict:
     """Evaluate the latest checkpoint of a run; write ``RUN/metrics.json`` and ``RUN/figures/``.
 
@@ -131,6 +177,13 @@ def evaluate_run(
         seed: seeds every random choice of the evaluation (samples, splits, classifiers, figures).
         progress: tqdm bars (dataset building and the metrics).
         figures: also write the figures.
+        device: where the model encodes and decodes (:func:`evaluation_device`: ``auto``, ``cpu``,
+            ``cuda``, ``cuda:N``); the metrics themselves are numpy on the CPU.
+        prep: the run already built, its model holding the weights of the run's latest checkpoint
+            (the trainer's own when training ends, :class:`gatedvae.callbacks.EvaluateAtEnd`): it is
+            evaluated where it is, nothing is rebuilt or reloaded, ``device`` is not used.
+        dataset: the run's dataset already built (a sweep worker's, shared with its training),
+            on the evaluation's device or moved there; saves building it again.
 
     Returns:
         the JSON-safe content written to ``metrics.json``.
@@ -145,7 +198,11 @@ def evaluate_run(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
     run = Path(run_dir)
-    prep, step, ckpt = load_trained(run, progress=progress)
+    if prep is None:
+        dev = evaluation_device(device)  # refuse a device this machine lacks before building anything
+        prep, step, ckpt = load_trained(run, progress=progress, device=dev, dataset=dataset)
+    else:
+        step, ckpt = find_checkpoint(run)  # the weights the trainer holds: its last checkpoint's
     note = unfinished_note(run, step, "evaluating")  # a run still training, or stopped early
     if note:
         print(note, file=sys.stderr)
@@ -167,6 +224,7 @@ def evaluate_run(
         "run": str(run),
         "checkpoint": ckpt.name,
         "checkpoint_step": int(step),
+        "device": str(prep.device),
         "seed": int(seed),
         "preset": preset,
         "metrics": result["metrics"],
@@ -236,11 +294,18 @@ def format_headline(doc: dict) -> str:
 
 
 # --------------------------------------------------------------------------- UDR over runs
-def udr_runs(run_dirs: Sequence[str | os.PathLike], preset: str = "default", seed: int = 0, **overrides) -> dict:
+def udr_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    preset: str = "default",
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    **overrides,
+) -> dict:
     """UDR scores of several runs of one configuration (Duan et al.), JSON-safe.
 
     Every run is encoded on the same images (drawn from the first run's dataset with ``seed``;
-    the runs must share their data config); a latent is active when its mean KL exceeds the
+    the runs must share their data config), on ``device`` (:func:`evaluation_device`); the dataset
+    is built once and shared by the runs. A latent is active when its mean KL exceeds the
     preset's ``kl_threshold``. Returns ``{"runs": [...], "model_scores": [...], "pairwise":
     [[...]], ...}`` (the :func:`gatedvae.metrics.udr` output plus the run names and sizes).
     """
@@ -248,20 +313,23 @@ def udr_runs(run_dirs: Sequence[str | os.PathLike], preset: str = "default", see
         raise ConfigError("udr_runs needs at least two runs of the same configuration (different seeds)")
     rng = np.random.default_rng([int(seed), 5])
     n = SAMPLE_SIZES.get(preset, SAMPLE_SIZES["default"])["codes"]
-    codes, kls, data_cfg, idx = [], [], None, None
+    dev = evaluation_device(device)
+    codes, kls, data_cfg, idx, shared = [], [], None, None, None
     for run in run_dirs:
-        prep, _, _ = load_trained(run)
-        if data_cfg is None:
-            data_cfg = prep.config.data
-            idx = np.sort(rng.choice(len(prep.dataset), size=min(n, len(prep.dataset)), replace=False))
-        elif prep.config.data != data_cfg:
+        if data_cfg is not None and load_run_config(run).data != data_cfg:
             raise DataError(
                 f"run {run} was trained on other data than {run_dirs[0]}; UDR compares runs on the same images"
             )
+        prep, _, _ = load_trained(run, device=dev, dataset=shared)
+        if data_cfg is None:
+            data_cfg, shared = prep.config.data, prep.dataset
+            idx = np.sort(rng.choice(len(prep.dataset), size=min(n, len(prep.dataset)), replace=False))
         mu, logvar = encode_posterior(prep, idx)
         codes.append(mu.astype(np.float64))
         kls.append(np.asarray(kl_per_dim(mu, logvar)))
     kwargs = dict(preset_kwargs("udr", preset), **overrides)
     out = udr(codes, rng, kl=kls, **kwargs)
     out.pop("similarity", None)  # (D_i, D_j) matrices per pair: large and rarely read
-    return to_jsonable({"runs": [str(r) for r in run_dirs], "params": kwargs, "samples": int(idx.size), **out})
+    return to_jsonable(
+        {"runs": [str(r) for r in run_dirs], "params": kwargs, "samples": int(idx.size), "device": str(dev), **out}
+    )

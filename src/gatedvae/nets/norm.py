@@ -48,11 +48,14 @@ def batch_norm_layers(*modules: nn.Module) -> list[nn.modules.batchnorm._BatchNo
 
 def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of a batch-norm input ``(B, C, ...)``, over the global
-    batch in a data-parallel run (as the synchronised layers normalise)."""
+    batch in a data-parallel run (as the synchronised layers normalise). At least float32: under
+    mixed precision the input is bfloat16 / float16 and its statistics are taken in float32 (the
+    running buffers' dtype, which :func:`use_statistics` hands the layer)."""
     dims = [0, *range(2, x.dim())]
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    out = torch.promote_types(x.dtype, torch.float32)
     if world == 1:
-        var, mean = torch.var_mean(x, dims, correction=0)  # (C,) each
+        var, mean = torch.var_mean(x.to(out), dims, correction=0)  # (C,) each
         return mean, var
     xd = x.to(torch.float64)
     sums = torch.cat([xd.sum(dims), (xd * xd).sum(dims)])  # (2C,)
@@ -61,7 +64,7 @@ def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     c = x.shape[1]
     mean = sums[:c] / count
     var = (sums[c:] / count - mean * mean).clamp_min(0.0)
-    return mean.to(x.dtype), var.to(x.dtype)
+    return mean.to(out), var.to(out)
 
 
 @contextmanager

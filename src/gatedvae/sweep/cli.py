@@ -71,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.out:
             raise ConfigError("--out is for a sweep file; a sweep directory runs where it is")
         sweep_dir = target
+    if args.workers is not None and args.workers_per_gpu is not None:
+        raise ConfigError("give --workers or --workers-per-gpu, not both")
     if args.backend == "local":
         given = [
             o
@@ -89,7 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     res = run_sweep(
         sweep_dir,
-        workers=args.workers,
+        workers=args.workers if args.workers is not None else 1,
+        workers_per_gpu=args.workers_per_gpu,
         index=args.index,
         shard=shard,
         backend=args.backend,
@@ -205,10 +208,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--workers",
         type=int,
-        default=1,
         help="runs at once in local processes, each with cores/workers torch threads unless the config sets "
-        "train.threads (default 1: in this process); with --backend ray and no --address: the local Ray "
-        "instance's CPUs",
+        "train.threads (default 1: in this process); with N visible GPUs worker i runs on GPU i mod N; "
+        "with --backend ray and no --address: the local Ray instance's CPUs",
+    )
+    r.add_argument(
+        "--workers-per-gpu",
+        type=int,
+        metavar="K",
+        help="local backend: K runs at once on each visible GPU (K x GPUs workers; instead of --workers)",
     )
     r.add_argument("--index", type=int, help="run only run number INDEX (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
     r.add_argument("--shard", metavar="I/N", help="run only shard I of N (runs I, I+N, I+2N, ...)")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, GatedVAEError
 from ..io import atomic_json
-from .local import available_cores, run_local
+from .local import available_cores, run_local, visible_gpus
 from .runner import STATES, inspect_run, run_dir_of, settle_record
 from .spec import read_manifest
 
@@ -139,6 +139,7 @@ def run_sweep(
     retry_failed: bool = True,
     tensorboard: bool = True,
     progress: bool = True,
+    workers_per_gpu: int | None = None,
 ) -> dict[str, Any]:
     """Run the sweep in ``sweep_dir`` (or the selected part of it) until each run is done or failed.
 
@@ -146,7 +147,11 @@ def run_sweep(
         sweep_dir: a directory written by ``gatedvae sweep plan`` (holds ``manifest.json``).
         workers: local backend: runs at once, each in its own process (1: in this process);
             torch gets ``cores // workers`` threads per run unless a config sets ``train.threads``.
+            With CUDA devices visible, worker ``i`` runs on GPU ``i mod N`` (it sees that GPU only,
+            as ``cuda:0``; :func:`gatedvae.sweep.local.gpu_slots`).
             Ray backend without ``address``: the CPUs of the local Ray instance.
+        workers_per_gpu: local backend: ``K`` runs at once on each visible GPU (``workers`` becomes
+            ``K`` x the GPUs); ConfigError when no GPU is visible.
         index: run only manifest run ``index`` (a job-array task id).
         shard: ``(i, n)``: run every n-th run starting at i.
         backend: ``local`` or ``ray``.
@@ -166,6 +171,15 @@ def run_sweep(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend {backend}: use local or ray")
+    gpus = visible_gpus() if backend == "local" else []
+    if workers_per_gpu is not None:
+        if backend != "local":
+            raise ConfigError("--workers-per-gpu is for --backend local; with Ray use --gpus-per-run")
+        if workers_per_gpu < 1:
+            raise ConfigError(f"--workers-per-gpu must be at least 1, got {workers_per_gpu}")
+        if not gpus:
+            raise ConfigError("--workers-per-gpu: no CUDA device is visible here; use --workers N")
+        workers = workers_per_gpu * len(gpus)
     selected = select_runs(manifest, index, shard)
     todo, skipped = [], []
     for e in selected:
@@ -236,6 +250,7 @@ def run_sweep(
                 on_start=on_start,
                 on_result=on_result,
                 on_tick=postfix,
+                gpus=gpus,
             )
         else:
             from .ray_backend import run_ray

@@ -9,6 +9,12 @@ with the cause, a new worker takes the next run, and the others carry on.
 On Linux each worker asks the kernel to kill it when the parent dies (``PR_SET_PDEATHSIG``), so
 killing ``gatedvae sweep run`` (even with SIGKILL) never leaves orphans training in the
 background; their runs resume from their checkpoints next time.
+
+GPUs: with N CUDA devices visible to the parent, worker ``i`` gets ``CUDA_VISIBLE_DEVICES`` set
+to the parent's device ``i mod N`` (:func:`gpu_slots`), so each worker sees one GPU, as
+``cuda:0``, and runs with ``train.device=auto`` (or ``cuda``) train there; ``W`` workers put
+``ceil(W / N)`` or ``floor(W / N)`` runs on each GPU. A worker that dies is replaced on the same
+GPU. Each worker keeps the dataset of its last run for its next one (:class:`.runner.DatasetSlot`).
 """
 
 from __future__ import annotations
@@ -19,15 +25,15 @@ import signal
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from .runner import record_failure, run_dir_of, run_one
+from .runner import DatasetSlot, record_failure, run_dir_of, run_one
 
-__all__ = ["run_local", "available_cores"]
+__all__ = ["run_local", "available_cores", "visible_gpus", "gpu_slots"]
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -38,6 +44,32 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process sees, as ``CUDA_VISIBLE_DEVICES`` entries for a child process.
+
+    ``torch.cuda.device_count()`` devices (0 without CUDA; counted without initialising CUDA
+    here); their names are this process's own ``CUDA_VISIBLE_DEVICES`` entries where it has
+    that variable (``"2,3"`` -> ``["2", "3"]``; UUIDs pass through), else ``"0"`` .. ``"N-1"``.
+    """
+    import torch
+
+    n = int(torch.cuda.device_count())
+    if n <= 0:
+        return []
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is not None:
+        ids = [x.strip() for x in raw.split(",") if x.strip()]
+        if len(ids) >= n:
+            return ids[:n]  # CUDA stops at the first invalid entry: the first n are the devices
+    return [str(i) for i in range(n)]
+
+
+def gpu_slots(workers: int, gpus: Sequence[str]) -> list[str | None]:
+    """``CUDA_VISIBLE_DEVICES`` of each of ``workers`` worker slots: slot ``i`` -> ``gpus[i mod N]``
+    (None for every slot when there is no GPU: the workers see what the parent sees)."""
+    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -53,12 +85,17 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _worker_main(conn, sweep_dir: str, threads: int, retry_failed: bool, tensorboard: bool, parent_pid: int) -> None:
+def _worker_main(
+    conn, sweep_dir: str, threads: int, retry_failed: bool, tensorboard: bool, parent_pid: int, gpu: str | None
+) -> None:
+    if gpu is not None:  # before anything touches CUDA: this worker sees that one GPU, as cuda:0
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
     import torch
 
     torch.set_num_threads(threads)
+    datasets = DatasetSlot()  # the last run's dataset, for the next run on the same data
     while True:
         try:
             entry = conn.recv()
@@ -67,16 +104,19 @@ def _worker_main(conn, sweep_dir: str, threads: int, retry_failed: bool, tensorb
         if entry is None:
             return
         try:
-            outcome = run_one(sweep_dir, entry, threads=threads, retry_failed=retry_failed, tensorboard=tensorboard)
+            outcome = run_one(
+                sweep_dir, entry, threads=threads, retry_failed=retry_failed, tensorboard=tensorboard, datasets=datasets
+            )
         except KeyboardInterrupt:  # the parent's SIGTERM: the run checkpointed and stopped; leave quietly
             return
         conn.send(outcome)
 
 
 class _Worker:
-    def __init__(self, ctx, args: tuple) -> None:
+    def __init__(self, ctx, args: tuple, gpu: str | None = None) -> None:
+        self.gpu = gpu
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, *args), name="gatedvae-sweep-worker")
+        self.proc = ctx.Process(target=_worker_main, args=(child, *args, gpu), name="gatedvae-sweep-worker")
         # Start the child with SIGINT ignored (kept across exec): a Ctrl-C while it is still importing
         # torch must not print a traceback; the parent stops the workers itself.
         previous = (
@@ -150,9 +190,13 @@ def run_local(
     on_result: Callback | None = None,
     on_tick: Callable[[], None] | None = None,
     poll: float = 2.0,
+    gpus: Sequence[str] | None = None,
 ) -> None:
     """Run ``entries`` with ``workers`` processes (1: in this process).
 
+    ``gpus``: the CUDA devices to place the workers on (``CUDA_VISIBLE_DEVICES`` entries; worker
+    ``i`` gets ``gpus[i mod len(gpus)]``); None: the ones this process sees (:func:`visible_gpus`);
+    empty: no placement. With one worker the runs train in this process, on its own device.
     ``on_start(entry)`` is called when a run is handed to a worker, ``on_result(outcome)`` with
     :func:`run_one`'s outcome (or a failure made up here when the worker died), ``on_tick()`` at
     least every ``poll`` seconds while runs are in flight.
@@ -160,16 +204,25 @@ def run_local(
     on_start = on_start or (lambda e: None)
     on_result = on_result or (lambda o: None)
     if workers <= 1 or len(entries) <= 1:
+        datasets = DatasetSlot()
         for entry in entries:
             on_start(entry)
             with _ticking(on_tick, poll):
-                outcome = run_one(sweep_dir, entry, threads=threads, retry_failed=retry_failed, tensorboard=tensorboard)
+                outcome = run_one(
+                    sweep_dir,
+                    entry,
+                    threads=threads,
+                    retry_failed=retry_failed,
+                    tensorboard=tensorboard,
+                    datasets=datasets,
+                )
             on_result(outcome)
         return
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools or locks
     args = (str(Path(sweep_dir).resolve()), threads, retry_failed, tensorboard, os.getpid())
     queue = deque(entries)
-    pool = [_Worker(ctx, args) for _ in range(min(workers, len(entries)))]
+    slots = gpu_slots(min(workers, len(entries)), visible_gpus() if gpus is None else list(gpus))
+    pool = [_Worker(ctx, args, gpu) for gpu in slots]
     try:
         while True:
             for w in pool:
@@ -205,7 +258,7 @@ def run_local(
                 )
                 record_failure(run_dir_of(sweep_dir, entry), msg)
                 w.conn.close()
-                pool[i] = _Worker(ctx, args)
+                pool[i] = _Worker(ctx, args, w.gpu)  # on the same GPU
                 on_result(
                     {
                         "id": entry["id"],

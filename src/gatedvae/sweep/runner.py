@@ -13,6 +13,9 @@ A sweep's run lives in ``SWEEP_DIR/runs/<id>/``, an ordinary run directory (``ga
   never train the same run at once (``train()`` runs inside the sweep's hold: the lock is
   re-entrant within a thread).
 
+A run's dataset is built once for its training and its evaluation (on the run's device), and a
+sweep worker keeps it for its next run when that one uses the same data (:class:`DatasetSlot`).
+
 The state of a run is read from its files, which are the truth (:func:`inspect_run`):
 ``pending`` (nothing trained), ``partial`` (stopped with or without a checkpoint: resumed next
 time), ``trained`` (training finished, evaluation missing or made with other settings),
@@ -35,7 +38,16 @@ from ..errors import GatedVAEError
 from ..io import atomic_json, read_json
 from .spec import EvalSettings
 
-__all__ = ["run_one", "inspect_run", "record_failure", "run_dir_of", "RECORD", "ERROR_FILE", "STATES"]
+__all__ = [
+    "run_one",
+    "inspect_run",
+    "record_failure",
+    "run_dir_of",
+    "DatasetSlot",
+    "RECORD",
+    "ERROR_FILE",
+    "STATES",
+]
 
 RECORD = "sweep.json"
 LOG = "log.txt"
@@ -172,6 +184,49 @@ def record_failure(run_dir: str | os.PathLike, message: str, details: str = "") 
     (run_dir / ERROR_FILE).write_text((details or message).rstrip() + "\n", encoding="utf-8")
 
 
+class DatasetSlot:
+    """The dataset of the last run, kept for the next one with the same data config and device.
+
+    A sweep worker trains runs one after another, usually on the same data: building dSprites
+    again for each (and copying it to the GPU again) is wasted time, and holding more than one
+    is wasted memory. The slot holds one dataset; a run with other data replaces it (the old one
+    is let go before the new one is built).
+    """
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.dataset: Any = None
+        self.builds = 0
+
+    def get(self, data: Any, device: Any) -> Any:
+        """The dataset of ``data`` (a :class:`~gatedvae.config.DataConfig`) on ``device``."""
+        import json
+
+        from ..config import to_dict
+        from ..data import build_dataset
+
+        key = json.dumps([to_dict(data), str(device)], sort_keys=True)
+        if key != self.key:
+            self.key, self.dataset = None, None
+            self.dataset = build_dataset(data).to(device)
+            self.key = key
+            self.builds += 1
+        return self.dataset
+
+
+def _device_of(config: Any) -> Any:
+    """Where a run trains and is evaluated: its ``train.device`` resolved; a run trained on a GPU
+    and evaluated on a machine without one is evaluated on the CPU (``gatedvae evaluate``'s auto)."""
+    from ..errors import ConfigError
+    from ..evaluation import evaluation_device
+    from ..run import resolve_device
+
+    try:
+        return resolve_device(config.train.device)
+    except ConfigError:
+        return evaluation_device("auto")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, GatedVAEError):
@@ -187,6 +242,7 @@ def _work(
     attempt: dict[str, Any],
     out: dict[str, Any],
     actions: list[str],
+    datasets: DatasetSlot,
 ) -> None:
     """Train (or resume) and evaluate one run; appends what it did to ``actions``."""
     import torch
@@ -207,12 +263,22 @@ def _work(
     status = read_json(run_dir / "status.json")
     if status.get("status") != "finished":
         from ..callbacks import TensorBoardImages
+        from ..run import validate
         from ..train import latest_checkpoint, train
 
+        validate(config)  # what can be refused before the dataset is built
         found = latest_checkpoint(run_dir / "checkpoints")
         out["resumed_from"] = attempt["resumed_from"] = found[0] if found else 0
         # No evaluation callback: the sweep evaluates below, with its own settings.
-        train(None, run_dir, resume=True, quiet=True, tensorboard=tensorboard, callbacks=[TensorBoardImages()])
+        train(
+            None,
+            run_dir,
+            resume=True,
+            quiet=True,
+            tensorboard=tensorboard,
+            callbacks=[TensorBoardImages()],
+            dataset=datasets.get(config.data, _device_of(config)),
+        )
         actions.append("resumed" if found else "trained")
     ev = EvalSettings.from_json(entry.get("evaluate"))
     if ev is not None and not _metrics_ok(run_dir, ev, _total_steps(entry)):
@@ -225,6 +291,8 @@ def _work(
             seed=ev.seed,
             progress=False,
             figures=ev.figures,
+            dataset=datasets.get(config.data, _device_of(config)),
+            device=_device_of(config),
         )
         actions.append("evaluated")
 
@@ -235,6 +303,7 @@ def run_one(
     threads: int = 0,
     retry_failed: bool = True,
     tensorboard: bool = True,
+    datasets: DatasetSlot | None = None,
 ) -> dict[str, Any]:
     """Bring one manifest run to ``done``: train or resume it, then evaluate it.
 
@@ -245,6 +314,8 @@ def run_one(
             (0: leave torch's setting alone).
         retry_failed: try a run whose last attempt failed again (resuming from its checkpoint).
         tensorboard: write TensorBoard logs.
+        datasets: where the run's dataset is built and kept (a worker's, shared by its runs);
+            None: built for this run alone (still once for its training and its evaluation).
 
     Returns:
         ``{"id", "name", "state", "action", "error", "seconds", "resumed_from"}``; ``state`` is
@@ -286,6 +357,8 @@ def run_one(
             "from_state": info["state"],
             "outcome": "running",
         }
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):  # the GPU a local worker (or Ray) placed the run on
+            attempt["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
         for earlier in record.setdefault("history", []):
             if earlier.get("outcome") == "running":  # we hold the lock, so that process is gone
                 earlier["outcome"] = "stopped"
@@ -302,7 +375,7 @@ def run_one(
             log.flush()
             try:
                 with redirect_stdout(log), redirect_stderr(log):
-                    _work(run_dir, entry, threads, tensorboard, attempt, out, actions)
+                    _work(run_dir, entry, threads, tensorboard, attempt, out, actions, datasets or DatasetSlot())
             except Exception as exc:  # recorded, not raised: one failed run must not stop the sweep
                 msg = _one_line(exc)
                 details = traceback.format_exc()

@@ -4,7 +4,8 @@
 ``gatedvae bench``); :mod:`.loop` runs steps with checkpoints, logs and exact resume, calling
 :class:`Callback` objects for anything else (evaluation and figures live above this package:
 :mod:`gatedvae.callbacks`); :mod:`.files` writes status, metrics and summary;
-:mod:`.distributed` makes the loop data-parallel under ``torchrun``. One process trains a run at a
+:mod:`.distributed` makes the loop data-parallel under ``torchrun``; :mod:`.device` sets and records
+the CUDA flags of ``train.precision`` and ``train.deterministic``. One process trains a run at a
 time (the run's lock, :mod:`gatedvae.runlock`); SIGINT and SIGTERM stop it after a step with a
 checkpoint (:class:`TrainingStopped`).
 """
@@ -13,8 +14,18 @@ from ..checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, l
 from ..run import Prepared, load_run_config, prepare, resolve_device
 from .batch import Batch, Batcher
 from .callbacks import Callback, RunInfo
-from .loop import TrainingStopped, train
-from .step import Optimizers, RunningSums, TrainingDiverged, make_generators, make_optimizers, training_step
+from .device import configure_device, device_settings, environment_record
+from .loop import ResumeDeviceError, TrainingStopped, train
+from .step import (
+    Optimizers,
+    Precision,
+    RunningSums,
+    TrainingDiverged,
+    make_generators,
+    make_optimizers,
+    precision_context,
+    training_step,
+)
 
 __all__ = [
     "train",
@@ -31,8 +42,14 @@ __all__ = [
     "Prepared",
     "resolve_device",
     "load_run_config",
+    "Precision",
+    "precision_context",
+    "configure_device",
+    "device_settings",
+    "environment_record",
     "TrainingDiverged",
     "TrainingStopped",
+    "ResumeDeviceError",
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",

@@ -32,6 +32,13 @@ The contract is *the same run as one process on the same global batch*, up to fl
 * Only rank 0 writes (run directory, checkpoints, logs, TensorBoard, summary, evaluation);
   the logged numbers are averaged over processes, so they describe the global batch.
 * A non-finite loss stops every process at the same step (:class:`FiniteGuard`).
+* A failure of rank 0's writes (a full disk or a lost permission while it writes a checkpoint,
+  the log or the status) stops every process at once with the same one-line error: the writes
+  at log and checkpoint steps, where the processes meet anyway, run inside
+  :meth:`Context.main_io`, which shares their outcome (one small all-reduce) before anyone goes
+  on. Without it the other processes would wait in their next collective for the backend's
+  timeout (30 minutes for gloo, 10 for NCCL). A callback's failure between those steps is kept
+  and raised on every process at the next one (:meth:`Context.defer_errors`).
 * SIGINT or SIGTERM (to any of the processes) stops every process at the same step: they agree
   at the next log step (:meth:`Context.any_rank`), write the checkpoint there and exit 130 or
   143 (:mod:`gatedvae.train.loop`). The run's lock is held by rank 0.
@@ -51,15 +58,16 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from types import TracebackType
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, GatedVAEError
 
 __all__ = [
     "Context",
@@ -73,6 +81,7 @@ __all__ = [
     "SyncBatchNorm3d",
     "convert_sync_batchnorm",
     "FiniteGuard",
+    "RankFailed",
 ]
 
 
@@ -108,6 +117,11 @@ def is_main_process() -> bool:
         return True
 
 
+class RankFailed(GatedVAEError):
+    """Another process of a data-parallel run failed (not with an OSError, which is raised as
+    itself on every process); the message is that process's, one line."""
+
+
 @dataclass(frozen=True)
 class Context:
     """Where this process sits in a data-parallel run (``world_size == 1``: not distributed)."""
@@ -117,6 +131,8 @@ class Context:
     rank: int = 0
     local_rank: int = 0
     backend: str = ""
+    #: an exception kept by :meth:`defer_errors` until the next :meth:`main_io` block
+    pending: list[BaseException] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -162,8 +178,90 @@ class Context:
         dist.all_reduce(t, op=op)
         return bool(t.item())
 
+    def main_io(self) -> AbstractContextManager:
+        """A block of rank 0's writes at a point where every process is (a log or checkpoint step).
+
+        Every process enters it (the writes inside are guarded with ``is_main``). When it ends,
+        the processes share whether it raised anywhere (one all-reduce); if it did on some
+        process, every process raises: that process its own exception, the others the same
+        error rebuilt from its one-line message (an ``OSError`` with the same errno, text and
+        file, so the command line prints the same line everywhere; :class:`RankFailed` for any
+        other exception). An exception kept by :meth:`defer_errors` is raised here too. Not
+        distributed: the block as it is, its exceptions unchanged.
+        """
+        return _SharedOutcome(self) if self.enabled else nullcontext()
+
+    @contextmanager
+    def defer_errors(self) -> Iterator[None]:
+        """Rank-0-only work between meeting points (callbacks): an exception it raises is kept
+        and raised on every process at the next :meth:`main_io` block (at most ``train.log_every``
+        steps later), so that the others do not wait for the backend's timeout. Not distributed:
+        raised at once."""
+        if not self.enabled:
+            yield
+            return
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - kept, and raised on every process at the next meeting
+            if not self.pending:
+                self.pending.append(exc)
+
     def summary_fields(self) -> dict[str, object]:
         return {"world_size": self.world_size, "backend": self.backend} if self.enabled else {}
+
+
+def _describe(exc: BaseException) -> tuple:
+    """What the other processes need to raise the same error: picklable and small."""
+    if isinstance(exc, OSError):
+        return ("os", exc.errno, exc.strerror, exc.filename, str(exc))
+    text = " ".join(str(exc).split())  # one line
+    if isinstance(exc, GatedVAEError):
+        return ("gatedvae", text, getattr(exc, "exit_code", 2))
+    return ("other", f"{type(exc).__name__}: {text}" if text else type(exc).__name__, 2)
+
+
+def _rebuild(desc: tuple, rank: int) -> Exception:
+    if desc[0] == "os":
+        _, errno_, strerror, filename, text = desc
+        if errno_ is not None and strerror is not None:
+            return OSError(errno_, strerror, filename) if filename is not None else OSError(errno_, strerror)
+        return OSError(text)
+    _, text, exit_code = desc
+    err = RankFailed(text if desc[0] == "gatedvae" else f"rank {rank} failed: {text}")
+    err.exit_code = exit_code
+    return err
+
+
+class _SharedOutcome:
+    """:meth:`Context.main_io` of a data-parallel run."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def __enter__(self) -> _SharedOutcome:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        ctx = self.ctx
+        if exc is not None and not isinstance(exc, Exception):
+            return False  # KeyboardInterrupt (a second Ctrl-C: stop at once) and the like pass through
+        own = exc if exc is not None else (ctx.pending[0] if ctx.pending else None)
+        # The lowest rank that failed, or world_size if none did: one all-reduce.
+        t = torch.tensor([ctx.rank if own is not None else ctx.world_size], dtype=torch.int64, device=ctx.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        src = int(t.item())
+        if src == ctx.world_size:
+            return False
+        payload = [_describe(own) if ctx.rank == src else None]
+        dist.broadcast_object_list(payload, src=src, device=ctx.device if ctx.device.type == "cuda" else None)
+        if own is not None:
+            ctx.pending.clear()
+            if exc is not None:
+                return False  # this process's own exception, with its traceback
+            raise own
+        raise _rebuild(payload[0], src)
 
 
 def setup(device: torch.device, batch_size: int) -> Context:

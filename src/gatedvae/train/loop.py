@@ -44,25 +44,36 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..checkpoint import checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from ..checkpoint import (
+    checkpoint_device,
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_header,
+    save_checkpoint,
+)
 from ..config import Config, save_config, to_dict
 from ..data import FactorDataset
-from ..errors import GatedVAEError
+from ..errors import ConfigError, GatedVAEError
 from ..progress import progress_bar
 from ..run import Prepared, load_run_config, prepare, resolve_device
 from ..runlock import RunBusy, RunLock, acquire, busy_message, holder
 from . import distributed
 from .batch import Batcher
 from .callbacks import Callback, RunInfo
+from .device import determinism_relaxed, device_settings, is_nondeterminism_error
 from .files import (
     append_metrics,
     check_run_dir_for_new,
@@ -75,16 +86,18 @@ from .files import (
 )
 from .step import (
     Optimizers,
+    Precision,
     RunningSums,
     TrainingDiverged,
     check_finite,
+    check_precision,
     make_generators,
     make_optimizers,
     set_finetune,
     training_step,
 )
 
-__all__ = ["train", "TrainingDiverged", "TrainingStopped", "PER_STEP_CHECK_DEVICES"]
+__all__ = ["train", "TrainingDiverged", "TrainingStopped", "ResumeDeviceError", "PER_STEP_CHECK_DEVICES"]
 
 #: Devices whose loss is checked for NaN every step (a host read). Elsewhere (CUDA) the check is
 #: a device-side record read at log and checkpoint steps, so a step never waits for the device
@@ -101,6 +114,7 @@ def train(
     tensorboard: bool = True,
     stop_after: int | None = None,
     callbacks: Sequence[Callback] = (),
+    other_device: bool = False,
 ) -> dict[str, Any]:
     """Train a config in ``run_dir`` (or resume the run there); returns the summary.
 
@@ -114,8 +128,15 @@ def train(
         stop_after: stop (as if killed, after checkpointing) once this step is reached; for tests.
         callbacks: :class:`~gatedvae.train.callbacks.Callback` objects called on the main process
             (``gatedvae.callbacks.standard_callbacks()``: TensorBoard images and ``train.evaluate``).
+        other_device: with ``resume``, continue a run checkpointed on another kind of device (CPU
+            <-> CUDA) on this one: parameters, optimiser moments and the data stream carry over,
+            the model's random draws are re-seeded from the step (not bitwise equal to an
+            uninterrupted run; one line on stderr says so). Without it such a resume is refused.
 
     Raises:
+        ConfigError: ``train.precision`` is one this device cannot compute in; nothing was written.
+        ResumeDeviceError: resuming a run checkpointed on another kind of device, without
+            ``other_device``; nothing was written.
         RunBusy: another process trains the run (it holds ``RUN/.lock``); nothing was written.
         TrainingStopped: SIGINT or SIGTERM arrived; the step in progress was finished and
             checkpointed and ``status.json`` says ``stopped`` (resume with ``resume=True``).
@@ -126,17 +147,76 @@ def train(
     cfg = config.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = _training_device(cfg.device, run_dir, resume, other_device)
+    check_precision(cfg.precision, device)  # before anything is set up or written
+    found = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if found is not None:  # refuse a resume on another kind of device before building anything
+        _check_resume_device(run_dir, found[1], device, other_device)
     # Launched by torchrun: join the process group; only rank 0 writes (train/distributed.py).
-    ctx = distributed.setup(resolve_device(cfg.device), cfg.batch_size)
+    ctx = distributed.setup(device, cfg.batch_size)
     lock = _lock_run(run_dir, ctx) if resume else None  # a new run is locked once it is prepared
     try:
-        prep = prepare(config, device=ctx.device, dataset=dataset, progress=not quiet and ctx.is_main)
-        if not resume:  # (lock is None on every process but rank 0: test resume, not lock)
-            lock = _lock_run(run_dir, ctx, new=True)
-        return _train(config, prep, run_dir, ctx, resume, quiet, tensorboard, stop_after, callbacks)
+        with device_settings(ctx.device, cfg.precision, cfg.deterministic) as env:
+            prep = prepare(config, device=ctx.device, dataset=dataset, progress=not quiet and ctx.is_main)
+            if not resume:  # (lock is None on every process but rank 0: test resume, not lock)
+                lock = _lock_run(run_dir, ctx, new=True)
+            session = _Session(resume, quiet, tensorboard, stop_after, other_device, env)
+            return _train(config, prep, run_dir, ctx, session, callbacks)
     finally:
         if lock is not None and ctx.is_main:
             lock.release()
+
+
+def _check_resume_device(run_dir: Path, path: Path, here: torch.device, other_device: bool) -> str:
+    """The device checkpoint ``path`` was written on; :class:`ResumeDeviceError` when it is another
+    kind than ``here`` (CPU vs CUDA) and ``other_device`` is not given. ``cuda:0`` -> ``cuda:1``
+    is the same kind: the CUDA generator's state (Philox seed and offset) moves between GPUs."""
+    recorded = checkpoint_device(path, read_header(path))
+    if torch.device(recorded).type == here.type or other_device:
+        return recorded
+    fix = (
+        f"resume it on the CPU with: CUDA_VISIBLE_DEVICES= gatedvae train --resume {run_dir}"
+        if recorded == "cpu"
+        else "resume it on a machine with a GPU"
+    )
+    raise ResumeDeviceError(
+        f"run '{run_dir}' was checkpointed on {recorded} but would resume on {here}; exact resume needs the same "
+        f"kind of device: {fix}, or continue on {here} with --resume-on-other-device "
+        "(not bitwise equal to an uninterrupted run)"
+    )
+
+
+class ResumeDeviceError(GatedVAEError):
+    """A run checkpointed on one kind of device (CPU, CUDA) resumed on the other without opting in."""
+
+
+def _training_device(name: str, run_dir: Path, resume: bool, other_device: bool) -> torch.device:
+    """``train.device`` resolved here; on resume a CUDA device this machine lacks is refused in one
+    line (the config cannot be changed on resume), or with ``other_device`` replaced by ``auto``'s."""
+    try:
+        return resolve_device(name)
+    except ConfigError:
+        if not resume:
+            raise
+        if other_device:
+            return resolve_device("auto")
+        raise ResumeDeviceError(
+            f"run '{run_dir}' trains on train.device={name} but CUDA is not available here; resume it on a "
+            f"machine with a GPU, or continue it here with gatedvae train --resume {run_dir} --resume-on-other-device "
+            "(not bitwise equal to an uninterrupted run)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class _Session:
+    """How this call of :func:`train` runs the loop (the arguments besides the run itself)."""
+
+    resume: bool
+    quiet: bool
+    tensorboard: bool
+    stop_after: int | None
+    other_device: bool
+    environment: dict[str, Any]
 
 
 def _train(
@@ -144,24 +224,23 @@ def _train(
     prep: Prepared,
     run_dir: Path,
     ctx: distributed.Context,
-    resume: bool,
-    quiet: bool,
-    tensorboard: bool,
-    stop_after: int | None,
+    session: _Session,
     callbacks: Sequence[Callback],
 ) -> dict[str, Any]:
     """The loop of :func:`train`, with the run's lock held."""
     cfg = config.train
+    resume, quiet, stop_after = session.resume, session.quiet, session.stop_after
     model, total = prep.model, cfg.steps + cfg.finetune_steps
     if ctx.enabled:
         distributed.convert_sync_batchnorm(model)
     rng, gen = make_generators(cfg.seed, prep.device)
     optimizers = make_optimizers(model, cfg.lr, prep.device, finetune=cfg.finetune_steps > 0)
+    precision = Precision(cfg.precision, prep.device)
     distributed.average_gradients(ctx, optimizers.all().values())
     ctx.barrier()  # every process has checked the run directory before rank 0 writes to it
-    ckpt = _Checkpoints(run_dir / "checkpoints", prep, optimizers, rng, gen, ctx)
+    ckpt = _Checkpoints(run_dir / "checkpoints", prep, optimizers, rng, gen, ctx, precision, session)
     start = _open_run_dir(run_dir, config, resume, ckpt, ctx, total)
-    log = _Progress(run_dir, prep, ctx, ckpt, start, total, tensorboard and ctx.is_main, quiet)
+    log = _Progress(run_dir, prep, ctx, ckpt, start, total, session.tensorboard and ctx.is_main, quiet)
     ckpt.follow(log.sums)  # the log interval in progress is checkpointed and restored with the rest
     run = RunInfo(run_dir, prep, log.writer, quiet)
     hooks = list(callbacks) if ctx.is_main else []
@@ -180,6 +259,7 @@ def _train(
                 terms = training_step(
                     model, batch, step, gen, optimizers, gate_regulariser=config.gating.gate_kl, finetune=finetune,
                     check=ckpt.guard,  # CPU: checks now; CUDA: a device-side record
+                    precision=precision,
                 )  # fmt: skip
                 step += 1
                 log.add(terms)
@@ -187,7 +267,8 @@ def _train(
                 if logged:
                     log.write(step, finetune)
                 for hook in hooks:
-                    hook.on_step(run, step)
+                    with ctx.defer_errors():  # rank 0 only: a failure stops every process at the next log step
+                        hook.on_step(run, step)
                 saved = step % cfg.checkpoint_every == 0 or step == total
                 if saved:
                     ckpt.save(step, total)
@@ -205,13 +286,23 @@ def _train(
         if ctx.is_main:
             write_status(run_dir, "failed", step, total, error=str(exc))
         raise
+    except RuntimeError as exc:
+        if not is_nondeterminism_error(exc):
+            raise
+        error = GatedVAEError(
+            f"step {step}: {str(exc).splitlines()[0].split(', but you set')[0]} on {prep.device} "
+            f"(train.deterministic=true); train a new run with train.deterministic=false (no exact resume on CUDA)"
+        )
+        if ctx.is_main:
+            write_status(run_dir, "failed", step, total, error=str(error))
+        raise error from None
     except KeyboardInterrupt as exc:
         if not isinstance(exc, TrainingStopped) and ctx.is_main:  # stopped at once: back to the last checkpoint
             write_status(run_dir, "stopped", ckpt.last, total)
         raise
     finally:
         log.close()
-    return _finish(run, ctx, start, total, log, hooks)
+    return _finish(run, ctx, start, total, log, hooks, session.environment)
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -363,18 +454,17 @@ def _refuse_if_busy(run_dir: Path) -> None:
 
 def _open_run_dir(run_dir: Path, config: Config, resume: bool, ckpt: _Checkpoints, ctx, total: int) -> int:
     """Restore the latest checkpoint (resume) or create the run directory; returns the first step."""
-    start = 0
-    if resume:
-        start = ckpt.restore()
+    start = ckpt.restore() if resume else 0
+    with ctx.main_io():  # rank 0 writes; its failure stops every process here (distributed.py)
         if ctx.is_main:
-            truncate_metrics(run_dir / "metrics.jsonl", start)
-    elif ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.dir.mkdir(exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    if ctx.is_main:
-        ckpt.dir.mkdir(exist_ok=True)
-        write_status(run_dir, "running", start, total)
+            if resume:
+                truncate_metrics(run_dir / "metrics.jsonl", start)
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                ckpt.dir.mkdir(exist_ok=True)
+                save_config(config, run_dir / "config.yaml")
+            ckpt.dir.mkdir(exist_ok=True)
+            write_status(run_dir, "running", start, total)
     return start
 
 
@@ -383,10 +473,19 @@ class _Checkpoints:
     generators, the step) saved atomically and restored exactly; the watch for non-finite losses."""
 
     def __init__(
-        self, directory: Path, prep: Prepared, optimizers: Optimizers, rng: np.random.Generator, gen, ctx
+        self,
+        directory: Path,
+        prep: Prepared,
+        optimizers: Optimizers,
+        rng: np.random.Generator,
+        gen,
+        ctx,
+        precision: Precision,
+        session: _Session,
     ) -> None:
         self.dir, self.prep, self.ctx = directory, prep, ctx
         self.optimizers, self.rng, self.gen = optimizers.all(), rng, gen
+        self.precision, self.session = precision, session
         self.last = 0  # the step of the newest checkpoint
         self.sums: RunningSums | None = None
         self.restored_sums: dict[str, Any] | None = None
@@ -400,10 +499,27 @@ class _Checkpoints:
         found = latest_checkpoint(self.dir)
         if found is None:
             return 0
-        header = load_checkpoint(found[1], self.prep.model, self.optimizers, self.gen)
+        path = found[1]
+        here = self.prep.device
+        recorded = _check_resume_device(self.dir.parent, path, here, self.session.other_device)
+        same_kind = torch.device(recorded).type == here.type
+        header = load_checkpoint(path, self.prep.model, self.optimizers, self.gen if same_kind else None)
         self.rng.bit_generator.state = header["numpy_rng"]
+        self.precision.load_state_dict(header.get("grad_scaler"))
         self.restored_sums = header.get("log_sums")
         self.last = int(header["step"])
+        if not same_kind:
+            # The torch generator's state does not carry between the CPU and CUDA: a fresh stream,
+            # a function of the run's seed and the step.
+            seed = int(np.random.SeedSequence([self.prep.config.train.seed, self.last, 0xDE71CE]).generate_state(1)[0])
+            self.gen.manual_seed(seed)
+            if self.ctx.is_main:
+                print(
+                    f"note: run '{self.dir.parent}' was checkpointed on {recorded} and continues on {here} from step "
+                    f"{self.last}: parameters, optimiser moments and data carry over, the model's random draws are "
+                    "re-seeded; the result is not bitwise equal to an uninterrupted run",
+                    file=sys.stderr,
+                )
         return self.last
 
     def follow(self, sums: RunningSums) -> None:
@@ -427,12 +543,25 @@ class _Checkpoints:
                 "sums": {k: [float(v), str(v.dtype).removeprefix("torch.")] for k, v in means.items()},
             }
         self.last = step
-        if not self.ctx.is_main:
-            return
+        with self.ctx.main_io():  # rank 0 writes; its failure stops every process here (distributed.py)
+            if self.ctx.is_main:
+                self._write(step, total, log_sums)
+
+    def _write(self, step: int, total: int | None, log_sums: dict[str, Any] | None) -> None:
+        """Rank 0's part of :meth:`save`: the checkpoint file, old ones removed, ``status.json``."""
         config = self.prep.config
-        header = {"step": step, "numpy_rng": self.rng.bit_generator.state, "config": to_dict(config)}
+        header = {
+            "step": step,
+            "numpy_rng": self.rng.bit_generator.state,
+            "config": to_dict(config),
+            "device": str(self.prep.device),  # the generator state is this device's (resume checks it)
+            "environment": self.session.environment,
+        }
         if log_sums is not None:
             header["log_sums"] = log_sums
+        scaler = self.precision.state_dict()
+        if scaler is not None:
+            header["grad_scaler"] = scaler  # fp16: the loss scale and its growth counter
         save_checkpoint(self.dir / checkpoint_name(step), self.prep.model, self.optimizers, self.gen, header)
         for _, old in list_checkpoints(self.dir)[: -config.train.keep_checkpoints]:
             old.unlink(missing_ok=True)
@@ -466,11 +595,12 @@ class _Progress:
         bad = [k for k, v in means.items() if not math.isfinite(v)]
         if bad:
             check_finite({k: sums[k] for k in bad}, sums[bad[0]], step, self.ckpt.dir)
-        if self.ctx.is_main:
-            append_metrics(self.run_dir / "metrics.jsonl", step, self.epoch_len, means, finetune)
-            if self.writer is not None:
-                for k, v in means.items():
-                    self.writer.add_scalar(f"loss/{k}", v, step)
+        with self.ctx.main_io():  # rank 0 writes; its failure stops every process here (distributed.py)
+            if self.ctx.is_main:
+                append_metrics(self.run_dir / "metrics.jsonl", step, self.epoch_len, means, finetune)
+                if self.writer is not None:
+                    for k, v in means.items():
+                        self.writer.add_scalar(f"loss/{k}", v, step)
         if self.bar is not None:
             self.bar.set_postfix({k: f"{v:.3g}" for k, v in means.items() if k != "total"}, refresh=False)
         self.sums.reset()
@@ -486,7 +616,9 @@ class _Progress:
             self.writer.flush()
 
 
-def _finish(run: RunInfo, ctx, start: int, total: int, log: _Progress, hooks: list[Callback]) -> dict[str, Any]:
+def _finish(
+    run: RunInfo, ctx, start: int, total: int, log: _Progress, hooks: list[Callback], environment: dict[str, Any]
+) -> dict[str, Any]:
     """The summary of a finished run: ``summary.json``, status ``finished``, the callbacks' ``on_end``."""
     elapsed = time.perf_counter() - log.started
     prep = run.prep
@@ -500,15 +632,20 @@ def _finish(run: RunInfo, ctx, start: int, total: int, log: _Progress, hooks: li
         "seconds": round(elapsed, 2),
         "images_per_second": round((total - start) * prep.config.train.batch_size / max(elapsed, 1e-9), 1),
         "final": last_metrics(run.run_dir / "metrics.jsonl") if ctx.is_main else {},
+        "precision": prep.config.train.precision,
         **ctx.summary_fields(),
+        "environment": environment,  # this session's device, versions and flags
     }
+    with ctx.main_io():  # rank 0 writes; every process learns whether it could
+        if ctx.is_main:
+            write_summary(run.run_dir, summary)
+            write_status(run.run_dir, "finished", total, total)
     if not ctx.is_main:
         return summary
-    write_summary(run.run_dir, summary)
-    write_status(run.run_dir, "finished", total, total)
     written = json.dumps(summary)
-    for hook in hooks:
-        hook.on_end(run, summary)
+    with determinism_relaxed():  # evaluation at the end is not part of exact resume
+        for hook in hooks:
+            hook.on_end(run, summary)
     if json.dumps(summary) != written:
         write_summary(run.run_dir, summary)
     if log.writer is not None:
