@@ -223,7 +223,7 @@ def test_cli_renders_saved_json(quick, tmp_path, capsys):
         (["bench", "--seconds", "0"], "--seconds must be positive"),
         (["bench", "--precision", "tf32"], "--precision tf32 needs --device cuda (TF32 is an NVIDIA tensor-core mode)"),
         (["bench", "--precision", "fp32,fp8"], "unknown precision 'fp8'; choose from fp32, tf32, bf16, fp16"),
-        (["bench", "--device", "meta"], "the bench runs on cpu or cuda"),
+        (["bench", "--device", "meta"], "--device meta: only cpu and cuda are supported; use cpu, cuda or cuda:N"),
     ],
 )
 def test_cli_user_errors(argv, message, capsys):
@@ -257,7 +257,10 @@ def test_a_missing_gpu_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the CUDA branch, forced
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert main(["bench", "--device", "cuda:1", "--only", "pairs"]) == 2
-    assert "--device cuda:1 but this machine has 1 CUDA device(s); choose cuda:0..cuda:0" in capsys.readouterr().err
+    assert (
+        "--device cuda:1 but this machine has 1 CUDA device (cuda:0..cuda:0); choose one of them"
+        in capsys.readouterr().err
+    )
 
 
 def test_device_timing_waits_for_the_device_rarely():

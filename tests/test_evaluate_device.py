@@ -53,7 +53,7 @@ def test_auto_is_the_cpu_without_cuda_and_a_missing_device_is_one_line(monkeypat
         ("cuda", "--device cuda but CUDA is not available here; use --device auto or cpu"),
         ("cuda:1", "--device cuda:1 but CUDA is not available here"),
         ("banana", "--device 'banana' is not a device; use auto, cpu, cuda or cuda:N"),
-        ("meta", "evaluation runs on cpu or cuda"),
+        ("meta", "--device meta: only cpu and cuda are supported; use auto, cpu, cuda or cuda:N"),
     ):
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")) as info:
             evaluation_device(name)

@@ -47,6 +47,7 @@ __all__ = [
     "Prepared",
     "prepare",
     "resolve_device",
+    "device_option",
     "usable_device",
     "condition_vectors",
     "heldout_indices",
@@ -76,6 +77,34 @@ def usable_device(name: str) -> torch.device:
         return resolve_device(name)
     except ConfigError:
         return torch.device("cpu")
+
+
+def device_option(name: str | torch.device | None, option: str = "--device", auto: bool = True) -> torch.device:
+    """A device asked for on the command line: ``cpu``, ``cuda`` or ``cuda:N`` present on this
+    machine, and with ``auto`` (or None) allowed, the first CUDA device when there is one, else the
+    CPU. One-line ConfigError for a name that is not a device or a device this machine lacks."""
+    text = "auto" if name is None else str(name).strip().lower()
+    choices = "auto, cpu, cuda or cuda:N" if auto else "cpu, cuda or cuda:N"
+    if auto and text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{option} {name!r} is not a device; use {choices}") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ConfigError(f"{option} {name}: only cpu and cuda are supported; use {choices}")
+    if not torch.cuda.is_available():
+        other = "auto or cpu" if auto else "cpu"
+        raise ConfigError(f"{option} {name} but CUDA is not available here; use {option} {other}")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise ConfigError(
+            f"{option} {name} but this machine has {count} CUDA device{'s' if count != 1 else ''} "
+            f"(cuda:0..cuda:{count - 1}); choose one of them"
+        )
+    return dev
 
 
 def condition_vectors(

@@ -10,6 +10,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import ConfigError
+from ..run import device_option
 
 __all__ = ["SECTIONS", "DEFAULT_SECTIONS", "BenchOptions", "bench_device", "check_precisions", "CUDA_SQUARE"]
 
@@ -89,24 +90,12 @@ class BenchOptions:
 
 
 def bench_device(name: str) -> torch.device:
-    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, present on this machine (one-line ConfigError)."""
-    text = str(name).strip().lower()
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return torch.device("cpu")
-    if dev.type != "cuda":
-        raise ConfigError(f"--device {name}: the bench runs on cpu or cuda")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} but CUDA is not available here; use --device cpu")
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise ConfigError(
-            f"--device {name} but this machine has {count} CUDA device(s); choose cuda:0..cuda:{count - 1}"
-        )
-    return torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, present on this machine (one-line ConfigError);
+    ``cuda`` is the current CUDA device, by its index."""
+    dev = device_option(name, "--device", auto=False)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 def check_precisions(precisions: tuple[str, ...], device: torch.device) -> tuple[str, ...]:

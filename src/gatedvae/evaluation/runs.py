@@ -42,7 +42,7 @@ from ..errors import ConfigError, DataError
 from ..io import atomic_json
 from ..metrics import preset_kwargs, udr
 from ..metrics.unsupervised import kl_per_dim
-from ..run import find_checkpoint, heldout_indices, load_run_config, load_trained
+from ..run import device_option, find_checkpoint, heldout_indices, load_run_config, load_trained
 from ..runlock import unfinished_note
 from ..viz.evaluation import write_figures
 from .encoding import encode_posterior
@@ -108,29 +108,7 @@ def evaluation_device(device: str | torch.device | None = "auto") -> torch.devic
     GPU is evaluated on a CPU-only machine with ``auto`` or ``cpu``. ConfigError (one line) for a
     device this machine lacks or a name that is not a device.
     """
-    if isinstance(device, torch.device):
-        name = str(device)
-    else:
-        name = "auto" if device is None else str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type != "cuda":
-        raise ConfigError(f"--device {name}: evaluation runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} but CUDA is not available here; use --device auto or cpu")
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise ConfigError(
-            f"--device {name} but this machine has {count} CUDA device{'s' if count != 1 else ''} "
-            f"(cuda:0..cuda:{count - 1}); choose one of them"
-        )
-    return dev
+    return device_option(device, "--device", auto=True)
 
 
 # --------------------------------------------------------------------------- held-out images
