@@ -171,15 +171,15 @@ def run_sweep(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend {backend}: use local or ray")
-    gpus = visible_gpus() if backend == "local" else []
+    devices = visible_gpus() if backend == "local" else []  # (``gpus`` is Ray's request per run)
     if workers_per_gpu is not None:
         if backend != "local":
             raise ConfigError("--workers-per-gpu is for --backend local; with Ray use --gpus-per-run")
         if workers_per_gpu < 1:
             raise ConfigError(f"--workers-per-gpu must be at least 1, got {workers_per_gpu}")
-        if not gpus:
+        if not devices:
             raise ConfigError("--workers-per-gpu: no CUDA device is visible here; use --workers N")
-        workers = workers_per_gpu * len(gpus)
+        workers = workers_per_gpu * len(devices)
     selected = select_runs(manifest, index, shard)
     todo, skipped = [], []
     for e in selected:
@@ -250,7 +250,7 @@ def run_sweep(
                 on_start=on_start,
                 on_result=on_result,
                 on_tick=postfix,
-                gpus=gpus,
+                gpus=devices,
             )
         else:
             from .ray_backend import run_ray

@@ -82,6 +82,7 @@ __all__ = [
     "convert_sync_batchnorm",
     "FiniteGuard",
     "RankFailed",
+    "finish",
 ]
 
 
@@ -314,13 +315,30 @@ def setup(device: torch.device, batch_size: int) -> Context:
             raise ConfigError(f"WORLD_SIZE={world} is set but {' and '.join(missing)} are not; launch with torchrun")
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank)
+        _OWNED.append(True)
         atexit.register(_destroy)
     return Context(device, world, rank, local, str(dist.get_backend()))
+
+
+#: set when :func:`setup` created the process group (torchrun), so that it is this module's to end
+_OWNED: list[bool] = []
 
 
 def _destroy() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish() -> None:
+    """After a run ended normally: every process meets, then the group :func:`setup` created is
+    destroyed, together. Tearing down gloo while another process still had the last collective in
+    flight aborted a process at exit now and then ("terminate called without an active
+    exception": torchrun then reported a finished run as failed). A group the caller created is
+    left to the caller."""
+    if _OWNED and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+        _OWNED.clear()
 
 
 # ---------------------------------------------------------------------------- gradients

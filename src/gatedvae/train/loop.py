@@ -161,7 +161,9 @@ def train(
             if not resume:  # (lock is None on every process but rank 0: test resume, not lock)
                 lock = _lock_run(run_dir, ctx, new=True)
             session = _Session(resume, quiet, tensorboard, stop_after, other_device, env)
-            return _train(config, prep, run_dir, ctx, session, callbacks)
+            result = _train(config, prep, run_dir, ctx, session, callbacks)
+        distributed.finish()  # torchrun: every process ends the group together
+        return result
     finally:
         if lock is not None and ctx.is_main:
             lock.release()
