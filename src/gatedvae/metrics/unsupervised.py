@@ -161,6 +161,9 @@ def gaussian_mutual_info(codes) -> np.ndarray:
         return out
     std = np.sqrt(np.diag(cov))  # (D',)
     rho2 = np.clip((cov / np.outer(std, std)) ** 2, 0.0, 1.0)  # (D', D')
+    # A copied latent's rho^2 lands within rounding of 1 (1 - 2e-16 with some numpy/BLAS builds,
+    # which would read as 18 nats): within 8 ulps it is 1, so the MI is inf as documented
+    rho2[rho2 > 1.0 - 8 * np.finfo(float).eps] = 1.0
     with np.errstate(divide="ignore"):
         mi = -0.5 * np.log1p(-rho2)
     np.fill_diagonal(mi, 0.0)
