@@ -194,6 +194,12 @@ def test_quick_run_sections(quick, tmp_path):
     me = res["metrics"]
     assert set(me["presets"]) == {"default", "fast"}
     assert all(set(p["metrics"]) == {"mig", "dci_lasso"} and p["total_seconds"] > 0 for p in me["presets"].values())
+    # the same model trained at each precision, scored under the first preset
+    assert me["scores_preset"] == "default" and list(me["by_precision"]) == ["fp32", "bf16"]
+    for e in me["by_precision"].values():
+        assert e["train_seconds"] > 0 and "mig.mig" in e["headline"], e
+        assert all(np.isfinite(v) for v in e["headline"].values())
+    assert me["by_precision"]["fp32"]["headline"]["mig.mig"] == me["presets"]["default"]["scores"]["mig"]["mig"]
     assert res["memory"]["peak_rss_mb"] > 0 and res["memory"]["steps"] == 4
     names = [t["target"] for t in res["targets"]]
     assert any("DataLoader" in n for n in names) and any("metric suite, fast" in n for n in names)
@@ -203,6 +209,7 @@ def test_quick_run_sections(quick, tmp_path):
     for needle in ("roofline", "DataLoader", "pairs", "metrics", "memory"):
         assert needle in text
     assert md.count("| target | measured |") == 1 and "| mlp-64 | beta_vae | yes | bf16 |" in md
+    assert "scores by training precision (default preset" in text and "| score | fp32 | bf16 |" in md
     assert "roofline: bf16 matmul 256^3 peak" in text and "Roofline: fp32 matmul 256^3" in md
 
 

@@ -21,6 +21,11 @@ def _peaks(tr: dict) -> dict[str, dict]:
     return tr.get("peaks") or {"fp32": tr["peak"]}
 
 
+def _cell(value, fmt: str, width: int = 0) -> str:
+    """``value`` formatted right-aligned in ``width``, ``-`` where it is missing."""
+    return f"{'-' if value is None else format(value, fmt):>{width}}"
+
+
 def _show_precision(tr: dict) -> bool:
     """Whether the row tables need a precision column (anything but fp32 alone)."""
     return list(_peaks(tr)) != ["fp32"]
@@ -268,6 +273,15 @@ def format_report(res: dict[str, Any]) -> str:
                 )
             )
         out.append(f"  {'total':<24}" + "".join(f"{me['presets'][p]['total_seconds']:>12.2f}" for p in presets))
+        bp = me.get("by_precision") or {}
+        if len(bp) > 1:
+            keys = list(dict.fromkeys(k for e in bp.values() for k in e["headline"]))
+            w = max(len(k) for k in [*keys, "train s"]) + 2
+            out.append(f"\n  scores by training precision ({me['scores_preset']} preset; same seed and data):")
+            out.append(f"  {'score':<{w}}" + "".join(f"{p:>10}" for p in bp))
+            out.append(f"  {'train s':<{w}}" + "".join(_cell(e.get("train_seconds"), ".1f", 10) for e in bp.values()))
+            for k in keys:
+                out.append(f"  {k:<{w}}" + "".join(_cell(e["headline"].get(k), ".3f", 10) for e in bp.values()))
     mem = res.get("memory")
     if mem:
         out.append(
@@ -389,6 +403,21 @@ def format_markdown(res: dict[str, Any]) -> str:
         out.append(
             "| **total** | " + " | ".join(f"**{me['presets'][p]['total_seconds']:.1f}**" for p in presets) + " |"
         )
+        bp = me.get("by_precision") or {}
+        if len(bp) > 1:
+            keys = list(dict.fromkeys(k for e in bp.values() for k in e["headline"]))
+            out += [
+                "",
+                f"Scores by training precision ({me['scores_preset']} preset; same seed and data):",
+                "",
+                "| score | " + " | ".join(bp) + " |",
+                "| --- |" + " ---: |" * len(bp),
+                "| train s | " + " | ".join(_cell(e.get("train_seconds"), ".1f").strip() for e in bp.values()) + " |",
+            ]
+            for k in keys:
+                out.append(
+                    f"| {k} | " + " | ".join(_cell(e["headline"].get(k), ".3f").strip() for e in bp.values()) + " |"
+                )
     mem = res.get("memory")
     if mem:
         out += [

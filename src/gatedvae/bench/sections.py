@@ -87,7 +87,9 @@ def measure_pairs(o: BenchOptions, log: Callable[[str], None] = print) -> dict[s
     return {"images": len(ds), "batch": B, "rows": rows}
 
 
-def metrics_config(steps: int, o: BenchOptions) -> Config:
+def metrics_config(steps: int, o: BenchOptions, precision: str | None = None) -> Config:
+    """The quickstart's gated beta-VAE at the bench's size, on ``o.device``, trained at ``precision``
+    (default: the first of ``o.precisions``)."""
     from ..quickstart import quickstart_config
 
     cfg = quickstart_config(True, steps=steps, seed=o.seed)
@@ -95,50 +97,60 @@ def metrics_config(steps: int, o: BenchOptions) -> Config:
         cfg,
         data=o.data_config(),
         model=replace(cfg.model, hidden=o.hidden_small),
-        train=replace(cfg.train, device=o.device, threads=o.threads),
+        train=replace(cfg.train, device=o.device, threads=o.threads, precision=precision or o.precisions[0]),
     )
+
+
+def _train_metrics_run(o: BenchOptions, run: Path, precision: str, log: Callable[[str], None]) -> float:
+    """Train the bench's metrics model at ``precision`` into ``run``; its wall seconds."""
+    from ..train import train
+
+    cfg = metrics_config(o.metrics_steps, o, precision)
+    log(
+        f"metrics: training the quickstart's gated beta-VAE (hidden {o.hidden_small}, {precision}) for "
+        f"{cfg.train.steps} + {cfg.train.finetune_steps} steps in {run} ..."
+    )
+    t0 = time.perf_counter()
+    train(cfg, run, quiet=True, tensorboard=False)
+    return time.perf_counter() - t0
 
 
 def measure_metrics(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Seconds per metric for each preset on a trained model (``--metrics-run`` or trained here),
-    the model encoding on ``o.device`` (the metrics themselves are numpy on the CPU)."""
-    from ..evaluation import evaluate_model
-    from ..run import load_trained
-    from ..train import latest_checkpoint, train
+    the model encoding on ``o.device`` (the metrics themselves are numpy on the CPU).
 
-    tmp = None
+    ``by_precision``: the same model trained at each of ``o.precisions`` (same seed, same data),
+    with its training seconds and headline scores under the first preset; with ``--metrics-run``
+    only that run's own precision (nothing else is trained)."""
+    from ..evaluation import evaluate_model, headline
+    from ..run import load_trained
+    from ..train import latest_checkpoint
+
+    tmp = tempfile.TemporaryDirectory(prefix="gatedvae_bench_metrics_")
     train_seconds = None
-    if o.metrics_run:
-        run = Path(o.metrics_run)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="gatedvae_bench_metrics_")
-        run = Path(tmp.name) / "run"
-    if not (run / "config.yaml").is_file() or latest_checkpoint(run / "checkpoints") is None:
-        # A new (or empty) --metrics-run is trained here and kept for the next time.
-        cfg = metrics_config(o.metrics_steps, o)
-        log(
-            f"metrics: training the quickstart's gated beta-VAE (hidden {o.hidden_small}) for "
-            f"{cfg.train.steps} + {cfg.train.finetune_steps} steps in {run} ..."
-        )
-        t0 = time.perf_counter()
-        train(cfg, run, quiet=True, tensorboard=False)
-        train_seconds = time.perf_counter() - t0
+    run = Path(o.metrics_run) if o.metrics_run else Path(tmp.name) / "run"
     try:
+        if not (run / "config.yaml").is_file() or latest_checkpoint(run / "checkpoints") is None:
+            # A new (or empty) --metrics-run is trained here and kept for the next time.
+            train_seconds = _train_metrics_run(o, run, o.precisions[0], log)
         prep, step, _ = load_trained(run, device=torch.device(o.device))
         out: dict[str, Any] = {
             "device": o.device,
-            "run": None if tmp else str(run),
+            "run": None if o.metrics_run is None else str(run),
             "step": step,
             "images": len(prep.dataset),
             "model": prep.model.describe(),
             "train_seconds": train_seconds,
             "presets": {},
         }
+        first: dict[str, float] = {}
         for preset in o.presets:
             log(f"metrics: preset {preset} ...")
             t0 = time.perf_counter()
             res = evaluate_model(prep, o.metrics, preset, rng=np.random.default_rng(o.seed))
             total = time.perf_counter() - t0
+            if not first:
+                first = headline(res)
             out["presets"][preset] = {
                 "total_seconds": total,
                 "codes_seconds": res["codes_seconds"],
@@ -159,10 +171,21 @@ def measure_metrics(o: BenchOptions, log: Callable[[str], None] = print) -> dict
                     for name, e in res["results"].items()
                 },
             }
+        out["scores_preset"] = o.presets[0]
+        out["by_precision"] = {
+            prep.config.train.precision: {"train_seconds": train_seconds, "headline": first},
+        }
+        if not o.metrics_run:
+            for precision in o.precisions[1:]:
+                other = Path(tmp.name) / f"run-{precision}"
+                seconds = _train_metrics_run(o, other, precision, log)
+                prep_p, _, _ = load_trained(other, device=torch.device(o.device))
+                log(f"metrics: scores of the {precision} run (preset {o.presets[0]}) ...")
+                res = evaluate_model(prep_p, o.metrics, o.presets[0], rng=np.random.default_rng(o.seed))
+                out["by_precision"][precision] = {"train_seconds": seconds, "headline": headline(res)}
         return out
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        tmp.cleanup()
 
 
 def measure_memory(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
