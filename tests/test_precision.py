@@ -25,6 +25,7 @@ from gatedvae.errors import ConfigError, GatedVAEError
 from gatedvae.nets.norm import _moments, use_statistics
 from gatedvae.run import load_model, load_trained
 from gatedvae.train import device as device_mod
+from gatedvae.train import ensemble as ensemble_mod
 from gatedvae.train import latest_checkpoint, train
 from gatedvae.train import loop as loop_mod
 from gatedvae.train.device import configure_device, device_settings
@@ -245,7 +246,7 @@ def test_an_operator_without_a_deterministic_kernel_stops_the_run_in_one_line(tm
             "'torch.use_deterministic_algorithms(True)'. You can turn off determinism just for this operation..."
         )
 
-    monkeypatch.setattr(loop_mod, "training_step", refuse)
+    monkeypatch.setattr(ensemble_mod, "training_step", refuse)  # the step every member takes
     with pytest.raises(GatedVAEError, match="index_add_cuda_ does not have a deterministic") as exc:
         _train(tmp_path / "run")
     assert "\n" not in str(exc.value) and "train.deterministic=false" in str(exc.value)

@@ -45,7 +45,7 @@ from gatedvae.data.base import PackedBinaryStore, as_index_tensor, host_to_devic
 from gatedvae.models import MODELS
 from gatedvae.models.base import GenerativeModel
 from gatedvae.run import condition_vectors
-from gatedvae.train import TrainingDiverged, latest_checkpoint, loop, train
+from gatedvae.train import TrainingDiverged, ensemble, latest_checkpoint, loop, train
 from gatedvae.train.batch import Batcher
 
 #: aten operators that read device memory back to the host (or need a data-dependent shape), and
@@ -455,7 +455,7 @@ def test_no_host_sync_between_log_steps_on_cuda(case, tmp_path, monkeypatch):
     cfg = config(**GPU_CASES[case], device="cuda")
     t = cfg.train
     total = t.steps + t.finetune_steps
-    draw, step_fn = Batcher.draw, loop.training_step
+    draw, step_fn = Batcher.draw, ensemble.training_step
     strict_steps = []
 
     def strict_draw(self, step, *a, **k):
@@ -467,7 +467,7 @@ def test_no_host_sync_between_log_steps_on_cuda(case, tmp_path, monkeypatch):
         return _mode_off_on_error(draw, self, step, *a, **k)
 
     monkeypatch.setattr(Batcher, "draw", strict_draw)
-    monkeypatch.setattr(loop, "training_step", lambda *a, **k: _mode_off_on_error(step_fn, *a, **k))
+    monkeypatch.setattr(ensemble, "training_step", lambda *a, **k: _mode_off_on_error(step_fn, *a, **k))
     try:
         train(cfg, tmp_path / "run", quiet=True, tensorboard=False)
     finally:

@@ -30,6 +30,10 @@ class TensorBoardImages(Callback):
         if run.writer is not None and every and step % every == 0:
             self._log(run, step)
 
+    def uses_model(self, run: RunInfo, step: int) -> bool:
+        every = run.prep.config.train.image_every
+        return run.writer is not None and bool(every) and step % every == 0
+
     def on_end(self, run: RunInfo, summary: dict[str, Any]) -> None:
         if run.writer is not None:
             self._log(run, summary["steps"])
@@ -50,6 +54,9 @@ class EvaluateAtEnd(Callback):
     The trainer's dataset and model are evaluated where they are (on the training device, the
     model holding the final checkpoint's weights): nothing is built or loaded a second time, so
     a GPU holds one copy of the data, and the scores are those ``gatedvae evaluate RUN`` gives."""
+
+    def uses_model(self, run: RunInfo, step: int) -> bool:
+        return False  # on_end only
 
     def on_end(self, run: RunInfo, summary: dict[str, Any]) -> None:
         cfg = run.prep.config.train

@@ -7,9 +7,11 @@ no traceback is shown for them.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,24 +67,28 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .callbacks import standard_callbacks
     from .config import load_config
-    from .train import distributed, train
+    from .train import distributed, train, train_ensemble
 
     callbacks = standard_callbacks()  # TensorBoard images; the train.evaluate evaluation at the end
+    common = {"quiet": args.quiet, "tensorboard": not args.no_tensorboard, "callbacks": callbacks}
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError(
                 "--resume takes the config saved in the run directory; drop the config file and overrides"
             )
+        if args.seeds:
+            raise ConfigError("--seeds starts new runs; to continue an ensemble give its runs to --resume")
+        if len(args.resume) > 1 or args.ensemble_strategy:
+            if args.resume_on_other_device:
+                raise ConfigError("--resume-on-other-device continues one run at a time; resume the runs one by one")
+            summaries = train_ensemble(
+                [None] * len(args.resume), args.resume, resume=True, strategy=args.ensemble_strategy or "auto", **common
+            )
+            return _report_members(args.resume, summaries)
         summary = train(
-            None,
-            args.resume,
-            resume=True,
-            quiet=args.quiet,
-            tensorboard=not args.no_tensorboard,
-            callbacks=callbacks,
-            other_device=args.resume_on_other_device,
-        )
-        run_dir = Path(args.resume)
+            None, args.resume[0], resume=True, other_device=args.resume_on_other_device, **common
+        )  # fmt: skip
+        run_dir = Path(args.resume[0])
     else:
         if not args.config:
             raise ConfigError("give a config file (see configs/) or --resume RUN_DIR")
@@ -90,7 +96,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume-on-other-device continues a stopped run: use it with --resume RUN_DIR")
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-        summary = train(config, run_dir, quiet=args.quiet, tensorboard=not args.no_tensorboard, callbacks=callbacks)
+        if args.seeds:
+            seeds = parse_seeds(args.seeds)
+            configs = [replace(config, train=replace(config.train, seed=s)) for s in seeds]
+            dirs = [run_dir / f"seed-{s}" for s in seeds]
+            summaries = train_ensemble(configs, dirs, strategy=args.ensemble_strategy or "auto", **common)
+            return _report_members(dirs, summaries)
+        if args.ensemble_strategy:
+            raise ConfigError("--ensemble-strategy is for an ensemble: add --seeds, or resume several runs")
+        summary = train(config, run_dir, **common)
     if summary.get("world_size", 1) > 1 and not distributed.is_main_process():
         return 0  # launched by torchrun: rank 0 reports
     final = summary.get("final", {})
@@ -99,6 +113,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "evaluation" in summary:
         print("evaluation (metrics.json): " + ", ".join(f"{k} {v:.3g}" for k, v in summary["evaluation"].items()))
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated non-negative seeds and inclusive ranges, ``1,2,5-8``; each once."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise ConfigError(f"--seeds {text}: '{part}' is not a seed or a range like 5-8; e.g. --seeds 0,1,2 or 0-4")
+        first = int(m.group(1))
+        seeds.extend(range(first, int(m.group(2) or first) + 1))
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"--seeds {text} names seed {dup[0]} twice; each member needs its own seed")
+    return seeds
+
+
+def _report_members(run_dirs, summaries: list[dict]) -> int:
+    """One line per member of an ensemble; exit 3 when a member failed (the others finished)."""
+    failed = 0
+    for run_dir, summary in zip(run_dirs, summaries, strict=True):
+        if summary.get("status") == "failed":
+            failed += 1
+            print(f"{run_dir}: failed: {summary.get('error')}")
+            continue
+        final = summary.get("final", {})
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("step", "epoch", "phase"))
+        line = f"{run_dir}: {_finished_line(summary)}: {terms}"
+        if "evaluation" in summary:
+            line += "; evaluation: " + ", ".join(f"{k} {v:.3g}" for k, v in summary["evaluation"].items())
+        print(line)
+    if failed:
+        print(f"{failed} of {len(summaries)} runs failed (their status.json says why); the others finished")
+        return 3
+    print(f"{len(summaries)} runs trained as one ensemble")
     return 0
 
 
@@ -320,7 +370,25 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. model.beta=4 train.steps=2000"
     )
     t.add_argument("--run-dir", help="where to write the run (default: runs/<config name>); must be new or empty")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument(
+        "--resume",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint; several runs (checkpointed at the same step) "
+        "continue as one ensemble",
+    )
+    t.add_argument(
+        "--seeds",
+        metavar="LIST",
+        help="train the config once per seed, as one ensemble in one process: e.g. 0-4 or 1,2,7; the runs go to "
+        "RUN_DIR/seed-N (docs/training.md, Ensembles)",
+    )
+    t.add_argument(
+        "--ensemble-strategy",
+        choices=("auto", "loop", "stacked"),
+        help="how an ensemble's step is computed: loop (each run's own step, bitwise as trained alone), stacked "
+        "(the runs' networks batched: for GPUs), auto (default: stacked on CUDA, loop on the CPU)",
+    )
     t.add_argument(
         "--resume-on-other-device",
         action="store_true",

@@ -15,7 +15,8 @@ from ..run import Prepared, load_run_config, prepare, resolve_device
 from .batch import Batch, Batcher
 from .callbacks import Callback, RunInfo
 from .device import configure_device, device_settings, environment_record
-from .loop import ResumeDeviceError, TrainingStopped, train
+from .ensemble import STRATEGIES, ensemble_key
+from .loop import ResumeDeviceError, TrainingStopped, train, train_ensemble
 from .step import (
     Optimizers,
     Precision,
@@ -29,6 +30,9 @@ from .step import (
 
 __all__ = [
     "train",
+    "train_ensemble",
+    "ensemble_key",
+    "STRATEGIES",
     "Callback",
     "RunInfo",
     "Batch",

@@ -44,6 +44,12 @@ class Callback:
         is in training mode: a hook that evaluates it must restore the mode and use no generator of
         the run (resumed runs must stay bitwise equal to uninterrupted ones)."""
 
+    def uses_model(self, run: RunInfo, step: int) -> bool:
+        """Whether :meth:`on_step` reads the model at ``step``. In an ensemble trained with the
+        ``stacked`` step the members' own modules are brought up to date only when some callback
+        needs them (and at checkpoints); the default, True, always does."""
+        return True
+
     def on_end(self, run: RunInfo, summary: dict[str, Any]) -> None:
         """When training has finished (``summary.json`` written, ``status.json`` says finished,
         the model in eval mode). Fields added to ``summary`` are written to ``summary.json``."""

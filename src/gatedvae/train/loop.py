@@ -74,6 +74,14 @@ from . import distributed
 from .batch import Batcher
 from .callbacks import Callback, RunInfo
 from .device import determinism_relaxed, device_settings, is_nondeterminism_error
+from .ensemble import (
+    check_members,
+    check_run_dirs,
+    check_same_start,
+    choose_strategy,
+    ensemble_info,
+    make_stepper,
+)
 from .files import (
     append_metrics,
     check_run_dir_for_new,
@@ -93,11 +101,16 @@ from .step import (
     check_precision,
     make_generators,
     make_optimizers,
-    set_finetune,
-    training_step,
 )
 
-__all__ = ["train", "TrainingDiverged", "TrainingStopped", "ResumeDeviceError", "PER_STEP_CHECK_DEVICES"]
+__all__ = [
+    "train",
+    "train_ensemble",
+    "TrainingDiverged",
+    "TrainingStopped",
+    "ResumeDeviceError",
+    "PER_STEP_CHECK_DEVICES",
+]
 
 #: Devices whose loss is checked for NaN every step (a host read). Elsewhere (CUDA) the check is
 #: a device-side record read at log and checkpoint steps, so a step never waits for the device
@@ -142,31 +155,114 @@ def train(
             checkpointed and ``status.json`` says ``stopped`` (resume with ``resume=True``).
         TrainingDiverged: a loss term was not finite (``status.json`` says ``failed``).
     """
-    run_dir = Path(run_dir)
-    config = _run_config(config, run_dir, resume)
-    cfg = config.train
+    runs = _Runs([config], [Path(run_dir)], resume, quiet, tensorboard, stop_after, other_device, "loop")
+    return _train_runs(runs, dataset, callbacks)[0]
+
+
+def train_ensemble(
+    configs: Sequence[Config | None],
+    run_dirs: Sequence[str | os.PathLike],
+    resume: bool = False,
+    quiet: bool = False,
+    dataset: FactorDataset | None = None,
+    tensorboard: bool = True,
+    stop_after: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    strategy: str = "auto",
+) -> list[dict[str, Any]]:
+    """Train K runs of one network shape together, in one process and in lockstep; returns each
+    member's summary, in order (:mod:`gatedvae.train.ensemble`).
+
+    Each member is an ordinary run in its own directory (config, checkpoints in the same format,
+    metrics, status, lock): it can be resumed alone, evaluated and encoded like any run. The members
+    share the dataset and the process; each keeps its own seed, generators, pair draws,
+    hyperparameters and gating, so a member's trajectory does not depend on the others.
+
+    Args:
+        configs: the members' configs (None each with ``resume``); they must share
+            :func:`~gatedvae.train.ensemble.ensemble_key` (model, network shape, data, batch size,
+            steps, device, precision).
+        run_dirs: one new (or, with ``resume``, stopped) run directory per member.
+        strategy: how a step is computed (:data:`~gatedvae.train.ensemble.STRATEGIES`): ``loop``
+            (each member's own step: bitwise the member trained alone), ``stacked`` (the members'
+            networks batched, one vectorised Adam) or ``auto`` (stacked on CUDA, loop on the CPU).
+
+    A member whose loss stops being finite is set ``failed`` (its last good checkpoint kept; its
+    summary has ``status: failed`` and the ``error``) and leaves the ensemble; the others go on.
+    The other errors are those of :func:`train`, for the ensemble as a whole.
+    """
+    if not configs or len(configs) != len(run_dirs):
+        raise ConfigError(
+            f"an ensemble needs one run directory per config ({len(configs)} configs, {len(run_dirs)} directories)"
+        )
+    runs = _Runs(list(configs), [Path(d) for d in run_dirs], resume, quiet, tensorboard, stop_after, False, strategy)
+    return _train_runs(runs, dataset, callbacks)
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """What a call of :func:`train` or :func:`train_ensemble` asks for."""
+
+    configs: list[Config | None]
+    run_dirs: list[Path]
+    resume: bool
+    quiet: bool
+    tensorboard: bool
+    stop_after: int | None
+    other_device: bool
+    strategy: str
+
+    @property
+    def solo(self) -> bool:
+        """One run trained by :func:`train` (its errors are raised, not recorded per member)."""
+        return len(self.run_dirs) == 1 and self.strategy == "loop"
+
+
+def _train_runs(runs: _Runs, dataset: FactorDataset | None, callbacks: Sequence[Callback]) -> list[dict[str, Any]]:
+    """Check, lock and prepare the runs, then train them (:func:`_train`)."""
+    resume = runs.resume
+    check_run_dirs(runs.run_dirs)
+    configs = [_run_config(c, d, resume) for c, d in zip(runs.configs, runs.run_dirs, strict=True)]
+    if not runs.solo:
+        check_members(configs, runs.run_dirs)
+    cfg = configs[0].train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _training_device(cfg.device, run_dir, resume, other_device)
+    device = _training_device(cfg.device, runs.run_dirs[0], resume, runs.other_device)
     check_precision(cfg.precision, device)  # before anything is set up or written
-    found = latest_checkpoint(run_dir / "checkpoints") if resume else None
-    if found is not None:  # refuse a resume on another kind of device before building anything
-        _check_resume_device(run_dir, found[1], device, other_device)
+    strategy = choose_strategy(runs.strategy, configs, device)
+    for run_dir in runs.run_dirs if resume else ():
+        found = latest_checkpoint(run_dir / "checkpoints")
+        if found is not None:  # refuse a resume on another kind of device before building anything
+            _check_resume_device(run_dir, found[1], device, runs.other_device)
     # Launched by torchrun: join the process group; only rank 0 writes (train/distributed.py).
     ctx = distributed.setup(device, cfg.batch_size)
-    lock = _lock_run(run_dir, ctx) if resume else None  # a new run is locked once it is prepared
+    if ctx.enabled and not runs.solo:
+        raise ConfigError(
+            "an ensemble trains in one process; launch it without torchrun (or train its runs one by one)"
+        )
+    locks: list[RunLock | None] = []
     try:
+        if resume:  # a new run is locked once it is prepared
+            for run_dir in runs.run_dirs:
+                locks.append(_lock_run(run_dir, ctx))
         with device_settings(ctx.device, cfg.precision, cfg.deterministic) as env:
-            prep = prepare(config, device=ctx.device, dataset=dataset, progress=not quiet and ctx.is_main)
+            preps = []
+            for config in configs:  # the members share one dataset
+                prep = prepare(config, device=ctx.device, dataset=dataset, progress=not runs.quiet and ctx.is_main)
+                dataset = prep.dataset
+                preps.append(prep)
             if not resume:  # (lock is None on every process but rank 0: test resume, not lock)
-                lock = _lock_run(run_dir, ctx, new=True)
-            session = _Session(resume, quiet, tensorboard, stop_after, other_device, env)
-            result = _train(config, prep, run_dir, ctx, session, callbacks)
+                for run_dir in runs.run_dirs:
+                    locks.append(_lock_run(run_dir, ctx, new=True))
+            session = _Session(resume, runs.quiet, runs.tensorboard, runs.stop_after, runs.other_device, env)
+            result = _train(configs, preps, runs.run_dirs, ctx, session, callbacks, strategy, runs.solo)
         distributed.finish()  # torchrun: every process ends the group together
         return result
     finally:
-        if lock is not None and ctx.is_main:
-            lock.release()
+        for lock in locks:
+            if lock is not None and ctx.is_main:
+                lock.release()
 
 
 def _check_resume_device(run_dir: Path, path: Path, here: torch.device, other_device: bool) -> str:
@@ -221,90 +317,176 @@ class _Session:
     environment: dict[str, Any]
 
 
+class _Member:
+    """One run of the loop: its directory and prepared model, its generators, optimisers,
+    precision, checkpoints, log, callbacks and batcher (a solo run is an ensemble of one)."""
+
+    def __init__(
+        self,
+        index: int,
+        config: Config,
+        prep: Prepared,
+        run_dir: Path,
+        ctx: distributed.Context,
+        session: _Session,
+        callbacks: Sequence[Callback],
+        ensemble: dict[str, Any] | None,
+    ) -> None:
+        cfg = config.train
+        self.index, self.config, self.prep, self.run_dir = index, config, prep, run_dir
+        if ctx.enabled:
+            distributed.convert_sync_batchnorm(prep.model)
+        self.rng, self.gen = make_generators(cfg.seed, prep.device)
+        self.optimizers = make_optimizers(prep.model, cfg.lr, prep.device, finetune=cfg.finetune_steps > 0)
+        self.precision = Precision(cfg.precision, prep.device)
+        distributed.average_gradients(ctx, self.optimizers.all().values())
+        self.ensemble = ensemble
+        self.ckpt = _Checkpoints(
+            run_dir / "checkpoints", prep, self.optimizers, self.rng, self.gen, ctx, self.precision, session, ensemble
+        )
+        self.start = self.ckpt.restore() if session.resume else 0
+        self.hooks = list(callbacks) if ctx.is_main else []
+        self.batcher = Batcher(prep)
+        self.batcher.shard = ctx.batch_shard(cfg.batch_size)
+        self.log: _Progress | None = None
+        self.run: RunInfo | None = None
+        self.failed: str | None = None  # the error of a member that left the ensemble
+
+    def open(self, ctx: distributed.Context, session: _Session, total: int, bar: str | None) -> None:
+        """Write the run directory's start (config or truncated metrics, status) and open the log."""
+        _open_run_dir(self.run_dir, self.config, session.resume, self.ckpt, ctx, total, self.start)
+        quiet = session.quiet or bar is None
+        self.log = _Progress(
+            self.run_dir, self.prep, ctx, self.ckpt, self.start, total, session.tensorboard and ctx.is_main, quiet, bar
+        )
+        self.ckpt.follow(self.log.sums)  # the log interval in progress is checkpointed and restored with the rest
+        self.run = RunInfo(self.run_dir, self.prep, self.log.writer, session.quiet)
+
+
 def _train(
-    config: Config,
-    prep: Prepared,
-    run_dir: Path,
+    configs: list[Config],
+    preps: list[Prepared],
+    run_dirs: list[Path],
     ctx: distributed.Context,
     session: _Session,
     callbacks: Sequence[Callback],
-) -> dict[str, Any]:
-    """The loop of :func:`train`, with the run's lock held."""
-    cfg = config.train
-    resume, quiet, stop_after = session.resume, session.quiet, session.stop_after
-    model, total = prep.model, cfg.steps + cfg.finetune_steps
-    if ctx.enabled:
-        distributed.convert_sync_batchnorm(model)
-    rng, gen = make_generators(cfg.seed, prep.device)
-    optimizers = make_optimizers(model, cfg.lr, prep.device, finetune=cfg.finetune_steps > 0)
-    precision = Precision(cfg.precision, prep.device)
-    distributed.average_gradients(ctx, optimizers.all().values())
+    strategy: str,
+    solo: bool,
+) -> list[dict[str, Any]]:
+    """The loop of :func:`train` and :func:`train_ensemble`, with the runs' locks held: every
+    member takes step ``s`` before any takes step ``s + 1``."""
+    cfg = configs[0].train  # what the members share (ensemble_key): steps, batch, device, precision
+    total = cfg.steps + cfg.finetune_steps
+    info = ensemble_info(run_dirs, strategy) if not solo else None
+    members = [
+        _Member(k, c, p, d, ctx, session, callbacks, None if info is None else {**info, "index": k})
+        for k, (c, p, d) in enumerate(zip(configs, preps, run_dirs, strict=True))
+    ]
+    start = check_same_start([m.start for m in members], run_dirs)
     ctx.barrier()  # every process has checked the run directory before rank 0 writes to it
-    ckpt = _Checkpoints(run_dir / "checkpoints", prep, optimizers, rng, gen, ctx, precision, session)
-    start = _open_run_dir(run_dir, config, resume, ckpt, ctx, total)
-    log = _Progress(run_dir, prep, ctx, ckpt, start, total, session.tensorboard and ctx.is_main, quiet)
-    ckpt.follow(log.sums)  # the log interval in progress is checkpointed and restored with the rest
-    run = RunInfo(run_dir, prep, log.writer, quiet)
-    hooks = list(callbacks) if ctx.is_main else []
-    batcher = Batcher(prep)
-    batcher.shard = ctx.batch_shard(cfg.batch_size)
-    model.train()
+    bar = run_dirs[0].name if solo else f"{len(members)} runs"
+    for m in members:
+        m.open(ctx, session, total, bar if m.index == 0 else None)
+    stepper = make_stepper(strategy, members, solo)
+    for m in members:
+        m.prep.model.train()
+    alive = list(members)
     step, phase = start, None
+
+    def fail(m: _Member, exc: TrainingDiverged, at: int) -> None:
+        """A member's loss was not finite: in a solo run the error ends the run (raised); in an
+        ensemble the member is set failed and leaves, the others go on."""
+        if solo:
+            raise exc
+        m.failed = str(exc)
+        if ctx.is_main:
+            write_status(m.run_dir, "failed", at, total, error=str(exc))
+        print(f"{m.run_dir}: {exc}; the other members go on", file=sys.stderr)
+
     try:
-        with _StopOnSignal() as stop, ctx.shard_draws(gen):  # each process takes its rows of the global noise
-            while step < total:
+        with (
+            _StopOnSignal() as stop,
+            ctx.shard_draws(members[0].gen),
+        ):  # each process takes its rows of the global noise
+            while step < total and alive:
                 finetune = step >= cfg.steps
                 if finetune != phase:
-                    set_finetune(model, finetune)
+                    stepper.set_finetune(finetune)
                     phase = finetune
-                batch = batcher.draw(step, rng, finetune)
-                terms = training_step(
-                    model, batch, step, gen, optimizers, gate_regulariser=config.gating.gate_kl, finetune=finetune,
-                    check=ckpt.guard,  # CPU: checks now; CUDA: a device-side record
-                    precision=precision,
-                )  # fmt: skip
+                batches = [m.batcher.draw(step, m.rng, finetune) for m in alive]
+                results = stepper.step(alive, batches, step, finetune)
+                for m, res in zip(alive, results, strict=True):
+                    if isinstance(res, TrainingDiverged):
+                        fail(m, res, step)
                 step += 1
-                log.add(terms)
                 logged = step % cfg.log_every == 0 or step == total
-                if logged:
-                    log.write(step, finetune)
-                for hook in hooks:
-                    with ctx.defer_errors():  # rank 0 only: a failure stops every process at the next log step
-                        hook.on_step(run, step)
                 saved = step % cfg.checkpoint_every == 0 or step == total
-                if saved:
-                    ckpt.save(step, total)
-                log.advance()
-                if step < total and stop.requested(ctx, logged):
+                live = [(m, r) for m, r in zip(alive, results, strict=True) if m.failed is None]
+                if saved or any(h.uses_model(m.run, step) for m, _ in live for h in m.hooks):
+                    stepper.sync()  # the members' own modules and optimisers hold the current values
+                for m, terms in live:
+                    try:
+                        m.log.add(terms)
+                        if logged:
+                            m.log.write(step, finetune)
+                        for hook in m.hooks:
+                            with ctx.defer_errors():  # rank 0 only: a failure stops every process at the next log step
+                                hook.on_step(m.run, step)
+                        if saved:
+                            m.ckpt.save(step, total)
+                    except TrainingDiverged as exc:  # CUDA: the deferred record, read at log and checkpoint steps
+                        fail(m, exc, step)
+                members[0].log.advance()
+                if any(m.failed for m in alive):
+                    stepper.drop([m for m in alive if m.failed])
+                    alive = [m for m in alive if m.failed is None]
+                if alive and step < total and stop.requested(ctx, logged):
                     if not saved:
-                        ckpt.save(step)
-                    if ctx.is_main:
-                        write_status(run_dir, "stopped", step, total, signal=signal.Signals(stop.signum).name)
-                    raise TrainingStopped(run_dir, step, stop.signum)
-                if stop_after is not None and stop_after <= step < total:
-                    ckpt.save(step)
-                    return {"status": "stopped", "step": step}
+                        stepper.sync()
+                    for m in alive:
+                        if not saved:
+                            m.ckpt.save(step)
+                        if ctx.is_main:
+                            write_status(m.run_dir, "stopped", step, total, signal=signal.Signals(stop.signum).name)
+                    raise TrainingStopped([m.run_dir for m in alive], step, stop.signum)
+                if alive and session.stop_after is not None and session.stop_after <= step < total:
+                    stepper.sync()
+                    for m in alive:
+                        m.ckpt.save(step)
+                    return [{"status": "stopped", "step": step} if m.failed is None else _failed(m) for m in members]
     except TrainingDiverged as exc:
         if ctx.is_main:
-            write_status(run_dir, "failed", step, total, error=str(exc))
+            write_status(run_dirs[0], "failed", step, total, error=str(exc))
         raise
     except RuntimeError as exc:
         if not is_nondeterminism_error(exc):
             raise
         error = GatedVAEError(
-            f"step {step}: {str(exc).splitlines()[0].split(', but you set')[0]} on {prep.device} "
+            f"step {step}: {str(exc).splitlines()[0].split(', but you set')[0]} on {preps[0].device} "
             f"(train.deterministic=true); train a new run with train.deterministic=false (no exact resume on CUDA)"
         )
         if ctx.is_main:
-            write_status(run_dir, "failed", step, total, error=str(error))
+            for m in alive:
+                write_status(m.run_dir, "failed", step, total, error=str(error))
         raise error from None
     except KeyboardInterrupt as exc:
         if not isinstance(exc, TrainingStopped) and ctx.is_main:  # stopped at once: back to the last checkpoint
-            write_status(run_dir, "stopped", ckpt.last, total)
+            for m in alive:
+                write_status(m.run_dir, "stopped", m.ckpt.last, total)
         raise
     finally:
-        log.close()
-    return _finish(run, ctx, start, total, log, hooks, session.environment)
+        for m in members:
+            if m.log is not None:
+                m.log.close()
+    return [
+        _failed(m) if m.failed else _finish(m.run, ctx, start, total, m.log, m.hooks, session.environment, m.ensemble)
+        for m in members
+    ]
+
+
+def _failed(m: _Member) -> dict[str, Any]:
+    """The summary :func:`train_ensemble` returns for a member that left the ensemble."""
+    return {"status": "failed", "error": m.failed, "run_dir": str(m.run_dir)}
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -312,9 +494,11 @@ class TrainingStopped(KeyboardInterrupt):
     written and ``status.json`` set to ``stopped``. A KeyboardInterrupt, so code that lets Ctrl-C
     through lets this through too; ``exit_code`` is the shell's 128 + signal (130, 143)."""
 
-    def __init__(self, run_dir: Path, step: int, signum: int) -> None:
-        self.run_dir, self.step, self.signum = Path(run_dir), int(step), int(signum)
-        self.resume_command = f"gatedvae train --resume {run_dir}"
+    def __init__(self, run_dir: Path | Sequence[Path], step: int, signum: int) -> None:
+        dirs = [Path(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else [Path(d) for d in run_dir]
+        self.run_dirs, self.step, self.signum = dirs, int(step), int(signum)
+        self.run_dir = dirs[0]
+        self.resume_command = "gatedvae train --resume " + " ".join(str(d) for d in dirs)
         super().__init__(str(self))
 
     @property
@@ -454,9 +638,9 @@ def _refuse_if_busy(run_dir: Path) -> None:
         raise RunBusy(busy_message(run_dir, info))
 
 
-def _open_run_dir(run_dir: Path, config: Config, resume: bool, ckpt: _Checkpoints, ctx, total: int) -> int:
-    """Restore the latest checkpoint (resume) or create the run directory; returns the first step."""
-    start = ckpt.restore() if resume else 0
+def _open_run_dir(run_dir: Path, config: Config, resume: bool, ckpt: _Checkpoints, ctx, total: int, start: int) -> None:
+    """Start writing the run directory: a new run's directory and config, or a resumed run's
+    metrics truncated back to its checkpoint (``start``, restored already); its status."""
     with ctx.main_io():  # rank 0 writes; its failure stops every process here (distributed.py)
         if ctx.is_main:
             if resume:
@@ -467,7 +651,6 @@ def _open_run_dir(run_dir: Path, config: Config, resume: bool, ckpt: _Checkpoint
                 save_config(config, run_dir / "config.yaml")
             ckpt.dir.mkdir(exist_ok=True)
             write_status(run_dir, "running", start, total)
-    return start
 
 
 class _Checkpoints:
@@ -484,8 +667,10 @@ class _Checkpoints:
         ctx,
         precision: Precision,
         session: _Session,
+        ensemble: dict[str, Any] | None = None,
     ) -> None:
         self.dir, self.prep, self.ctx = directory, prep, ctx
+        self.ensemble = ensemble
         self.optimizers, self.rng, self.gen = optimizers.all(), rng, gen
         self.precision, self.session = precision, session
         self.last = 0  # the step of the newest checkpoint
@@ -561,6 +746,8 @@ class _Checkpoints:
         }
         if log_sums is not None:
             header["log_sums"] = log_sums
+        if self.ensemble is not None:
+            header["ensemble"] = self.ensemble  # id, index, size, strategy: a member resumes alone as well
         scaler = self.precision.state_dict()
         if scaler is not None:
             header["grad_scaler"] = scaler  # fp16: the loss scale and its growth counter
@@ -575,7 +762,16 @@ class _Progress:
     """The running sums of the logged terms, ``metrics.jsonl``, TensorBoard scalars and the bar."""
 
     def __init__(
-        self, run_dir: Path, prep: Prepared, ctx, ckpt: _Checkpoints, start: int, total: int, tb: bool, quiet: bool
+        self,
+        run_dir: Path,
+        prep: Prepared,
+        ctx,
+        ckpt: _Checkpoints,
+        start: int,
+        total: int,
+        tb: bool,
+        quiet: bool,
+        desc: str | None = None,
     ) -> None:
         self.run_dir, self.ctx, self.ckpt = run_dir, ctx, ckpt
         self.writer = open_tensorboard(run_dir, start) if tb else None
@@ -584,7 +780,7 @@ class _Progress:
         self.started = time.perf_counter()
         self.bar = None
         if not quiet and ctx.is_main:  # a bar on a terminal, a plain line every ~10% in a log file
-            self.bar = progress_bar(total=total, initial=start, desc=run_dir.name, unit="step")
+            self.bar = progress_bar(total=total, initial=start, desc=desc or run_dir.name, unit="step")
 
     def add(self, terms: dict[str, torch.Tensor]) -> None:
         self.sums.add(terms)
@@ -619,7 +815,14 @@ class _Progress:
 
 
 def _finish(
-    run: RunInfo, ctx, start: int, total: int, log: _Progress, hooks: list[Callback], environment: dict[str, Any]
+    run: RunInfo,
+    ctx,
+    start: int,
+    total: int,
+    log: _Progress,
+    hooks: list[Callback],
+    environment: dict[str, Any],
+    ensemble: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The summary of a finished run: ``summary.json``, status ``finished``, the callbacks' ``on_end``."""
     elapsed = time.perf_counter() - log.started
@@ -637,6 +840,7 @@ def _finish(
         "precision": prep.config.train.precision,
         **ctx.summary_fields(),
         "environment": environment,  # this session's device, versions and flags
+        **({"ensemble": ensemble} if ensemble is not None else {}),
     }
     with ctx.main_io():  # rank 0 writes; every process learns whether it could
         if ctx.is_main:

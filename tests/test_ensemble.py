@@ -1,0 +1,140 @@
+"""Ensembles (gatedvae.train.train_ensemble): K runs trained together, each an ordinary run.
+
+The loop strategy is bitwise each member trained alone; the members are ordinary runs (resume
+alone, evaluate); a diverged member leaves and the others finish; an ensemble stopped at any step
+resumes bitwise; what cannot train together is refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from gatedvae.checkpoint import read_header
+from gatedvae.cli import main, parse_seeds
+from gatedvae.config import save_config
+from gatedvae.errors import ConfigError
+from gatedvae.train import latest_checkpoint, train, train_ensemble
+from gatedvae.train.ensemble import ensemble_key
+
+
+def _tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(run / "checkpoints")[1]))
+
+
+def _same_run(a: Path, b: Path) -> None:
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+
+
+def _members() -> list:
+    """Three members that differ in everything an ensemble lets differ: seed, beta, lr, gating."""
+    return [
+        tiny_config({"train.seed": 1, "model.beta": 4.0}),
+        tiny_config({"train.seed": 2, "model.beta": 1.0, "train.lr": 3e-3}, gated=False),
+        tiny_config({"train.seed": 3, "gating.gate_kl": True}),
+    ]
+
+
+def test_loop_members_are_bitwise_their_solo_runs(tmp_path):
+    configs = _members()
+    dirs = [tmp_path / f"m{k}" for k in range(3)]
+    summaries = train_ensemble(configs, dirs, quiet=True, tensorboard=False, strategy="loop")
+    for k, (config, d) in enumerate(zip(configs, dirs, strict=True)):
+        solo = tmp_path / f"solo{k}"
+        train(config, solo, quiet=True, tensorboard=False)
+        _same_run(d, solo)
+        assert summaries[k]["status"] == "finished" and summaries[k]["ensemble"]["index"] == k
+        header = read_header(latest_checkpoint(d / "checkpoints")[1])
+        assert header["ensemble"]["size"] == 3 and header["ensemble"]["strategy"] == "loop"
+        assert json.loads((d / "status.json").read_text())["status"] == "finished"
+
+
+def test_an_ensemble_stopped_resumes_bitwise_and_a_member_resumes_alone(tmp_path):
+    configs = _members()[:2]
+    whole = [tmp_path / f"whole{k}" for k in range(2)]
+    train_ensemble(configs, whole, quiet=True, tensorboard=False, strategy="loop")
+    parts = [tmp_path / f"part{k}" for k in range(2)]
+    out = train_ensemble(configs, parts, quiet=True, tensorboard=False, strategy="loop", stop_after=15)
+    assert [o["status"] for o in out] == ["stopped", "stopped"]
+    # member 0 continues alone (an ordinary run), member 1 as an ensemble of one
+    train(None, parts[0], resume=True, quiet=True, tensorboard=False)
+    train_ensemble([None], parts[1:], resume=True, quiet=True, tensorboard=False, strategy="loop")
+    for a, b in zip(whole, parts, strict=True):
+        _same_run(a, b)
+
+
+def test_a_diverged_member_leaves_and_the_others_finish(tmp_path):
+    configs = _members()[:2]
+    configs[1] = tiny_config({"train.seed": 2, "train.lr": 1e9})  # diverges within a few steps
+    dirs = [tmp_path / "ok", tmp_path / "bad"]
+    out = train_ensemble(configs, dirs, quiet=True, tensorboard=False, strategy="loop")
+    assert out[0]["status"] == "finished" and out[1]["status"] == "failed"
+    status = json.loads((dirs[1] / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"].startswith("loss term")
+    solo = tmp_path / "solo"
+    train(configs[0], solo, quiet=True, tensorboard=False)
+    _same_run(dirs[0], solo)  # the failure did not touch the other member
+
+
+def test_what_cannot_train_together_is_refused_in_one_line(tmp_path):
+    a = tiny_config()
+    for change, named in (
+        ({"model.hidden": 32}, "model.hidden"),
+        ({"train.batch_size": 8}, "train.batch_size"),
+        ({"data.size": 300}, "data.size"),
+        ({"model.name": "beta_tcvae"}, "model.name"),
+    ):
+        b = tiny_config(change)
+        assert ensemble_key(a) != ensemble_key(b)
+        with pytest.raises(ConfigError, match=named) as exc:
+            train_ensemble([a, b], [tmp_path / "a", tmp_path / "b"], quiet=True, tensorboard=False)
+        assert "\n" not in str(exc.value)
+        assert not (tmp_path / "a").exists()  # nothing written
+    assert ensemble_key(a) == ensemble_key(tiny_config({"model.beta": 9.0, "train.seed": 5, "train.lr": 0.1}))
+    with pytest.raises(ConfigError, match="given twice"):
+        train_ensemble([a, a], [tmp_path / "x", tmp_path / "x"], quiet=True, tensorboard=False)
+    with pytest.raises(ConfigError, match="stacked ensemble step cannot train these runs: DC-IGN"):
+        clamp = tiny_config({"gating.mode": "clamp"})
+        train_ensemble([clamp, clamp], [tmp_path / "c0", tmp_path / "c1"], strategy="stacked")
+
+
+def test_runs_at_different_steps_do_not_resume_together(tmp_path):
+    configs = _members()[:2]
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    train(configs[0], dirs[0], quiet=True, tensorboard=False, stop_after=10)
+    train(configs[1], dirs[1], quiet=True, tensorboard=False, stop_after=20)
+    with pytest.raises(ConfigError, match=r"different steps \(.*a at step 10, .*b at step 20\)"):
+        train_ensemble([None, None], dirs, resume=True, quiet=True, tensorboard=False)
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+    assert parse_seeds("5") == [5]
+    for bad, why in (("1,1", "twice"), ("3-1", "range"), ("a", "range"), ("-2", "range")):
+        with pytest.raises(ConfigError, match=why):
+            parse_seeds(bad)
+
+
+def test_cli_trains_seeds_as_one_ensemble_and_resumes_them(tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    save_config(tiny_config(), cfg)
+    out = tmp_path / "runs"
+    rc = main(["train", str(cfg), "--seeds", "0-1", "--run-dir", str(out), "--quiet", "--no-tensorboard"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "2 runs trained as one ensemble" in text
+    for s in (0, 1):
+        assert json.loads((out / f"seed-{s}" / "summary.json").read_text())["ensemble"]["size"] == 2
+    solo = tmp_path / "solo"
+    train(tiny_config({"train.seed": 1}), solo, quiet=True, tensorboard=False)
+    _same_run(out / "seed-1", solo)
+    rc = main(["train", "--resume", str(out / "seed-0"), str(out / "seed-1"), "--quiet"])
+    assert rc == 2 and "already finished" in capsys.readouterr().err
