@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "gatedvae.face_study": 9,
     "gatedvae.scan": 9,
     "gatedvae.sweep": 9,
+    "gatedvae.explore": 9,
     "gatedvae.bench": 10,
     "gatedvae.cli": 11,
     "gatedvae.__main__": 12,

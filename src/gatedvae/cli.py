@@ -245,6 +245,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explore(args: argparse.Namespace) -> int:
+    from .explore.command import explore_command
+
+    return explore_command(args)
+
+
 def cmd_list_models(args: argparse.Namespace) -> int:
     from .models import MODELS
 
@@ -544,6 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--table", help="also write the Markdown table to this file")
     fs.add_argument("--quiet", action="store_true", help="no progress messages")
     fs.set_defaults(func=cmd_face_study)
+
+    from .explore.command import DESCRIPTION as EXPLORE_DESCRIPTION
+    from .explore.command import add_arguments as add_explore_arguments
+
+    ex = sub.add_parser(
+        "explore",
+        help="look inside a trained run in the browser: sliders, swaps, traversals",
+        description=EXPLORE_DESCRIPTION,
+    )
+    add_explore_arguments(ex)
+    ex.set_defaults(func=cmd_explore)
 
     ls = sub.add_parser("list", help="list registered things: models, datasets")
     lsub = ls.add_subparsers(dest="list_command", metavar="WHAT")
