@@ -317,8 +317,8 @@ CASES = [
     ),
     Case(
         "config-unknown-dataset",
-        _train_cfg("unknown_data", {"data": {"name": "mnist"}}),
-        r"data.name: 'mnist' is not one of",
+        _train_cfg("unknown_data", {"data": {"name": "svhn"}}),
+        r"data.name: 'svhn' is not one of",
         r"'dsprites'",
     ),
     Case(
@@ -710,7 +710,7 @@ CASES = [
         r"--steps must be at least 1, got 0",
         r"at least 1",
     ),
-    Case("cli-data-unknown-dataset", _data("mnist"), r"'mnist' is not one of", r"'dsprites'"),
+    Case("cli-data-unknown-dataset", _data("svhn"), r"'svhn' is not one of", r"'dsprites'"),
 ]
 
 

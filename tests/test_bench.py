@@ -210,6 +210,7 @@ def test_quick_run_sections(quick, tmp_path):
         assert needle in text
     assert md.count("| target | measured |") == 1 and "| mlp-64 | beta_vae | yes | bf16 |" in md
     assert "scores by training precision (default preset" in text and "| score | fp32 | bf16 |" in md
+    assert "memory-mapped cache, warm" in text and "| store | images/s | vs in memory |" in md
     assert "roofline: bf16 matmul 256^3 peak" in text and "Roofline: fp32 matmul 256^3" in md
 
 

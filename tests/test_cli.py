@@ -36,7 +36,7 @@ def test_version(capsys):
     [
         (["data", "describe", "ellipses", "sise=10"], "did you mean 'size'"),
         (["data", "describe", "ellipses", "size=ten"], "size: expected int"),
-        (["data", "describe", "mnist"], "not one of"),
+        (["data", "describe", "svhn"], "not one of"),
         (["data", "describe", "dsprites_file"], "data.path is empty"),
         (["data", "describe", "dsprites_file", "path=/nonexistent/d.npz"], "/nonexistent/d.npz"),
         (["data", "describe", "ellipses", "stride.x=2"], "full-grid"),

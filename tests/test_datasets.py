@@ -944,8 +944,8 @@ def test_unknown_dataset_name_and_option_fail_in_one_line_with_a_did_you_mean():
         build_dataset(DataConfig(name="elipses"))
     assert_one_line(exc, "data.name: 'elipses' is not one of 'dsprites'", "did you mean 'ellipses'?")
     with pytest.raises(ConfigError) as exc:
-        validate_data_config(DataConfig(name="mnist"))
-    assert_one_line(exc, "data.name: 'mnist' is not one of", "'faces'")
+        validate_data_config(DataConfig(name="svhn"))
+    assert_one_line(exc, "data.name: 'svhn' is not one of", "'faces'")
     with pytest.raises(ConfigError) as exc:
         validate_data_config(DataConfig(name="ellipses", options={"size": 3}))
     assert_one_line(exc, "data.options.size is not an option of dataset ellipses (it has: none)")

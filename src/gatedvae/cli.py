@@ -64,6 +64,14 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from .data.download import download
+
+    folder = download(args.name, to=args.to, accept_licence=args.accept_licence, progress=not args.quiet)
+    print(f"downloaded {args.name} into {folder}; its loader reads it there (or set data.path={folder})")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .callbacks import standard_callbacks
     from .config import load_config
@@ -570,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.set_defaults(func=cmd_list_datasets)
     ls.set_defaults(func=lambda a: _usage(ls))
 
-    d = sub.add_parser("data", help="datasets: describe, preview")
+    d = sub.add_parser("data", help="datasets: describe, preview, download")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
     for action, func, helptext in (
         ("describe", cmd_data_describe, "print a dataset's size, memory and factors"),
@@ -589,6 +597,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="PNG path (default: NAME_preview.png)")
             p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         p.set_defaults(func=func)
+    dl = dsub.add_parser(
+        "download",
+        help="fetch a data set's official files (resumable, verified)",
+        description="Fetch a data set's official files into DIR (default: <data_dir>/NAME, where its loader "
+        "looks): a progress bar, resume of a partial download, verification (size, format, MD5 where known), "
+        "an atomic rename, archives unpacked. Offline or refused: one line naming the URL to fetch by hand.",
+    )
+    dl.add_argument(
+        "name",
+        help="shapes3d, mpi3d (toy), mpi3d_realistic, mpi3d_real, smallnorb, cars3d, mnist, celeba, scream, dsprites",
+    )
+    dl.add_argument("--to", metavar="DIR", help="the folder to download into (default: <data_dir>/NAME)")
+    dl.add_argument(
+        "--accept-licence",
+        action="store_true",
+        help="accept the data set's licence terms (required for CelebA: non-commercial research use only)",
+    )
+    dl.add_argument("--quiet", action="store_true", help="no progress bars")
+    dl.set_defaults(func=cmd_data_download)
     d.set_defaults(func=lambda a: _usage(d))
 
     from .sweep.cli import add_commands as add_sweep_commands

@@ -241,6 +241,14 @@ def format_report(res: dict[str, Any]) -> str:
             f"(+{da['rss_gain_mb']:.0f} MB); "
             f"gather of 128 images {da['gather_128_ms']:.2f} ms"
         )
+        ga = da.get("gather")
+        if ga:
+            out.append(
+                f"  gather rate, batch {ga['batch']} of random rows, {ga['images']:,} RGB 64x64 images "
+                f"({ga['cache_bytes'] / 1e6:.0f} MB cache; RssAnon +{ga['rss_anon_gain_mb']:.0f} MB while gathering):"
+            )
+            for r in ga["rows"]:
+                out.append(f"    {r['store']:<52}{r['images_per_s']:>12,.0f} images/s {r['vs_memory']:>7.3f}x")
     pa = res.get("pairs")
     if pa:
         out.append(f"\npairs ({pa['images']:,} images, batch {pa['batch']}):")
@@ -366,6 +374,17 @@ def format_markdown(res: dict[str, Any]) -> str:
             f"peak RSS {da['baseline_rss_mb']:.0f} MB after imports, {da['peak_rss_mb']:.0f} MB after building "
             f"(+{da['rss_gain_mb']:.0f} MB); a batch of 128 gathered in {da['gather_128_ms']:.2f} ms.",
         ]
+        ga = da.get("gather")
+        if ga:
+            out += [
+                "",
+                f"Gather rate, a batch of {ga['batch']} random rows of {ga['images']:,} RGB 64x64 images "
+                f"({ga['cache_bytes'] / 1e6:.0f} MB cache):",
+                "",
+                "| store | images/s | vs in memory |",
+                "| --- | ---: | ---: |",
+            ]
+            out += [f"| {r['store']} | {r['images_per_s']:,.0f} | {r['vs_memory']:.3f}x |" for r in ga["rows"]]
     pa = res.get("pairs")
     if pa:
         out += [

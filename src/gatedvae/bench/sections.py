@@ -25,6 +25,7 @@ from .train_section import measure_train
 
 __all__ = [
     "measure_data",
+    "measure_gather",
     "measure_pairs",
     "measure_metrics",
     "measure_memory",
@@ -36,10 +37,81 @@ __all__ = [
 
 
 def measure_data(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """dSprites generation time, store size and resident memory, in a fresh process."""
+    """dSprites generation time, store size and resident memory, in a fresh process; then the gather
+    rates of a memory-mapped cache against the in-memory store (:func:`measure_gather`)."""
     log("data: generating dSprites in a subprocess ...")
     data = asdict(o.data_config())
-    return run_child("data", {"data": data, "seconds": 0.2 if o.quick else 1.0}, o.threads)
+    out = run_child("data", {"data": data, "seconds": 0.2 if o.quick else 1.0}, o.threads)
+    out["gather"] = measure_gather(o, log)
+    return out
+
+
+def measure_gather(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Images/s of a batch of ``o.batch`` random rows gathered (as float32, as the trainer does) from
+    an MPI3D-layout memory-mapped cache (uint8 ``(N, 3, 64, 64)``, :mod:`gatedvae.data.cache`) with a
+    warm page cache and a cold one (the file's pages dropped with ``posix_fadvise(DONTNEED)`` before
+    every batch: each batch read from the disk), against the same images in memory (``Uint8Store``).
+    The cache is synthetic (65,536 images, 805 MB; quick: 4,096) in a temporary folder, removed after.
+    """
+    from ..data.cache import rss_anon_mb, write_cache
+
+    n = 4096 if o.quick else 65536
+    seconds = 0.1 if o.quick else 1.0
+    rng = np.random.default_rng(o.seed)
+    log(f"data: gather rates of a memory-mapped cache of {n:,} RGB 64x64 images ...")
+
+    def chunks():
+        for start in range(0, n, 1024):
+            m = min(1024, n - start)
+            block = np.empty((m, 3, 64, 64), dtype=np.uint8)  # (m, 3, 64, 64)
+            block[:] = (np.arange(start, start + m) % 251).astype(np.uint8)[:, None, None, None]
+            yield block
+
+    def images_per_s(gather: Callable[[np.ndarray], Any], before: Callable[[], None] | None = None) -> float:
+        batches, spent = 0, 0.0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or batches < 3:
+            if before is not None:
+                before()  # not timed
+            idx = rng.integers(0, n, o.batch)
+            t0 = time.perf_counter()
+            gather(idx)
+            spent += time.perf_counter() - t0
+            batches += 1
+        return batches * o.batch / spent
+
+    with tempfile.TemporaryDirectory(prefix="gatedvae_bench_gather_") as tmp:
+        t0 = time.perf_counter()
+        store = write_cache(Path(tmp) / "cache.npy", (n, 3, 64, 64), chunks(), {"synthetic": True})
+        write_s = time.perf_counter() - t0
+        anon0 = rss_anon_mb()
+        cold = images_per_s(store.gather, store.drop_page_cache)
+        for start in range(0, n, 4096):  # warm: every page read once
+            store.gather_uint8(np.arange(start, min(start + 4096, n)))
+        warm = images_per_s(store.gather)
+        anon_gain = rss_anon_mb() - anon0
+        memory = store.load()
+        in_memory = images_per_s(memory.gather)
+        del memory, store
+    rows = [
+        {"store": "in memory (Uint8Store)", "images_per_s": in_memory, "vs_memory": 1.0},
+        {"store": "memory-mapped cache, warm", "images_per_s": warm, "vs_memory": warm / in_memory},
+        {
+            "store": "memory-mapped cache, cold (pages dropped per batch)",
+            "images_per_s": cold,
+            "vs_memory": cold / in_memory,
+        },
+    ]
+    for r in rows:
+        log(f"  gather {o.batch}: {r['store']:<52} {r['images_per_s']:>12,.0f} images/s ({r['vs_memory']:.3f}x)")
+    return {
+        "images": n,
+        "batch": o.batch,
+        "cache_bytes": n * 3 * 64 * 64,
+        "write_seconds": write_s,
+        "rss_anon_gain_mb": anon_gain,
+        "rows": rows,
+    }
 
 
 def measure_pairs(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:

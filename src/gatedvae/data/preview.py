@@ -141,8 +141,10 @@ def describe_dataset(ds) -> str:
     """A few lines about a dataset: size, image shape, memory, factors, weak labels and how it was read
     (an image folder's source modes and their conversion: 16-bit scaled, alpha dropped, ...)."""
     c, h, w = ds.image_shape
+    cache = getattr(ds.store, "path", None)  # a MemmapStore: the pixels stay in the file
+    where = f"memory-mapped from {cache}" if cache is not None else "in memory"
     lines = [
-        f"{ds.name}: {len(ds):,} images of {c}x{h}x{w}, {ds.store.nbytes / 1e6:.1f} MB in memory"
+        f"{ds.name}: {len(ds):,} images of {c}x{h}x{w}, {ds.store.nbytes / 1e6:.1f} MB {where}"
         f" ({type(ds.store).__name__}), {'full factor grid' if ds.is_grid else 'labelled items'}",
     ]
     for name, size, values in zip(ds.factor_space.names, ds.factor_space.sizes, ds.factor_space.values, strict=True):
