@@ -340,3 +340,20 @@ def _check_strided(a, b, strides):
         and a.is_grid
     )
     assert len(build_dataset(DataConfig(name="dsprites", stride=strides))) == len(a)
+
+
+def test_quick_ensemble_section():
+    """The ensemble section: one run, the loop and the stacked ensemble per width, each against K
+    times one run's products; the rows render in both reports."""
+    res = bench.run_bench(bench.BenchOptions.quick_mode(sections=("ensemble",)), log=lambda _: None)
+    en = res["ensemble"]
+    assert [(r["net"], r["strategy"], r["members"]) for r in en["rows"]] == [
+        ("mlp-32", "one run", 1), ("mlp-32", "loop", 2), ("mlp-32", "stacked", 2),
+        ("mlp-64", "one run", 1), ("mlp-64", "loop", 2), ("mlp-64", "stacked", 2),
+    ]  # fmt: skip
+    for r in en["rows"]:
+        assert r["step_ms"] > 0 and r["fraction_of_roofline"] > 0
+        assert r["images_per_s"] == pytest.approx(r["members"] * 16 / (r["step_ms"] / 1e3))
+        assert r["projected_hours"] == pytest.approx(r["step_ms"] / 1e3 * 288_000 / 3600)
+    assert en["rows"][0]["vs_one_run"] == 1.0 and not en["errors"]
+    assert "ensembles on cpu" in bench.format_report(res) and "| mlp-64 | stacked | 2 |" in bench.format_markdown(res)

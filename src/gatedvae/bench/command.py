@@ -22,7 +22,9 @@ __all__ = ["add_arguments", "options_from_args", "bench_command"]
 
 def add_arguments(p) -> None:
     """The options of ``gatedvae bench`` (also used by ``benchmarks/run.py``)."""
-    p.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)} (default: all but quickstart)")
+    p.add_argument(
+        "--only", help=f"comma-separated sections: {', '.join(SECTIONS)} (default: all but quickstart and ensemble)"
+    )
     p.add_argument(
         "--quick", action="store_true", help="a smoke run in under a minute: tiny sizes, meaningless timings"
     )

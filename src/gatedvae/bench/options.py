@@ -18,7 +18,7 @@ __all__ = ["SECTIONS", "DEFAULT_SECTIONS", "BenchOptions", "bench_device", "chec
 #: milliseconds even at a large GPU's bf16 rate, so launch and timing overheads do not count.
 CUDA_SQUARE = (8192, 4096)
 
-SECTIONS = ("train", "data", "pairs", "metrics", "memory", "quickstart")
+SECTIONS = ("train", "data", "pairs", "metrics", "memory", "quickstart", "ensemble")
 DEFAULT_SECTIONS = ("train", "data", "pairs", "metrics", "memory")
 
 

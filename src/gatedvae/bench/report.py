@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .ensemble_section import format_ensemble, format_ensemble_markdown
 from .runner import PHASES
 
 __all__ = ["targets", "format_report", "format_markdown"]
@@ -297,6 +298,8 @@ def format_report(res: dict[str, Any]) -> str:
             f"evaluate={mem['evaluate']}: "
             f"peak RSS {mem['peak_rss_mb']:.0f} MB, {mem['process_seconds']:.0f} s"
         )
+    if res.get("ensemble"):
+        out += format_ensemble(res["ensemble"])
     qs = res.get("quickstart")
     if qs:
         out.append(
@@ -444,6 +447,8 @@ def format_markdown(res: dict[str, Any]) -> str:
             f"Training run (mlp-{mem['hidden']} gated, {mem['steps']} steps, checkpoints, TensorBoard images, "
             f"evaluate={mem['evaluate']}): peak RSS {mem['peak_rss_mb']:.0f} MB.",
         ]
+    if res.get("ensemble"):
+        out += format_ensemble_markdown(res["ensemble"])
     qs = res.get("quickstart")
     if qs:
         out += [

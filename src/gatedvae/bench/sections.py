@@ -18,6 +18,7 @@ import torch
 from ..config import Config
 from ..errors import ConfigError
 from .children import dsprites_partitions, run_child
+from .ensemble_section import measure_ensemble
 from .options import SECTIONS, BenchOptions, bench_device, check_precisions
 from .report import targets
 from .timing import loadavg, rate
@@ -337,6 +338,7 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, 
         "metrics": measure_metrics,
         "memory": measure_memory,
         "quickstart": measure_quickstart,
+        "ensemble": measure_ensemble,
     }
     try:
         for s in SECTIONS:

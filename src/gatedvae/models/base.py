@@ -286,6 +286,31 @@ class GenerativeModel(nn.Module):
         kl = kl_diag_normal(post.mu, post.logvar).mean()  # scalar
         return {"kl": beta * kl} if beta != 1.0 else {"kl": kl}
 
+    #: Auxiliary networks the regulariser evaluates on ``z`` (FactorVAE: its discriminator). An
+    #: ensemble's stacked step evaluates them for all members at once and calls
+    #: :meth:`regulariser_given` with their outputs.
+    regulariser_networks: ClassVar[tuple[str, ...]] = ()
+
+    def regulariser_given(
+        self,
+        post: Posterior,
+        z: torch.Tensor,
+        step: int,
+        generator: torch.Generator | None,
+        outputs: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`regulariser` with the outputs of :attr:`regulariser_networks` on ``z`` given."""
+        return self.regulariser(post, z, step, generator)
+
+    def auxiliary_inputs(self, z: torch.Tensor, generator: torch.Generator | None) -> dict[str, list[torch.Tensor]]:
+        """What each auxiliary module's own step evaluates it on (FactorVAE: ``z`` and its
+        dimension-wise shuffle), from the detached codes; none by default."""
+        return {}
+
+    def auxiliary_loss(self, outputs: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Each auxiliary module's loss from its outputs on :meth:`auxiliary_inputs`."""
+        return {}
+
     def loss(
         self,
         x: torch.Tensor,

@@ -47,22 +47,43 @@ class FactorVAE(GenerativeModel):
     def auxiliary_optimizer_settings(self) -> dict[str, dict]:
         return {"discriminator": DISCRIMINATOR_ADAM}
 
+    #: The auxiliary networks the regulariser evaluates on ``z`` (an ensemble's stacked step
+    #: evaluates them for all members at once and hands the outputs to :meth:`regulariser_given`).
+    regulariser_networks = ("discriminator",)
+
     def regulariser(self, post: Posterior, z: torch.Tensor, step: int, generator) -> dict[str, torch.Tensor]:
-        kl = kl_diag_normal(post.mu, post.logvar).mean()  # scalar
         # The VAE's TC term needs d/dz only: the discriminator's own weights take no gradient
         # here (they are trained in auxiliary_step), which saves their weight-gradient matmuls.
         self.discriminator.requires_grad_(False)
         try:
-            tc = factor_vae_tc(self.discriminator(z))  # scalar
+            logits = self.discriminator(z)  # (B, 2)
         finally:
             self.discriminator.requires_grad_(True)
+        return self.regulariser_given(post, z, step, generator, {"discriminator": logits})
+
+    def regulariser_given(
+        self, post: Posterior, z: torch.Tensor, step: int, generator, outputs: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        kl = kl_diag_normal(post.mu, post.logvar).mean()  # scalar
+        tc = factor_vae_tc(outputs["discriminator"])  # scalar
         return {"kl": kl, "tc": float(self.hyper["gamma"]) * tc}
+
+    def auxiliary_inputs(self, z: torch.Tensor, generator) -> dict[str, list[torch.Tensor]]:
+        """What the discriminator's step evaluates: the codes and their dimension-wise shuffle."""
+        return {"discriminator": [z, permute_dims(z, generator)]}
+
+    def auxiliary_loss(self, outputs: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The discriminator's loss from its outputs on :meth:`auxiliary_inputs`."""
+        real, shuffled = outputs["discriminator"]
+        return {"discriminator": discriminator_loss(real, shuffled)}
 
     def auxiliary_step(self, out: LossOutput, optimizers, generator) -> dict[str, torch.Tensor]:
         z = out.z.detach()  # (B, M): the discriminator's loss must not reach the encoder
         opt = optimizers["discriminator"]
         opt.zero_grad(set_to_none=True)
-        loss = discriminator_loss(self.discriminator(z), self.discriminator(permute_dims(z, generator)))
+        inputs = self.auxiliary_inputs(z, generator)
+        loss = self.auxiliary_loss({"discriminator": [self.discriminator(v) for v in inputs["discriminator"]]})
+        loss = loss["discriminator"]
         loss.backward()
         opt.step()
         return {"disc": loss.detach()}

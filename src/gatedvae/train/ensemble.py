@@ -147,7 +147,7 @@ def ensemble_info(run_dirs: Sequence[Path], strategy: str) -> dict[str, Any]:
 
 def stacked_refusal(configs: Sequence[Config]) -> str | None:
     """Why the ``stacked`` step cannot train these members (None when it can)."""
-    from ..models.base import MODELS
+    from ..models.base import MODELS, GenerativeModel
 
     cfg = configs[0]
     cls = MODELS[cfg.model.name].cls
@@ -155,6 +155,11 @@ def stacked_refusal(configs: Sequence[Config]) -> str | None:
         return f"model {cfg.model.name} has a full-covariance posterior"
     if not cls.reconstructs:
         return f"model {cfg.model.name} is a GAN"
+    own = [
+        n for n in ("loss", "encode", "decode", "reconstruction") if getattr(cls, n) is not getattr(GenerativeModel, n)
+    ]
+    if own:
+        return f"model {cfg.model.name} defines its own {own[0]}, which the stacked step does not call"
     if any(c.gating.enabled and c.gating.mode == "clamp" for c in configs):
         return "DC-IGN clamping (gating.mode=clamp) needs a reference batch per member"
     if cfg.train.precision == "fp16":
