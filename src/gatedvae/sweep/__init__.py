@@ -7,10 +7,12 @@ report. See ``docs/sweeps.md``.
     plan = plan_sweep("configs/sweeps/table1.yaml")      # resolve and check every run
     write_manifest(plan, "sweeps/table1")                # SWEEP_DIR/manifest.json
     run_sweep("sweeps/table1", workers=2)                # SWEEP_DIR/runs/<id>/ (ordinary run directories)
+    run_sweep("sweeps/table1", ensemble=10)              # runs of one network shape trained as ensembles
     write_report("sweeps/table1")                        # SWEEP_DIR/report/: CSV, Markdown, HTML
 """
 
 from .collect import Collected, collect, markdown, write_csv
+from .ensemble import group_runs, parse_ensemble, run_ensemble
 from .execute import format_status, parse_shard, run_sweep, select_runs, sweep_status
 from .report import html_report, write_report
 from .runner import inspect_run, run_one
@@ -27,6 +29,9 @@ __all__ = [
     "EvalSettings",
     "run_sweep",
     "run_one",
+    "run_ensemble",
+    "group_runs",
+    "parse_ensemble",
     "select_runs",
     "parse_shard",
     "sweep_status",

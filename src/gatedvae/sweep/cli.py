@@ -62,8 +62,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .ensemble import parse_ensemble
     from .execute import parse_shard, run_sweep
 
+    ensemble = parse_ensemble(args.ensemble)  # a bad value is refused before anything is planned
     target = Path(args.target)
     if target.is_file():
         sweep_dir = _plan(str(target), args.out, True, quiet=args.quiet)
@@ -102,6 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         retry_failed=not args.skip_failed,
         tensorboard=not args.no_tensorboard,
         progress=not args.quiet,
+        ensemble=ensemble,
+        ensemble_strategy=args.ensemble_strategy,
+        eval_workers=args.eval_workers,
     )
     part = f" (of {len(res['status'].get('states', {}))} in the sweep)" if (args.index is not None or shard) else ""
     print(
@@ -217,6 +222,31 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         type=int,
         metavar="K",
         help="local backend: K runs at once on each visible GPU (K x GPUs workers; instead of --workers)",
+    )
+    r.add_argument(
+        "--ensemble",
+        metavar="K|auto",
+        default="1",
+        help="train up to K runs of the same network shape, data, batch size and steps (and the same "
+        "checkpoint step, when resuming) together as one ensemble, one unit of work for --workers, a shard or "
+        "Ray; each run is still recorded on its own. auto: all such runs on CUDA (at most 32; split so that each "
+        "GPU in use gets one), 1 on the CPU (default 1: each run alone)",
+    )
+    r.add_argument(
+        "--ensemble-strategy",
+        choices=("auto", "loop", "stacked"),
+        default="auto",
+        help="how an ensemble's step is computed: loop (each run's own step: the same numbers as the run "
+        "alone), stacked (the runs' networks batched: for GPUs), auto (stacked on CUDA where the models allow "
+        "it, loop otherwise; default)",
+    )
+    r.add_argument(
+        "--eval-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="local backend: the workers only train and N more processes evaluate the trained runs on the CPU "
+        "meanwhile (default 0: a run is evaluated by the worker that trained it, after its training)",
     )
     r.add_argument("--index", type=int, help="run only run number INDEX (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
     r.add_argument("--shard", metavar="I/N", help="run only shard I of N (runs I, I+N, I+2N, ...)")

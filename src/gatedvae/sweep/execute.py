@@ -1,6 +1,7 @@
 """Running a planned sweep: choose the runs (all, one ``--index``, a ``--shard``), skip the finished
-ones, hand the rest to a backend (the local pool or Ray), show progress, and keep
-``SWEEP_DIR/status.json`` up to date.
+ones, group the rest into units of work (one run each, or ensembles with ``--ensemble``:
+:mod:`gatedvae.sweep.ensemble`), hand those to a backend (the local pool or Ray), show progress,
+and keep ``SWEEP_DIR/status.json`` up to date.
 
 Every call is idempotent: finished runs are skipped, half-finished runs resume from their last
 checkpoint, failed runs are tried again (unless ``retry_failed=False``), so ``gatedvae sweep run``
@@ -20,6 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError, GatedVAEError
 from ..io import atomic_json
+from .ensemble import check_strategy, group_runs, parse_ensemble
 from .local import available_cores, run_local, visible_gpus
 from .runner import STATES, inspect_run, run_dir_of, settle_record
 from .spec import read_manifest
@@ -140,6 +142,9 @@ def run_sweep(
     tensorboard: bool = True,
     progress: bool = True,
     workers_per_gpu: int | None = None,
+    ensemble: int | str = 1,
+    ensemble_strategy: str = "auto",
+    eval_workers: int = 0,
 ) -> dict[str, Any]:
     """Run the sweep in ``sweep_dir`` (or the selected part of it) until each run is done or failed.
 
@@ -161,9 +166,19 @@ def run_sweep(
         tensorboard: write TensorBoard logs in each run.
         progress: a bar over runs (with the steps of the runs in flight; plain lines when stderr
             is not a terminal, :mod:`gatedvae.progress`).
+        ensemble: the most runs trained together as one ensemble, one unit of work (a local
+            worker's, a Ray task's); 1: each run alone; ``"auto"``: all runs of a group on CUDA
+            (at most 32), 1 on the CPU. The selected runs not done are grouped by ensemble key
+            and resume step, in manifest order (:func:`gatedvae.sweep.ensemble.group_runs`).
+        ensemble_strategy: how an ensemble's step is computed: ``auto``, ``loop``, ``stacked``
+            (:func:`gatedvae.train.train_ensemble`).
+        eval_workers: local backend: the workers only train, and up to this many CPU processes
+            evaluate the runs they trained meanwhile (on the CPU); 0: each run is evaluated by
+            the worker that trained it, right after its training (ensembles: after the ensemble's).
 
     Returns:
-        ``{"selected", "skipped", "done", "failed", "busy", "outcomes", "status"}``.
+        ``{"selected", "skipped", "done", "failed", "busy", "units", "outcomes", "status"}``
+        (``units``: the units of work handed to the backend: runs and ensembles).
     """
     d = Path(sweep_dir)
     manifest = read_manifest(d)
@@ -171,6 +186,12 @@ def run_sweep(
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend {backend}: use local or ray")
+    ensemble = parse_ensemble(ensemble)
+    ensemble_strategy = check_strategy(ensemble_strategy)
+    if eval_workers < 0:
+        raise ConfigError(f"--eval-workers must be 0 or more, got {eval_workers}")
+    if eval_workers and backend != "local":
+        raise ConfigError("--eval-workers is for --backend local; a Ray task evaluates the runs it trained")
     devices = visible_gpus() if backend == "local" else []  # (``gpus`` is Ray's request per run)
     if workers_per_gpu is not None:
         if backend != "local":
@@ -190,6 +211,11 @@ def run_sweep(
                 settle_record(run_dir_of(d, e), e)  # a worker killed after evaluating left it "running"
         else:
             todo.append(e)
+    res = manifest.get("resources") or {}
+    ray_gpus = gpus if gpus is not None else res.get("gpus", 0)
+    on_cuda = bool(devices) if backend == "local" else ray_gpus > 0  # where the units will train
+    gpu_slots_used = min(workers, len(devices)) if backend == "local" else 1
+    units = group_runs(d, todo, ensemble, cuda=on_cuda, slots=gpu_slots_used)
     counts: Counter[str] = Counter(state for _, state in skipped)
     outcomes: list[dict[str, Any]] = []
     in_flight: dict[str, dict[str, Any]] = {}
@@ -204,6 +230,12 @@ def run_sweep(
             bar.write(
                 f"{sum(1 for _, s in skipped if s == 'done')} of {len(selected)} runs already done"
                 + (f", {counts['failed']} failed runs skipped" if counts.get("failed") else "")
+            )
+        if ensemble != 1 and todo:
+            sizes = sorted((len(u) for u in units), reverse=True)
+            bar.write(
+                f"{len(todo)} runs in {len(units)} units of work (--ensemble {ensemble}): ensembles of "
+                + ", ".join(str(n) for n in sizes)
             )
 
     def postfix() -> None:
@@ -242,7 +274,7 @@ def run_sweep(
             threads = max(1, cores // workers)
             run_local(
                 d,
-                todo,
+                units,
                 workers=workers,
                 threads=threads,
                 retry_failed=retry_failed,
@@ -251,23 +283,26 @@ def run_sweep(
                 on_result=on_result,
                 on_tick=postfix,
                 gpus=devices,
+                strategy=ensemble_strategy,
+                eval_workers=eval_workers,
+                eval_threads=max(1, cores // (workers + eval_workers)),
             )
         else:
             from .ray_backend import run_ray
 
-            res = manifest.get("resources") or {}
             run_ray(
                 d,
-                todo,
+                units,
                 address=address,
                 num_cpus=workers if (address is None and workers > 1) else None,
                 cpus=cpus if cpus is not None else res.get("cpus", 1),
-                gpus=gpus if gpus is not None else res.get("gpus", 0),
+                gpus=ray_gpus,
                 retry_failed=retry_failed,
                 tensorboard=tensorboard,
                 on_start=on_start,
                 on_result=on_result,
                 on_tick=postfix,
+                strategy=ensemble_strategy,
             )
     finally:
         if bar is not None:
@@ -283,6 +318,7 @@ def run_sweep(
         "done": sum(1 for o in outcomes if o["state"] == "done") + sum(1 for _, s in skipped if s == "done"),
         "failed": sum(1 for o in outcomes if o["state"] == "failed") + sum(1 for _, s in skipped if s == "failed"),
         "busy": sum(1 for o in outcomes if o["action"] == "busy"),
+        "units": len(units),
         "outcomes": outcomes,
         "status": status,
     }

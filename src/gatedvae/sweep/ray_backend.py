@@ -1,6 +1,8 @@
-"""The Ray backend: one Ray task per run, with its CPU/GPU request (optional extra ``gatedvae[ray]``).
+"""The Ray backend: one Ray task per unit of work (a run, or an ensemble of runs with
+``--ensemble``), with its CPU/GPU request (optional extra ``gatedvae[ray]``).
 
-Each task calls :func:`gatedvae.sweep.runner.run_one` on the node Ray picks, so the sweep
+Each task calls :func:`gatedvae.sweep.ensemble.run_unit` (for one run:
+:func:`gatedvae.sweep.runner.run_one`) on the node Ray picks, so the sweep
 directory must be on a filesystem every node sees (the usual NFS/Lustre home of a cluster) and
 ``gatedvae`` must be installed in every node's Python. A task asks for ``cpus`` CPUs (and
 ``gpus`` GPUs); torch in the task gets ``cpus`` threads unless the run's config sets
@@ -9,7 +11,8 @@ trains on the CPU.
 
 Tasks are not retried by Ray (``max_retries=0``): a failure is recorded in the run's directory
 like any other, and the next ``gatedvae sweep run`` resumes the run from its checkpoint. A task
-whose worker dies (a node lost, out of memory) is recorded as failed with Ray's message.
+whose worker dies (a node lost, out of memory) is recorded as failed with Ray's message (for an
+ensemble: each of its runs that is not done).
 """
 
 from __future__ import annotations
@@ -23,13 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GatedVAEError
-from .runner import RECORD, record_failure, run_dir_of, run_one
+from .ensemble import run_unit
+from .runner import RECORD, inspect_run, outcome_of, record_failure, run_dir_of, settle_record
 
 __all__ = ["run_ray"]
 
 
-def _task(sweep_dir: str, entry: dict[str, Any], threads: int, retry_failed: bool, tensorboard: bool) -> dict[str, Any]:
-    return run_one(sweep_dir, entry, threads=threads, retry_failed=retry_failed, tensorboard=tensorboard)
+def _task(
+    sweep_dir: str, unit: list[dict[str, Any]], threads: int, retry_failed: bool, tensorboard: bool, strategy: str
+) -> list[dict[str, Any]]:
+    return run_unit(
+        sweep_dir, unit, threads=threads, retry_failed=retry_failed, tensorboard=tensorboard, strategy=strategy
+    )
 
 
 def _too_big(cpus: float, gpus: float, have_cpus: float, have_gpus: float, where: str) -> str:
@@ -71,7 +79,7 @@ def _started(
 
 def run_ray(
     sweep_dir: str | os.PathLike,
-    entries: list[dict[str, Any]],
+    work: list[dict[str, Any] | list[dict[str, Any]]],
     address: str | None = None,
     num_cpus: int | None = None,
     cpus: float = 1,
@@ -82,10 +90,14 @@ def run_ray(
     on_result: Callable[[dict[str, Any]], None] | None = None,
     on_tick: Callable[[], None] | None = None,
     poll: float = 2.0,
+    strategy: str = "auto",
 ) -> None:
-    """Run ``entries`` as Ray tasks; ``address=None`` starts a local Ray instance (``num_cpus`` CPUs).
+    """Run ``work`` as Ray tasks; ``address=None`` starts a local Ray instance (``num_cpus`` CPUs).
 
-    If Ray is already initialised in this process, that instance is used and left running.
+    ``work``: the units, each a manifest entry (one run) or a list of entries (an ensemble, trained
+    together with ``strategy``); one task per unit, asking for ``cpus`` CPUs and ``gpus`` GPUs.
+    ``on_start``/``on_result`` are called per run. If Ray is already initialised in this process,
+    that instance is used and left running.
     """
     try:
         import ray
@@ -95,7 +107,8 @@ def run_ray(
         raise GatedVAEError(
             f"a run must ask Ray for a positive number of CPUs and no negative GPUs (got cpus={cpus}, gpus={gpus})"
         )
-    if not entries:
+    units = [[w] if isinstance(w, dict) else list(w) for w in work]
+    if not units:
         return
     on_start = on_start or (lambda e: None)
     on_result = on_result or (lambda o: None)
@@ -118,7 +131,7 @@ def run_ray(
                 "start it with ray start --head, or drop --address for a local instance"
             ) from None
         started_here = True
-    pending: dict[Any, dict[str, Any]] = {}
+    pending: dict[Any, list[dict[str, Any]]] = {}
     try:
         total = ray.cluster_resources()
         if cpus > total.get("CPU", 0) or gpus > total.get("GPU", 0):
@@ -127,9 +140,9 @@ def run_ray(
         sweep_abs = str(Path(sweep_dir).resolve())
         threads = max(1, int(math.floor(cpus)))
         submitted = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        for entry in entries:
-            pending[remote.remote(sweep_abs, entry, threads, retry_failed, tensorboard)] = entry
-        waiting = {e["id"]: e for e in entries}  # submitted, not seen starting yet
+        for unit in units:
+            pending[remote.remote(sweep_abs, unit, threads, retry_failed, tensorboard, strategy)] = unit
+        waiting = {e["id"]: e for unit in units for e in unit}  # submitted, not seen starting yet
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll)
             for entry in _started(sweep_dir, waiting, submitted):
@@ -137,23 +150,24 @@ def run_ray(
             if on_tick is not None:
                 on_tick()
             for ref in ready:
-                entry = pending.pop(ref)
-                waiting.pop(entry["id"], None)
+                unit = pending.pop(ref)
+                for entry in unit:
+                    waiting.pop(entry["id"], None)
                 try:
-                    outcome = ray.get(ref)
+                    outcomes = ray.get(ref)
                 except Exception as exc:  # the task's worker died or Ray failed it
                     msg = f"Ray task failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-                    record_failure(run_dir_of(sweep_dir, entry), msg, str(exc))
-                    outcome = {
-                        "id": entry["id"],
-                        "name": entry["name"],
-                        "state": "failed",
-                        "action": "failed",
-                        "error": msg,
-                        "seconds": 0.0,
-                        "resumed_from": None,
-                    }
-                on_result(outcome)
+                    outcomes = []
+                    for entry in unit:
+                        run_dir = run_dir_of(sweep_dir, entry)
+                        if len(unit) > 1 and inspect_run(run_dir, entry, check_lock=False)["state"] == "done":
+                            settle_record(run_dir, entry)  # an ensemble's member evaluated before the loss
+                            outcomes.append(outcome_of(entry, state="done", action="checked"))
+                            continue
+                        record_failure(run_dir, msg, str(exc))
+                        outcomes.append(outcome_of(entry, action="failed", error=msg))
+                for outcome in outcomes:
+                    on_result(outcome)
     except BaseException:
         for ref in pending:
             try:

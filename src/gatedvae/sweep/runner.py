@@ -234,6 +234,51 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def check_config(run_dir: Path, entry: dict[str, Any]) -> Any:
+    """The run's :class:`~gatedvae.config.Config` from its manifest entry, saved as ``config.yaml``
+    for a new run (``train(resume=True)`` then starts at step 0) or checked against the saved one."""
+    from ..config import Config, from_dict, load_config, save_config, to_dict
+
+    config = from_dict(Config, entry["config"])
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        save_config(config, cfg_path)
+    elif to_dict(load_config(cfg_path)) != to_dict(config):
+        raise GatedVAEError(
+            f"{cfg_path} holds another config than the manifest's run {entry['id']}; "
+            "move the directory away or plan the sweep again"
+        )
+    return config
+
+
+def training_finished(run_dir: Path) -> bool:
+    """Whether the run's trainer finished (``status.json``); what is left is its evaluation."""
+    return read_json(run_dir / "status.json").get("status") == "finished"
+
+
+def evaluate_member(
+    run_dir: Path, entry: dict[str, Any], config: Any, datasets: DatasetSlot, actions: list[str]
+) -> None:
+    """Evaluate a trained run with the sweep's settings, unless ``metrics.json`` already holds that
+    evaluation; appends ``evaluated`` to ``actions`` when it evaluated."""
+    ev = EvalSettings.from_json(entry.get("evaluate"))
+    if ev is None or _metrics_ok(run_dir, ev, _total_steps(entry)):
+        return
+    from ..evaluation import evaluate_run
+
+    evaluate_run(
+        run_dir,
+        metrics=list(ev.metrics) if ev.metrics is not None else None,
+        preset=ev.preset,
+        seed=ev.seed,
+        progress=False,
+        figures=ev.figures,
+        dataset=datasets.get(config.data, _device_of(config)),
+        device=_device_of(config),
+    )
+    actions.append("evaluated")
+
+
 def _work(
     run_dir: Path,
     entry: dict[str, Any],
@@ -243,25 +288,16 @@ def _work(
     out: dict[str, Any],
     actions: list[str],
     datasets: DatasetSlot,
+    evaluate: bool = True,
 ) -> None:
-    """Train (or resume) and evaluate one run; appends what it did to ``actions``."""
+    """Train (or resume) and evaluate one run (``evaluate=False``: train only); appends what it did
+    to ``actions``."""
     import torch
 
-    from ..config import Config, from_dict, load_config, save_config, to_dict
-
-    config = from_dict(Config, entry["config"])
+    config = check_config(run_dir, entry)
     if threads and not config.train.threads:
         torch.set_num_threads(threads)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        save_config(config, cfg_path)  # a new run: train(resume=True) then starts at step 0
-    elif to_dict(load_config(cfg_path)) != to_dict(config):
-        raise GatedVAEError(
-            f"{cfg_path} holds another config than the manifest's run {entry['id']}; "
-            "move the directory away or plan the sweep again"
-        )
-    status = read_json(run_dir / "status.json")
-    if status.get("status") != "finished":
+    if not training_finished(run_dir):
         from ..callbacks import TensorBoardImages
         from ..run import validate
         from ..train import latest_checkpoint, train
@@ -280,21 +316,100 @@ def _work(
             dataset=datasets.get(config.data, _device_of(config)),
         )
         actions.append("resumed" if found else "trained")
-    ev = EvalSettings.from_json(entry.get("evaluate"))
-    if ev is not None and not _metrics_ok(run_dir, ev, _total_steps(entry)):
-        from ..evaluation import evaluate_run
+    if evaluate:
+        evaluate_member(run_dir, entry, config, datasets, actions)
 
-        evaluate_run(
-            run_dir,
-            metrics=list(ev.metrics) if ev.metrics is not None else None,
-            preset=ev.preset,
-            seed=ev.seed,
-            progress=False,
-            figures=ev.figures,
-            dataset=datasets.get(config.data, _device_of(config)),
-            device=_device_of(config),
-        )
-        actions.append("evaluated")
+
+def outcome_of(entry: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """What :func:`run_one` returns for ``entry`` (a failure that did nothing, unless changed)."""
+    out: dict[str, Any] = {
+        "id": entry["id"],
+        "name": entry["name"],
+        "state": "failed",
+        "action": "skipped",
+        "error": None,
+        "seconds": 0.0,
+        "resumed_from": None,
+    }
+    out.update(changes)
+    return out
+
+
+def claim(run_dir: Path, entry: dict[str, Any], retry_failed: bool) -> tuple[dict[str, Any], dict[str, Any]] | dict:
+    """With the run's lock held: open an attempt on the run, or say why there is nothing to do.
+
+    Returns ``(record, attempt)`` (``sweep.json`` now says ``running`` with the new attempt last), or
+    ``{"state", "error"}`` for a run that is ``done`` (its record closed) or ``failed`` and not to be
+    retried.
+    """
+    info = inspect_run(run_dir, entry, check_lock=False)
+    if info["state"] == "done" or (info["state"] == "failed" and not retry_failed):
+        if info["state"] == "done":
+            _settle(run_dir)
+        return {"state": info["state"], "error": info["error"]}
+    record = read_json(run_dir / RECORD)
+    record.update(id=entry["id"], name=entry["name"], state="running", error=None, updated=_now())
+    attempt: dict[str, Any] = {
+        "started": _now(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "from_state": info["state"],
+        "outcome": "running",
+    }
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):  # the GPU a local worker (or Ray) placed the run on
+        attempt["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    for earlier in record.setdefault("history", []):
+        if earlier.get("outcome") == "running":  # we hold the lock, so that process is gone
+            earlier["outcome"] = "stopped"
+    record["history"].append(attempt)
+    atomic_json(run_dir / RECORD, record, indent=1)
+    return record, attempt
+
+
+def log_header(log: Any, record: dict[str, Any], attempt: dict[str, Any]) -> None:
+    """The line that opens an attempt's section of ``RUN/log.txt``."""
+    log.write(
+        f"--- attempt {len(record['history'])} at {attempt['started']} on {attempt['host']} (pid {attempt['pid']})\n"
+    )
+    log.flush()
+
+
+def close_failed(
+    run_dir: Path, record: dict[str, Any], attempt: dict[str, Any], msg: str, details: str, seconds: float
+) -> None:
+    """Close an attempt that raised: ``msg`` (one line) in ``sweep.json``, ``details`` in error.txt."""
+    attempt.update(outcome="failed", ended=_now(), error=msg, seconds=round(seconds, 2))
+    atomic_json(run_dir / RECORD, record, indent=1)
+    record_failure(run_dir, msg, details)
+
+
+def close_interrupted(run_dir: Path, record: dict[str, Any], attempt: dict[str, Any]) -> None:
+    """Close an attempt stopped by a signal (the run resumes from its checkpoint next time)."""
+    attempt.update(outcome="interrupted", ended=_now())
+    record.update(state="interrupted", updated=_now())
+    atomic_json(run_dir / RECORD, record, indent=1)
+
+
+def needs_evaluation(run_dir: Path, entry: dict[str, Any]) -> bool:
+    """Whether the sweep evaluates the run and ``metrics.json`` lacks that evaluation."""
+    ev = EvalSettings.from_json(entry.get("evaluate"))
+    return ev is not None and not _metrics_ok(run_dir, ev, _total_steps(entry))
+
+
+def close_done(
+    run_dir: Path, record: dict[str, Any], attempt: dict[str, Any], action: str, seconds: float, state: str = "done"
+) -> None:
+    """Close an attempt that brought the run to ``done`` (``state="trained"``: its training
+    finished and its evaluation is left to another process, ``--eval-workers``)."""
+    attempt.update(outcome=state, ended=_now(), action=action, seconds=round(seconds, 2))
+    record.update(state=state, error=None, updated=_now())
+    atomic_json(run_dir / RECORD, record, indent=1)
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the one line ``sweep.json`` and the status show."""
+    return _one_line(exc)
 
 
 def run_one(
@@ -304,6 +419,7 @@ def run_one(
     retry_failed: bool = True,
     tensorboard: bool = True,
     datasets: DatasetSlot | None = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     """Bring one manifest run to ``done``: train or resume it, then evaluate it.
 
@@ -316,6 +432,8 @@ def run_one(
         tensorboard: write TensorBoard logs.
         datasets: where the run's dataset is built and kept (a worker's, shared by its runs);
             None: built for this run alone (still once for its training and its evaluation).
+        evaluate: False: train only; a run whose evaluation is then missing is closed as
+            ``trained`` (the state returned too) for another process to evaluate.
 
     Returns:
         ``{"id", "name", "state", "action", "error", "seconds", "resumed_from"}``; ``state`` is
@@ -329,68 +447,37 @@ def run_one(
 
     run_dir = run_dir_of(sweep_dir, entry)
     run_dir.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {
-        "id": entry["id"],
-        "name": entry["name"],
-        "state": "failed",
-        "action": "skipped",
-        "error": None,
-        "seconds": 0.0,
-        "resumed_from": None,
-    }
+    out = outcome_of(entry)
     with _locked(run_dir, wait=3.0) as got:
         if not got:
             out.update(state="running", action="busy")
             return out
-        info = inspect_run(run_dir, entry, check_lock=False)
-        if info["state"] == "done" or (info["state"] == "failed" and not retry_failed):
-            out.update(state=info["state"], error=info["error"])
-            if info["state"] == "done":
-                _settle(run_dir)
+        claimed = claim(run_dir, entry, retry_failed)
+        if isinstance(claimed, dict):
+            out.update(claimed)
             return out
-        record = read_json(run_dir / RECORD)
-        record.update(id=entry["id"], name=entry["name"], state="running", error=None, updated=_now())
-        attempt: dict[str, Any] = {
-            "started": _now(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "from_state": info["state"],
-            "outcome": "running",
-        }
-        if os.environ.get("CUDA_VISIBLE_DEVICES"):  # the GPU a local worker (or Ray) placed the run on
-            attempt["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
-        for earlier in record.setdefault("history", []):
-            if earlier.get("outcome") == "running":  # we hold the lock, so that process is gone
-                earlier["outcome"] = "stopped"
-        record["history"].append(attempt)
-        atomic_json(run_dir / RECORD, record, indent=1)
+        record, attempt = claimed
         t0 = time.perf_counter()
         prev_threads = torch.get_num_threads()
         actions: list[str] = []
         with open(run_dir / LOG, "a", encoding="utf-8") as log:
-            log.write(
-                f"--- attempt {len(record['history'])} at {attempt['started']} on {attempt['host']} "
-                f"(pid {attempt['pid']})\n"
-            )
-            log.flush()
+            log_header(log, record, attempt)
             try:
                 with redirect_stdout(log), redirect_stderr(log):
-                    _work(run_dir, entry, threads, tensorboard, attempt, out, actions, datasets or DatasetSlot())
+                    _work(
+                        run_dir, entry, threads, tensorboard, attempt, out, actions, datasets or DatasetSlot(), evaluate
+                    )
             except Exception as exc:  # recorded, not raised: one failed run must not stop the sweep
                 msg = _one_line(exc)
                 details = traceback.format_exc()
                 log.write(details)
-                attempt.update(outcome="failed", ended=_now(), error=msg, seconds=round(time.perf_counter() - t0, 2))
-                atomic_json(run_dir / RECORD, record, indent=1)
-                record_failure(run_dir, msg, details)
+                close_failed(run_dir, record, attempt, msg, details, time.perf_counter() - t0)
                 out.update(
                     state="failed", action="+".join(actions) or "failed", error=msg, seconds=time.perf_counter() - t0
                 )
                 return out
             except BaseException as exc:
-                attempt.update(outcome="interrupted", ended=_now())
-                record.update(state="interrupted", updated=_now())
-                atomic_json(run_dir / RECORD, record, indent=1)
+                close_interrupted(run_dir, record, attempt)
                 if hasattr(exc, "resume_command"):  # SIGINT/SIGTERM: train() checkpointed and stopped
                     exc.resume_command = f"gatedvae sweep run {sweep_dir}"
                 raise
@@ -398,9 +485,7 @@ def run_one(
                 torch.set_num_threads(prev_threads)
         seconds = time.perf_counter() - t0
         action = "+".join(actions) or "checked"
-        attempt.update(outcome="done", ended=_now(), action=action, seconds=round(seconds, 2))
-        record.update(state="done", error=None, updated=_now())
-        atomic_json(run_dir / RECORD, record, indent=1)
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
-        out.update(state="done", action=action, seconds=seconds)
+        state = "trained" if not evaluate and needs_evaluation(run_dir, entry) else "done"
+        close_done(run_dir, record, attempt, action, seconds, state)
+        out.update(state=state, action=action, seconds=seconds)
         return out
