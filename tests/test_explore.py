@@ -1,6 +1,7 @@
 """``gatedvae explore``: the explorer's model side and API on a tiny trained run, its server's safety
 (loopback, Host check, upload limits, a 4xx for every bad request, nothing written to disk), the
-static export, and the page itself in a real headless Chromium (selenium; ``apt-get install chromium
+static export, a conditional VAE's labels (against ``model.decode`` with the condition built here),
+and the page itself in a real headless Chromium (selenium; ``apt-get install chromium
 chromium-driver``). Without Chromium the browser tests skip with a reason, except in CI (the
 environment variable ``CI`` is set, as ``.ci/run`` does): there they fail.
 
@@ -36,9 +37,10 @@ from gatedvae.encode import load_run
 from gatedvae.errors import ConfigError
 from gatedvae.evaluation import evaluate_run
 from gatedvae.explore.api import handle
-from gatedvae.explore.export import export_page
+from gatedvae.explore.export import export_page, static_data
 from gatedvae.explore.server import make_server
 from gatedvae.explore.session import Explorer
+from gatedvae.run import condition_vectors, load_trained
 from gatedvae.train import train
 from gatedvae.viz.diagnostics import swap_codes
 from gatedvae.viz.hinton import hinton_squares
@@ -467,6 +469,166 @@ def test_ungated_and_gan_runs(tmp_path, gan_run):
     assert [r["categorical"] for r in rows] == [False, False, True] and rows[2]["values"] == [0, 1, 0, 1]
 
 
+# --------------------------------------------------------------------------- a conditional VAE
+#: The conditional run's condition factors (their one-hots, concatenated in this order, feed the decoder).
+CONDITION = ["scale", "orientation"]
+
+
+@pytest.fixture(scope="module")
+def cvae_run(tmp_path_factory) -> Path:
+    """A tiny gated conditional VAE whose decoder *and* encoder read the labels of scale and
+    orientation (20 steps)."""
+    path = tmp_path_factory.mktemp("explore_cvae") / "cvae"
+    cfg = tiny_config(
+        model={"name": "cvae", "condition": CONDITION, "condition_encoder": True},
+        gating={
+            "partitions": [
+                {"name": "position", "size": 2, "factors": ["x", "y"]},
+                {"name": "rest", "size": 2, "sampler": "identity"},
+            ]
+        },
+        train={"steps": 20, "checkpoint_every": 20},
+    )
+    train(cfg, path, quiet=True, tensorboard=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cvae(cvae_run):
+    """``(explorer, prep)``: the explorer, and the run as training builds it (the independent side)."""
+    prep, _, _ = load_trained(cvae_run, device="cpu")
+    return Explorer(cvae_run), prep
+
+
+def _onehot(classes) -> np.ndarray:
+    """The decoder's condition for labels ``(N, 2)`` (scale, orientation; 8 classes each), built here."""
+    classes = np.atleast_2d(np.asarray(classes))
+    return np.concatenate([np.eye(8, dtype=np.float32)[classes[:, 0]], np.eye(8, dtype=np.float32)[classes[:, 1]]], 1)
+
+
+def _ref_decode(prep, z, cond: np.ndarray) -> np.ndarray:
+    """``model.decode`` of codes ``(N, M)`` with the one-hot condition ``(N, c)``: ``(N, H, W)``."""
+    import torch
+
+    with torch.no_grad():
+        zt = torch.as_tensor(np.atleast_2d(z), dtype=torch.float32)
+        out = prep.model.mean_image(prep.model.decode(zt, torch.as_tensor(cond).expand(len(zt), -1)))
+    return out.clamp(0, 1)[:, 0].numpy()
+
+
+def _ref_encode(prep, x: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
+    """Posterior means of uint8 images ``(N, C, H, W)`` with the encoder's condition: ``(N, M)``."""
+    import torch
+
+    with torch.no_grad():
+        c = torch.as_tensor(cond) if cond is not None else None
+        return prep.model.encode(torch.as_tensor(x, dtype=torch.float32) / 255.0, c).mu.double().numpy()
+
+
+def test_conditional_run_decodes_with_the_labels_asked_for(cvae, tmp_path):
+    ex, prep = cvae
+    ds = prep.dataset
+    info = _get(ex, "/api/info")
+    assert info["condition"]["encoder"] and [f["name"] for f in info["condition"]["factors"]] == CONDITION
+    assert len(info["condition"]["factors"][0]["values"]) == 8 and info["groups"][1]["name"] == "rest"
+    # a dataset image: its own labels, encoded and decoded with them (training's condition_vectors)
+    a, b = _get(ex, "/api/image", "index=17"), _get(ex, "/api/image", "index=250")
+    own = condition_vectors(ds, tuple(CONDITION), np.array([17, 250]), prep.device).numpy()  # (2, 16)
+    assert np.array_equal(_onehot([a["cond"], b["cond"]]), own)
+    assert a["cond"] == ds.factors[17, 2:].tolist() and set(a["labels"]) == set(CONDITION)
+    x = ex.dataset_images(np.array([17, 250]))
+    mu = _ref_encode(prep, x, own)  # (2, M)
+    np.testing.assert_allclose(a["mu"], mu[0], atol=1e-6)
+    assert np.abs(_data_url_pixels(a["recon"]) - _ref_decode(prep, mu[0], own[:1])[0]).max() <= 1 / 255
+    # the decoder's labels are what the request asks for, not the image's
+    za, zb = np.array(a["mu"]), np.array(b["mu"])
+    other = [(a["cond"][0] + 4) % 8, a["cond"][1]]
+    pixels = {}
+    for cond in (a["cond"], other):
+        resp = handle(ex, "GET", "/api/decode", f"z={_codes(za)}&cond={cond[0]},{cond[1]}")
+        pixels[tuple(cond)] = _png_pixels(resp.body)
+        assert np.abs(pixels[tuple(cond)] - _ref_decode(prep, za, _onehot(cond))[0]).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(pixels[tuple(other)] - pixels[tuple(a["cond"])]).max() > 0.01
+    # a swap: each output keeps its own image's labels (A's with cond_a, B's with cond_b)
+    ca, cb = ",".join(map(str, other)), ",".join(map(str, b["cond"]))
+    doc = _get(ex, "/api/swap", f"a={_codes(za)}&b={_codes(zb)}&groups=position&cond_a={ca}&cond_b={cb}")
+    want_ab = _ref_decode(prep, swap_codes(zb[None], za[None], [0, 1])[0], _onehot(other))[0]
+    want_ba = _ref_decode(prep, swap_codes(za[None], zb[None], [0, 1])[0], _onehot(b["cond"]))[0]
+    assert np.abs(_data_url_pixels(doc["a_from_b"]) - want_ab).max() <= 1 / 255
+    assert np.abs(_data_url_pixels(doc["b_from_a"]) - want_ba).max() <= 1 / 255
+    grid = _get(ex, "/api/swapgrid", f"a={_codes(za)}&b={_codes(zb)}&cond_a={ca}&cond_b={cb}")
+    want = _ref_decode(prep, swap_codes(za[None], zb[None], [2, 3])[0], _onehot(b["cond"]))[0]
+    assert np.abs(_data_url_pixels(grid["rows"][1]["b_from_a"]) - want).max() <= 1 / 255
+    assert np.abs(_data_url_pixels(grid["recon_a"]) - pixels[tuple(other)]).max() <= 1 / 255
+    # traversals: every tile with the labels asked for
+    tr = _get(ex, "/api/traverse", f"z={_codes(za)}&span=2&unit=prior&steps=3&cond={ca}")
+    codes = np.repeat(za[None], 3, axis=0)
+    codes[:, 3] = [-2.0, 0.0, 2.0]
+    got = _data_url_pixels(tr["sprite"])[3 * 64 : 4 * 64].reshape(64, 3, 64).transpose(1, 0, 2)
+    assert np.abs(got - _ref_decode(prep, codes, _onehot(other))).max() <= 1 / 255
+    # an upload's labels are picked: the encoder reads them, the reconstruction is decoded with them
+    from gatedvae.encode import as_images
+
+    path = _png_file(tmp_path / "photo.png")
+    up = _get(ex, "/api/upload", "cond=3,5", method="POST", body=path.read_bytes(), headers={"X-Filename": "p.png"})
+    xu = as_images(path, ex.image_shape)  # (1, 1, 64, 64) uint8, as gatedvae encode converts a file
+    np.testing.assert_allclose(up["mu"], _ref_encode(prep, xu, _onehot([3, 5]))[0], atol=1e-6)
+    assert up["cond"] == [3, 5] and up["index"] is None
+    # a prior draw takes labels, or draws them with its seed
+    assert _get(ex, "/api/sample", "seed=4&cond=1,2")["cond"] == [1, 2]
+    assert _get(ex, "/api/sample", "seed=4")["cond"] == _get(ex, "/api/sample", "seed=4")["cond"]
+    # labels missing, malformed, or given to a run that takes none: 4xx with one line
+    z = "0,0,0,0"
+    bad = {
+        "/api/decode": [f"z={z}", f"z={z}&cond=1", f"z={z}&cond=1,2,3", f"z={z}&cond=8,0", f"z={z}&cond=-1,0"],
+        "/api/traverse": [f"z={z}", f"z={z}&cond=a,b"],
+        "/api/swap": [f"a={z}&b={z}&groups=rest&cond_a=1,1", f"a={z}&b={z}&groups=rest&cond_a=1,1&cond_b=1,1.5"],
+        "/api/swapgrid": [f"a={z}&b={z}", f"a={z}&b={z}&cond_b=0,0"],
+        "/api/sample": ["seed=1&cond=", "seed=1&cond=0,99"],
+    }
+    for route, queries in bad.items():
+        for q in queries:
+            resp = handle(ex, "GET", route, q)
+            assert 400 <= resp.status < 500 and "\n" not in json.loads(resp.body)["error"], (route, q, resp.body)
+    for q in ("", "cond=0"):
+        resp = handle(ex, "POST", "/api/upload", q, path.read_bytes())
+        assert resp.status == 400 and "cond" in json.loads(resp.body)["error"]
+    # the static export: each image with its own labels; a swap tile with those of the image giving the rest
+    data = static_data(ex, n_images=3, seed=0, spans=(2.0,), steps=3)
+    items = data["items"]
+    assert [it["cond"] for it in items] == [ds.factors[it["index"], 2:].tolist() for it in items]
+    sprite = _data_url_pixels(data["swaps"]["sprite"])  # (G*N*64, N*64)
+    z0, z2 = np.array(items[0]["mu"]), np.array(items[2]["mu"])
+    tile = sprite[(0 * 3 + 0) * 64 : (0 * 3 + 1) * 64, 2 * 64 : 3 * 64]  # item 2 with item 0's position
+    want = _ref_decode(prep, swap_codes(z0[None], z2[None], [0, 1])[0], _onehot(items[2]["cond"]))[0]
+    assert np.abs(tile - want).max() <= 1 / 255
+
+
+def test_decoder_only_condition_and_labels_refused_where_not_conditional(explorer, tmp_path):
+    """A cvae whose encoder reads no labels: the same labels on the decoder, none on the encoder."""
+    run = tmp_path / "cvae_dec"
+    train(
+        tiny_config(gated=False, model={"name": "cvae", "condition": ["scale"]}, train={"steps": 2}),
+        run,
+        quiet=True,
+        tensorboard=False,
+    )
+    ex = Explorer(run)
+    prep, _, _ = load_trained(run, device="cpu")
+    doc = _get(ex, "/api/image", "index=9")
+    own = condition_vectors(prep.dataset, ("scale",), np.array([9]), prep.device).numpy()  # (1, 8)
+    mu = _ref_encode(prep, ex.dataset_images(np.array([9])), None)[0]
+    np.testing.assert_allclose(doc["mu"], mu, atol=1e-6)
+    assert doc["cond"] == [int(prep.dataset.factors[9, 2])] and not _get(ex, "/api/info")["condition"]["encoder"]
+    assert np.abs(_data_url_pixels(doc["recon"]) - _ref_decode(prep, mu, own)[0]).max() <= 1 / 255
+    body = _png_file(tmp_path / "u.png").read_bytes()
+    ups = [_get(ex, "/api/upload", f"cond={c}", method="POST", body=body) for c in (0, 7)]
+    assert ups[0]["mu"] == ups[1]["mu"] and ups[0]["recon"] != ups[1]["recon"]  # the encoder ignores labels
+    for route, q in (("/api/decode", "z=0,0,0,0&cond=1"), ("/api/swapgrid", "a=0,0,0,0&b=0,0,0,0&cond_a=0")):
+        resp = handle(explorer, "GET", route, q)  # the gated beta-VAE takes no labels
+        assert resp.status == 400 and "conditional runs" in json.loads(resp.body)["error"]
+
+
 # --------------------------------------------------------------------------- in a real browser
 def _in_ci() -> bool:
     """Whether this is CI: the CI variable set to anything but empty, 0, false or no."""
@@ -764,6 +926,45 @@ def test_gan_page_in_chromium_code_sliders_and_resample_noise(browser, gan_run):
         browser.find_elements(By.CSS_SELECTOR, "#groups input[type=radio]")[1].click()
         _wait(browser, f"return window.__explore.decodes > {done}")
         assert browser.execute_script("return S.z.slice(2)") == [0, 1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_conditional_page_in_chromium_a_label_dropdown_changes_the_image(browser, cvae):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    ex, prep = cvae
+    srv = _serve(ex)
+    try:
+        browser.get(srv.url)
+        _idle(browser)
+        _wait(browser, "return window.__explore.traversals > 0 && window.__explore.swaps > 0")
+        assert "decoder and encoder conditioned on scale, orientation" in browser.find_element(By.ID, "run-meta").text
+        sel = Select(browser.find_element(By.CSS_SELECTOR, '#slot-a select.cond-select[data-cond="scale"]'))
+        own = browser.execute_script("return S.slots.a.cond")
+        assert int(sel.first_selected_option.get_attribute("value")) == own[0]  # the input's own labels
+        before, recon = _pixels(browser, "#decoded"), _pixels(browser, "#slot-a canvas.recon")
+        done = browser.execute_script("return window.__explore.decodes")
+        sel.select_by_value(str((own[0] + 4) % 8))
+        _wait(browser, f"return window.__explore.decodes > {done}")
+        _idle(browser)
+        cond = browser.execute_script("return S.cond.a")
+        assert cond == [(own[0] + 4) % 8, own[1]]
+        after = _pixels(browser, "#decoded")
+        assert np.abs(after - before).max() > 0.01
+        want = _ref_decode(prep, np.array(browser.execute_script("return S.z")), _onehot(cond))[0]
+        assert np.abs(after - want).max() <= 1 / 255
+        assert np.abs(_pixels(browser, "#slot-a canvas.recon") - recon).max() > 0.01
+        assert "decoded with the chosen labels" in browser.find_element(By.ID, "slot-a").text
+        done = browser.execute_script("return window.__explore.decodes")
+        browser.find_element(By.CSS_SELECTOR, "#slot-a button.own-labels").click()  # back to the input's own
+        _wait(browser, f"return window.__explore.decodes > {done}")
+        _idle(browser)
+        assert browser.execute_script("return S.cond.a") == own
+        assert int(sel.first_selected_option.get_attribute("value")) == own[0]
+        assert np.abs(_pixels(browser, "#decoded") - before).max() <= 1 / 255
     finally:
         srv.shutdown()
         srv.server_close()

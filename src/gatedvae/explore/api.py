@@ -7,18 +7,26 @@ function call. Routes (``GET`` unless said; JSON answers unless said)::
     /api/info              the run's layout, factors, latent statistics and metrics
     /api/image?index=I     a dataset image, its posterior (mu, std) and reconstruction
     /api/random?seed=S     a dataset image drawn with S
-    /api/sample?seed=S     no input: a code drawn from the prior, and its decoded image
+    /api/sample?seed=S[&cond=..]   no input: a code drawn from the prior, and its decoded image
     /api/find?seed=S&<factor>=<class>...   an image with these factor classes (omitted: any)
-    POST /api/upload       an image file as the raw body (X-Filename: its name)
-    /api/decode?z=..&noise=N         PNG of the decoded code (the sliders' fast path)
-    /api/traverse?z=..&span=K&unit=U&steps=S[&std=..][&noise=N]   traversal sprite + rows
-    /api/swap?a=..&b=..&groups=g1,g2[&noise=N]   A with B's groups and B with A's
-    /api/swapgrid?a=..&b=..[&noise=N]            every group swapped, and both reconstructions
+    POST /api/upload[?cond=..]   an image file as the raw body (X-Filename: its name)
+    /api/decode?z=..&noise=N[&cond=..]   PNG of the decoded code (the sliders' fast path)
+    /api/traverse?z=..&span=K&unit=U&steps=S[&std=..][&noise=N][&cond=..]   traversal sprite + rows
+    /api/swap?a=..&b=..&groups=g1,g2[&noise=N][&cond_a=..&cond_b=..]   A with B's groups and B with A's
+    /api/swapgrid?a=..&b=..[&noise=N][&cond_a=..&cond_b=..]   every group swapped, and both reconstructions
     /api/prior?group=G&seed=S                    a prior draw of one group's dims
 
 Codes (``z``, ``a``, ``b``, ``std``) are comma-separated decimals, exactly one per latent. Every
 parameter is checked (unknown, repeated, missing, malformed, out of range) and a bad request gets
 a 4xx status with ``{"error": "<one line>"}``; never a traceback.
+
+A conditional VAE's labels (``cond``, ``cond_a``, ``cond_b``) are comma-separated class indices,
+one per condition factor in ``model.condition``'s order (``/api/info``'s ``condition``). Its
+decodes need them (``decode``, ``traverse``; a swap decodes A's outputs with ``cond_a`` and B's
+with ``cond_b``: each keeps its own image's labels); an upload needs its own (the encoder reads
+them where ``model.condition_encoder``); a prior draw takes them, or draws them with its seed. An
+item's answer holds its own labels (``cond``); its reconstruction is decoded with them. A run that
+is not conditional refuses them.
 """
 
 from __future__ import annotations
@@ -159,12 +167,14 @@ class Params:
 
 # --------------------------------------------------------------------------- routes
 def _item_json(ex: Explorer, item: Item) -> dict[str, Any]:
-    recon = ex.decode(item.mu[None])[0]  # (C, H, W)
+    recon = ex.decode(item.mu[None], cond=item.cond)[0]  # (C, H, W)
     return {
         "source": item.source,
         "index": item.index,
         "factors": item.factors,
         "note": item.note,
+        "cond": item.cond.tolist() if item.cond is not None else None,
+        "labels": ex.describe_labels(item.cond),
         "mu": item.mu.tolist(),
         "std": item.std.tolist(),
         "input": data_url(png_bytes(item.image)) if item.image is not None else None,
@@ -178,6 +188,40 @@ def _noise(ex: Explorer, p: Params) -> int:
             raise BadRequest("parameter 'noise' is for GAN runs (InfoGAN); this run is a VAE")
         return 0
     return p.integer("noise", 0, 2**31 - 1, default=0)
+
+
+def _cond(ex: Explorer, p: Params, key: str = "cond", required: bool = True) -> np.ndarray | None:
+    """A conditional run's labels from parameter ``key`` ``(F,)``: one class per condition factor."""
+    if not ex.conditional:
+        if p.has(key):
+            raise BadRequest(f"parameter {key!r} is for conditional runs (model.condition); this run takes no labels")
+        return None
+    if not p.has(key):
+        if not required:
+            return None
+        raise BadRequest(
+            f"missing parameter {key!r}: this run's decoder is conditioned on {', '.join(ex.condition)}; "
+            "give one class per factor, comma-separated"
+        )
+    raw = p.text(key)
+    parts = raw.split(",") if raw else []
+    if len(parts) != len(ex.condition):
+        raise BadRequest(
+            f"parameter {key!r} needs {len(ex.condition)} comma-separated classes (one per condition factor "
+            f"{', '.join(ex.condition)}), got {len(parts)}"
+        )
+    out = []
+    for name, size, part in zip(ex.condition, ex.condition_sizes, parts, strict=True):
+        try:
+            c = int(part, 10)
+        except ValueError:
+            raise BadRequest(
+                f"parameter {key!r}: the class of {name!r} must be an integer, got {part[:40]!r}"
+            ) from None
+        if not 0 <= c < size:
+            raise BadRequest(f"parameter {key!r}: factor {name!r} has classes 0..{size - 1}, got {c}")
+        out.append(c)
+    return np.array(out, dtype=np.int64)
 
 
 def r_info(ex: Explorer, p: Params, body: bytes | None) -> Response:
@@ -195,7 +239,7 @@ def r_random(ex: Explorer, p: Params, body: bytes | None) -> Response:
 
 
 def r_sample(ex: Explorer, p: Params, body: bytes | None) -> Response:
-    return _json(_item_json(ex, ex.prior_item(p.integer("seed", 0, 2**31 - 1))))
+    return _json(_item_json(ex, ex.prior_item(p.integer("seed", 0, 2**31 - 1), _cond(ex, p, required=False))))
 
 
 def r_find(ex: Explorer, p: Params, body: bytes | None) -> Response:
@@ -215,14 +259,15 @@ def r_find(ex: Explorer, p: Params, body: bytes | None) -> Response:
 
 
 def r_upload(ex: Explorer, p: Params, body: bytes | None, name: str = "upload") -> Response:
+    cond = _cond(ex, p)  # checked before the body is looked at
     if not body:
         raise BadRequest("the upload is empty; send an image file as the request body")
-    return _json(_item_json(ex, ex.upload(body, name)))
+    return _json(_item_json(ex, ex.upload(body, name, cond)))
 
 
 def r_decode(ex: Explorer, p: Params, body: bytes | None) -> Response:
     z = p.vector("z", ex.latent_dim)
-    img = ex.decode(z[None], _noise(ex, p))[0]  # (C, H, W)
+    img = ex.decode(z[None], _noise(ex, p), _cond(ex, p))[0]  # (C, H, W)
     return Response(200, png_bytes(img), "image/png")
 
 
@@ -238,8 +283,9 @@ def r_traverse(ex: Explorer, p: Params, body: bytes | None) -> Response:
     if std is not None and (std < 0).any():
         raise BadRequest("parameter 'std' must not be negative")
     steps = p.integer("steps", 2, MAX_STEPS, default=9)
+    cond = _cond(ex, p)
     lo, hi = ex.traversal_ranges(z, std, span, unit)
-    sprite, rows = ex.traversals(z, lo, hi, steps, _noise(ex, p))
+    sprite, rows = ex.traversals(z, lo, hi, steps, _noise(ex, p), cond)
     return _json({"sprite": data_url(png_bytes(sprite)), "steps": steps, "rows": rows, "span": span, "unit": unit})
 
 
@@ -255,11 +301,18 @@ def _groups(ex: Explorer, p: Params) -> list:
     return [known[n] for n in dict.fromkeys(names)]
 
 
+def _pair_cond(ex: Explorer, p: Params) -> np.ndarray | None:
+    """``cond_a`` and ``cond_b`` stacked ``(2, F)``; None for a run that is not conditional."""
+    ca, cb = _cond(ex, p, "cond_a"), _cond(ex, p, "cond_b")
+    return None if ca is None else np.stack([ca, cb])
+
+
 def r_swap(ex: Explorer, p: Params, body: bytes | None) -> Response:
     za, zb = p.vector("a", ex.latent_dim), p.vector("b", ex.latent_dim)
     groups = _groups(ex, p)
+    conds = _pair_cond(ex, p)  # (2, F): A's output with A's labels, B's with B's
     codes = ex.swap(za, zb, groups)  # (2, M)
-    imgs = ex.decode(codes, _noise(ex, p))  # (2, C, H, W)
+    imgs = ex.decode(codes, _noise(ex, p), conds)  # (2, C, H, W)
     return _json(
         {
             "groups": [g.name for g in groups],
@@ -272,9 +325,12 @@ def r_swap(ex: Explorer, p: Params, body: bytes | None) -> Response:
 
 def r_swapgrid(ex: Explorer, p: Params, body: bytes | None) -> Response:
     za, zb = p.vector("a", ex.latent_dim), p.vector("b", ex.latent_dim)
+    conds = _pair_cond(ex, p)  # (2, F)
     grid = ex.swap_grid(za, zb)  # (G, 2, 2, M)
     g = grid.shape[0]
-    imgs = ex.decode(grid.reshape(g * 4, -1), _noise(ex, p)).reshape(g, 2, 2, *ex.image_shape)
+    # entry [g, i, j] has the rest from image j: decoded with j's labels
+    cond = np.tile(conds, (g * 2, 1)) if conds is not None else None  # (G*2*2, F)
+    imgs = ex.decode(grid.reshape(g * 4, -1), _noise(ex, p), cond).reshape(g, 2, 2, *ex.image_shape)
     rows = [
         {
             "group": grp.name,
@@ -304,13 +360,13 @@ ROUTES: dict[str, tuple[str, Route, tuple[str, ...] | None]] = {
     "/api/info": ("GET", r_info, ()),
     "/api/image": ("GET", r_image, ("index",)),
     "/api/random": ("GET", r_random, ("seed",)),
-    "/api/sample": ("GET", r_sample, ("seed",)),
+    "/api/sample": ("GET", r_sample, ("seed", "cond")),
     "/api/find": ("GET", r_find, None),
-    "/api/upload": ("POST", r_upload, ()),
-    "/api/decode": ("GET", r_decode, ("z", "noise")),
-    "/api/traverse": ("GET", r_traverse, ("z", "span", "unit", "std", "steps", "noise")),
-    "/api/swap": ("GET", r_swap, ("a", "b", "groups", "noise")),
-    "/api/swapgrid": ("GET", r_swapgrid, ("a", "b", "noise")),
+    "/api/upload": ("POST", r_upload, ("cond",)),
+    "/api/decode": ("GET", r_decode, ("z", "noise", "cond")),
+    "/api/traverse": ("GET", r_traverse, ("z", "span", "unit", "std", "steps", "noise", "cond")),
+    "/api/swap": ("GET", r_swap, ("a", "b", "groups", "noise", "cond_a", "cond_b")),
+    "/api/swapgrid": ("GET", r_swapgrid, ("a", "b", "noise", "cond_a", "cond_b")),
     "/api/prior": ("GET", r_prior, ("group", "seed")),
 }
 

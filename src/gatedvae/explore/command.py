@@ -16,7 +16,8 @@ DESCRIPTION = (
     "an uploaded image, converted as gatedvae encode converts it), move latent sliders grouped by partition "
     "and see the decoded image at once, reset or sample a partition from the prior, swap partitions between "
     "two images, traversal strips with their range in posterior standard deviations, and next to the sliders "
-    "the Hinton diagram and partition scores of the run's metrics.json (gatedvae evaluate). It listens on "
+    "the Hinton diagram and partition scores of the run's metrics.json (gatedvae evaluate). A conditional "
+    "VAE's decoder labels are chosen per input (the input's own to start with). It listens on "
     "127.0.0.1 only unless --allow-remote; it writes nothing to disk. --export DIR writes a self-contained "
     "static page instead (docs/explore.md)."
 )

@@ -7,7 +7,9 @@ traversal strips at each span of ``spans`` (aggregate posterior spreads), and th
 group between every two of them (one sprite: ``gatedvae evaluate``'s swap grids over all the
 inputs). Images are PNG data URLs; a Content-Security-Policy forbids the page from loading
 anything, so it can be attached to a paper, mailed or opened offline. On the page, a slider shows
-the nearest precomputed frame of its latent (the other latents at the input's means).
+the nearest precomputed frame of its latent (the other latents at the input's means). A conditional
+VAE's images are decoded with each image's own labels (a swap tile with those of the image giving
+the rest); the page shows them and cannot change them.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def static_data(
     ex: Explorer, n_images: int = 8, seed: int = 0, spans: Sequence[float] = (1.0, 2.0, 3.0), steps: int = 9
 ) -> dict[str, Any]:
     """Everything the static page shows (JSON-ready): the run's info, the items with their traversal
-    sprites per span, and one swap sprite: tile ``(g * N + i, j)`` is image j with group g from image i."""
+    sprites per span, and one swap sprite: tile ``(g * N + i, j)`` is image j with group g from image i
+    (a conditional run: decoded with image j's labels)."""
     if n_images < 2:
         raise ConfigError(f"--export-images must be at least 2 (swaps need two images), got {n_images}")
     if not 2 <= steps <= 25:
@@ -56,13 +59,15 @@ def static_data(
         item["traversals"] = {}
         for span in spans:
             lo, hi = ex.traversal_ranges(z, None, float(span), "aggregate")
-            sprite, rows = ex.traversals(z, lo, hi, steps)
+            sprite, rows = ex.traversals(z, lo, hi, steps, cond=item["cond"])
             item["traversals"][f"{float(span):g}"] = {"sprite": data_url(png_bytes(sprite, 9)), "rows": rows}
     codes = np.stack([np.asarray(it["mu"]) for it in items])  # (N, M)
     n = len(items)
     # tile (g N + i, j): image j with group g from image i
     swapped = np.concatenate([swap_codes(codes, codes, g.dims).reshape(n * n, -1) for g in ex.groups])  # (G N N, M)
-    imgs = ex.decode(swapped)  # (G N N, C, H, W)
+    # a conditional run: tile (g N + i, j) with image j's own labels (j, the image giving the rest)
+    labels = np.tile(np.array([it["cond"] for it in items]), (len(ex.groups) * n, 1)) if ex.conditional else None
+    imgs = ex.decode(swapped, cond=labels)  # (G N N, C, H, W)
     sprite = image_grid(torch.from_numpy(imgs), rows=len(ex.groups) * n, pad=0).numpy()  # (C, G*N*H, N*W)
     return {
         "static": True,

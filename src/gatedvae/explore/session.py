@@ -8,6 +8,14 @@ arrays or PNG bytes: the explorer keeps no per-user state and writes nothing, an
 are decoded from memory). The HTTP layer (:mod:`.api`, :mod:`.server`) and the static export
 (:mod:`.export`) are thin wrappers over it.
 
+A conditional VAE (``model.condition``) decodes a code together with labels: the classes of the
+condition factors, one per factor (``cond``, an int array ``(F,)`` or ``(N, F)``), turned into
+the concatenated one-hots training feeds (:meth:`Explorer.cond_onehot`). An input's own labels
+(:attr:`Item.cond`: a dataset image's from the dataset, an upload's or a prior draw's as picked)
+are what an encoder conditioned on labels (``model.condition_encoder``) reads; the decoder's
+labels are asked for with every decode, so the page can change them. A conditional run needs its
+dataset (the factors' classes); without it it is refused.
+
 Images go through the same code as ``gatedvae encode``: dataset images as training reads them,
 an uploaded file through :func:`gatedvae.data.images._read_folder` (colour conversion, EXIF
 orientation, antialiased resize to the run's size). Swaps are :func:`gatedvae.viz.diagnostics.swap_codes`;
@@ -30,9 +38,9 @@ import numpy as np
 import torch
 
 from ..encode import ACTIVE_VARIANCE, COLLAPSED_KL
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..io import read_json
-from ..run import load_model, load_trained
+from ..run import load_model, load_run_config, load_trained
 from ..runlock import unfinished_note
 from ..viz.diagnostics import swap_codes
 from ..viz.figures import image_grid
@@ -66,7 +74,8 @@ class Group:
 @dataclass
 class Item:
     """An input image and its posterior: ``image`` uint8 ``(C, H, W)`` (None for a prior draw), ``mu``
-    and ``std`` ``(M,)``."""
+    and ``std`` ``(M,)``; ``cond``: its labels, the class of each condition factor ``(F,)`` (a
+    conditional run; None otherwise), which the encoder reads where it is conditioned."""
 
     image: np.ndarray | None
     mu: np.ndarray
@@ -75,6 +84,7 @@ class Item:
     factors: dict[str, str] = field(default_factory=dict)
     source: str = ""
     note: str = ""
+    cond: np.ndarray | None = None
 
 
 def png_bytes(image: np.ndarray, compress: int = 1) -> bytes:
@@ -127,16 +137,22 @@ class Explorer:
             self.config, self.model, self.dataset = prep.config, prep.model, prep.dataset
             self.device = prep.device
         except DataError as exc:  # the data moved or is gone: the model alone still explores uploads
+            if load_run_config(self.run_dir).model.condition:
+                raise DataError(
+                    f"run {self.run_dir} conditions its decoder on factor labels (model.condition) and its "
+                    f"dataset could not be built here ({exc}); the explorer needs it for the labels' classes"
+                ) from None
             loaded = load_model(self.run_dir, device=device)
             self.config, self.model, self.dataset, step = loaded.config, loaded.model, None, loaded.step
             self.device = loaded.device
             self.notes.append(f"the run's dataset could not be built ({exc}); pick inputs by uploading images")
-        if self.config.model.condition or self.config.model.condition_encoder:
-            raise ConfigError(
-                f"run {self.run_dir} conditions its decoder or encoder on factor labels (model.condition); "
-                "the explorer does not support conditional runs yet"
-            )
         self.step = int(step)
+        #: the condition factors of a conditional VAE (``model.condition``), in the one-hots' order
+        self.condition: tuple[str, ...] = tuple(self.config.model.condition)
+        self.condition_encoder = bool(self.condition) and bool(self.config.model.condition_encoder)
+        space = self.dataset.factor_space if self.dataset is not None else None
+        self._cond_pos = [space.position(n) for n in self.condition] if space is not None else []
+        self.condition_sizes: tuple[int, ...] = tuple(int(space.sizes[k]) for k in self._cond_pos)
         note = unfinished_note(self.run_dir, self.step, "exploring")
         if note:
             self.notes.append(note)
@@ -177,29 +193,124 @@ class Explorer:
     def factor_names(self) -> tuple[str, ...]:
         return self.dataset.factor_space.names if self.dataset is not None else ()
 
+    # ------------------------------------------------------------------ labels (conditional VAE)
+    @property
+    def conditional(self) -> bool:
+        """Whether the decoder takes labels (``model.condition``)."""
+        return bool(self.condition)
+
+    def check_cond(self, cond: Any, n: int | None = None) -> np.ndarray | None:
+        """Labels as int64 ``(N, F)`` (one class per condition factor; a single ``(F,)`` is repeated
+        to ``n`` rows), checked; None for a run that is not conditional. DataError for labels given
+        to a run that takes none, missing labels, or a class out of range."""
+        if not self.conditional:
+            if cond is not None:
+                raise DataError("this run's decoder takes no labels (it is not a conditional VAE); give no condition")
+            return None
+        if cond is None:
+            raise DataError(
+                f"this run's decoder is conditioned on {', '.join(self.condition)} (model.condition); "
+                "give their classes"
+            )
+        arr = np.asarray(cond)
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != len(self.condition):
+            raise DataError(
+                f"expected one class for each condition factor {list(self.condition)}, got shape {arr.shape}"
+            )
+        if arr.dtype.kind not in "iu":
+            raise DataError("condition classes must be integers")
+        for k, name in enumerate(self.condition):
+            bad = (arr[:, k] < 0) | (arr[:, k] >= self.condition_sizes[k])
+            if bad.any():
+                raise DataError(
+                    f"condition factor {name!r} has classes 0..{self.condition_sizes[k] - 1}, got {int(arr[bad, k][0])}"
+                )
+        arr = arr.astype(np.int64)
+        if n is not None and len(arr) == 1 and n != 1:
+            arr = np.repeat(arr, n, axis=0)
+        if n is not None and len(arr) != n:
+            raise DataError(f"expected labels for {n} codes, got {len(arr)}")
+        return arr
+
+    def cond_onehot(self, cond: np.ndarray) -> np.ndarray:
+        """The decoder's (and a conditioned encoder's) input for labels ``(N, F)``: the one-hots of the
+        condition factors, concatenated in ``model.condition``'s order, float32 ``(N, sum of sizes)``
+        (what :func:`gatedvae.run.condition_vectors` builds for training)."""
+        parts = [np.eye(size, dtype=np.float32)[cond[:, k]] for k, size in enumerate(self.condition_sizes)]
+        return np.concatenate(parts, axis=1)  # (N, c)
+
+    def _cond_tensor(self, cond: np.ndarray | None) -> torch.Tensor | None:
+        return None if cond is None else torch.from_numpy(self.cond_onehot(cond)).to(self.device)  # (N, c)
+
+    def labels_of(self, index: np.ndarray) -> np.ndarray | None:
+        """Dataset images' own labels: their classes of the condition factors, int64 ``(N, F)``; None
+        for a run that is not conditional."""
+        if not self.conditional:
+            return None
+        return self.dataset.factors_of(np.asarray(index, dtype=np.int64))[:, self._cond_pos].astype(np.int64)
+
+    def draw_labels(self, seed: int) -> np.ndarray | None:
+        """Labels drawn uniformly, seeded ``(F,)`` (a prior draw's, where none are picked)."""
+        if not self.conditional:
+            return None
+        rng = np.random.default_rng([int(seed), 0xC0])
+        return np.array([int(rng.integers(0, s)) for s in self.condition_sizes], dtype=np.int64)
+
+    def condition_choices(self) -> dict[str, Any] | None:
+        """The page's label dropdowns: per condition factor its name and displayed values, and whether
+        the encoder reads the labels too; None for a run that is not conditional."""
+        if not self.conditional:
+            return None
+        space = self.dataset.factor_space
+        factors = [
+            {"name": name, "values": [_format_value(float(v)) for v in space.values[k]]}
+            for name, k in zip(self.condition, self._cond_pos, strict=True)
+        ]
+        return {"factors": factors, "encoder": self.condition_encoder}
+
+    def describe_labels(self, cond: np.ndarray | None) -> dict[str, str]:
+        """Labels ``(F,)`` as ``{factor: displayed value}``."""
+        if cond is None or not self.conditional:
+            return {}
+        space = self.dataset.factor_space
+        return {
+            name: _format_value(float(space.values[k][int(c)]))
+            for name, k, c in zip(self.condition, self._cond_pos, np.asarray(cond).reshape(-1), strict=True)
+        }
+
     # ------------------------------------------------------------------ model calls
     @torch.inference_mode()
-    def posterior(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior means and standard deviations of uint8 images ``(N, C, H, W)``: float64 ``(N, M)`` each."""
+    def posterior(self, x: np.ndarray, cond: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means and standard deviations of uint8 images ``(N, C, H, W)``: float64 ``(N, M)`` each.
+
+        ``cond``: the images' own labels ``(N, F)``, read by an encoder conditioned on them
+        (``model.condition_encoder``; needed there) and ignored otherwise."""
+        enc = self.check_cond(cond, len(x)) if self.condition_encoder else None
         mus, stds = [], []
         with self.lock:
             for s in range(0, len(x), 256):
                 batch = torch.from_numpy(np.ascontiguousarray(x[s : s + 256])).to(self.device, torch.float32) / 255.0
-                post = self.model.encode(batch)  # (b, C, H, W) -> Posterior (b, M)
+                c = self._cond_tensor(enc[s : s + 256]) if enc is not None else None  # (b, c)
+                post = self.model.encode(batch, c)  # (b, C, H, W) -> Posterior (b, M)
                 mus.append(post.mu.double().cpu().numpy())  # (b, M)
                 stds.append(torch.exp(0.5 * post.logvar.double()).cpu().numpy())  # (b, M)
         return np.concatenate(mus), np.concatenate(stds)
 
     @torch.inference_mode()
-    def decode(self, z: np.ndarray, noise: int = 0) -> np.ndarray:
+    def decode(self, z: np.ndarray, noise: int = 0, cond: Any = None) -> np.ndarray:
         """Mean images of codes ``z (N, M)``: float32 ``(N, C, H, W)`` in [0, 1].
 
         ``noise`` (InfoGAN only): 0 is the noise prior's mode (``G(0, c)``, what ``decode`` means for
         a GAN); any other value seeds one draw of the noise ``N(0, I)`` shared by every code.
+        ``cond`` (conditional VAE only, needed there): the decoder's labels, ``(F,)`` for every code
+        or ``(N, F)`` one row per code.
         """
         z = np.asarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise DataError(f"decode: expected codes of shape (N, {self.latent_dim}), got {z.shape}")
+        labels = self.check_cond(cond, len(z))
         with self.lock:
             zt = torch.from_numpy(np.ascontiguousarray(z)).to(self.device)  # (N, M)
             if self.is_gan and noise:
@@ -207,7 +318,7 @@ class Explorer:
                 eps = torch.randn((1, self.noise_dim), generator=g).to(self.device)  # (1, noise)
                 logits = self.model.generate(zt, eps.expand(len(zt), -1))  # (N, C, H, W)
             else:
-                logits = self.model.decode(zt)  # (N, C, H, W)
+                logits = self.model.decode(zt, self._cond_tensor(labels))  # (N, C, H, W)
             return self.model.mean_image(logits).clamp(0, 1).float().cpu().numpy()
 
     # ------------------------------------------------------------------ statistics
@@ -219,7 +330,7 @@ class Explorer:
             rng = np.random.default_rng([int(seed), 0xE9])
             n = min(STATS_IMAGES, len(self.dataset))
             idx = np.sort(rng.choice(len(self.dataset), size=n, replace=False))
-            mu, std = self.posterior(self.dataset_images(idx))  # (n, M) each
+            mu, std = self.posterior(self.dataset_images(idx), self.labels_of(idx))  # (n, M) each
             self.agg_mean = mu.mean(axis=0)  # (M,)
             self.agg_std = np.sqrt(mu.var(axis=0) + (std**2).mean(axis=0))  # (M,)
             var = std**2
@@ -262,11 +373,13 @@ class Explorer:
         if not 0 <= int(index) < n:
             raise DataError(f"image index {index} is out of range; the dataset has images 0..{n - 1}")
         x = self.dataset_images(np.array([int(index)]))  # (1, C, H, W)
-        mu, std = self.posterior(x)
+        labels = self.labels_of(np.array([int(index)]))  # (1, F) or None
+        mu, std = self.posterior(x, labels)
         space = self.dataset.factor_space
         classes = self.dataset.factors_of(np.array([int(index)]))[0]  # (K,)
         factors = {name: _format_value(float(space.values[k][classes[k]])) for k, name in enumerate(space.names)}
-        return Item(x[0], mu[0], std[0], int(index), factors, f"dataset image {int(index)}", note)
+        cond = labels[0] if labels is not None else None
+        return Item(x[0], mu[0], std[0], int(index), factors, f"dataset image {int(index)}", note, cond)
 
     def random_item(self, seed: int) -> Item:
         """A dataset image drawn with ``seed``."""
@@ -318,12 +431,16 @@ class Explorer:
             note = f"no image has all these values; nearest differs in {', '.join(wrong)}"
         return self.item(index, note)
 
-    def upload(self, data: bytes, name: str) -> Item:
-        """An uploaded image file (bytes in memory), converted as ``gatedvae encode`` converts a file."""
+    def upload(self, data: bytes, name: str, cond: Any = None) -> Item:
+        """An uploaded image file (bytes in memory), converted as ``gatedvae encode`` converts a file.
+
+        ``cond``: a conditional run's labels for it ``(F,)``, picked by the user (needed there): the
+        image's own labels, read by an encoder conditioned on them and the decoder's to start with."""
         from PIL import Image, UnidentifiedImageError
 
         from ..data.images import _read_folder
 
+        labels = self.check_cond(cond, 1)  # (1, F) or None: refused before the file is read
         upload = _Upload(data, name)
         kinds = ", ".join(UPLOAD_FORMATS)
         try:
@@ -339,13 +456,19 @@ class Explorer:
         upload.seek(0)
         c, h, _ = self.image_shape
         x = _read_folder([upload], "gray" if c == 1 else "rgb", h)  # (1, C, S, S) uint8
-        mu, std = self.posterior(x)
-        return Item(x[0], mu[0], std[0], None, {}, f"upload {name} ({fmt}, {width}x{height})")
+        mu, std = self.posterior(x, labels)
+        cond = labels[0] if labels is not None else None
+        return Item(x[0], mu[0], std[0], None, {}, f"upload {name} ({fmt}, {width}x{height})", "", cond)
 
-    def prior_item(self, seed: int) -> Item:
-        """No input: a code drawn from the prior (every group, :meth:`prior`), posterior std 0."""
+    def prior_item(self, seed: int, cond: Any = None) -> Item:
+        """No input: a code drawn from the prior (every group, :meth:`prior`), posterior std 0. A
+        conditional run's labels: ``cond`` ``(F,)``, or where None drawn uniformly with ``seed``."""
         z = np.concatenate([self.prior(g, seed) for g in self.groups])  # (M,)
-        return Item(None, z, np.zeros_like(z), None, {}, f"prior draw (seed {int(seed)})")
+        if self.conditional and cond is None:
+            cond = self.draw_labels(seed)
+        labels = self.check_cond(cond, 1)
+        own = labels[0] if labels is not None else None
+        return Item(None, z, np.zeros_like(z), None, {}, f"prior draw (seed {int(seed)})", cond=own)
 
     # ------------------------------------------------------------------ what the page shows
     def prior(self, group: Group, seed: int) -> np.ndarray:
@@ -382,11 +505,12 @@ class Explorer:
         return np.clip(lo, -MAX_ABS_CODE, MAX_ABS_CODE), np.clip(hi, -MAX_ABS_CODE, MAX_ABS_CODE)
 
     def traversals(
-        self, z: np.ndarray, lo: np.ndarray, hi: np.ndarray, steps: int, noise: int = 0
+        self, z: np.ndarray, lo: np.ndarray, hi: np.ndarray, steps: int, noise: int = 0, cond: Any = None
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Traversal strips from code ``z (M,)``: a sprite (rows x steps tiles, no padding) and per
         row its latent(s) and values. A row sweeps one latent from ``lo`` to ``hi``, the others
-        held; an InfoGAN categorical code has one row going through its categories."""
+        held; an InfoGAN categorical code has one row going through its categories. ``cond``: a
+        conditional run's labels ``(F,)``, the same for every tile."""
         z = np.asarray(z, dtype=np.float64)
         codes, rows = [], []
         for g in self.groups:
@@ -405,12 +529,13 @@ class Explorer:
                 block[:, d] = values
                 codes.append(block)
                 rows.append({"group": g.name, "dim": d, "values": values.tolist(), "categorical": False})
-        imgs = self.decode(np.concatenate(codes), noise)  # (R*S, C, H, W)
+        imgs = self.decode(np.concatenate(codes), noise, cond)  # (R*S, C, H, W)
         sprite = image_grid(torch.from_numpy(imgs), rows=len(rows), pad=0).numpy()  # (C, R*H, S*W)
         return sprite, rows
 
-    def swap(self, za: np.ndarray, zb: np.ndarray, groups: Sequence[Group]) -> tuple[np.ndarray, np.ndarray]:
-        """Codes of the swap: A with ``groups`` taken from B, and B with them taken from A: ``(2, M)``."""
+    def swap(self, za: np.ndarray, zb: np.ndarray, groups: Sequence[Group]) -> np.ndarray:
+        """Codes of the swap: A with ``groups`` taken from B, and B with them taken from A: ``(2, M)``.
+        (A conditional run decodes each with its own image's labels: A's, then B's.)"""
         dims = np.concatenate([g.dims for g in groups]) if groups else np.zeros(0, dtype=np.int64)
         za, zb = np.asarray(za, dtype=np.float64), np.asarray(zb, dtype=np.float64)
         a_from_b = swap_codes(zb[None], za[None], dims)[0, 0]  # (M,): B's groups, A's rest
@@ -420,7 +545,8 @@ class Explorer:
     def swap_grid(self, za: np.ndarray, zb: np.ndarray) -> np.ndarray:
         """Codes of every group swapped between A and B: ``(G, 2, 2, M)``, entry ``[g, i, j]`` with
         group g from image i and the rest from image j (i, j: 0 = A, 1 = B; the diagonal is the
-        reconstructions), as ``gatedvae evaluate``'s swap grids, one group at a time."""
+        reconstructions), as ``gatedvae evaluate``'s swap grids, one group at a time. (A conditional
+        run decodes ``[g, i, j]`` with image j's labels: those of the image giving the rest.)"""
         both = np.stack([np.asarray(za, dtype=np.float64), np.asarray(zb, dtype=np.float64)])  # (2, M)
         return np.stack([swap_codes(both, both, g.dims) for g in self.groups])  # (G, 2, 2, M)
 
@@ -518,6 +644,7 @@ class Explorer:
             "gated": bool(cfg.gating.enabled),
             "gan": self.is_gan,
             "noise_dim": self.noise_dim,
+            "condition": self.condition_choices(),
             "dataset": {
                 "name": cfg.data.name,
                 "images": len(self.dataset) if self.dataset is not None else 0,

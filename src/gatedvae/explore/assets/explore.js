@@ -2,11 +2,15 @@
 // Served by `gatedvae explore RUN` it asks the server (/api/...); exported with --export it reads
 // the precomputed answers embedded in the page (#static-data). Every text from the run (partition
 // and factor names, messages) goes in with textContent, never as markup.
+// A conditional VAE (info.condition) decodes with labels: S.cond holds each slot's, one class per
+// condition factor; they start as the input's own and its dropdowns change them. Every decode of
+// the slot's images (its reconstruction; for A the sliders and the traversals; a swap's output of
+// that slot) uses them.
 "use strict";
 
 const S = {
   info: null, stat: null, slots: { a: null, b: null }, z: [], noise: 0, noiseDraws: 0, priorDraws: 0,
-  randomDraws: { a: 0, b: 0 }, hot: -1, metricSource: 0,
+  randomDraws: { a: 0, b: 0 }, hot: -1, metricSource: 0, cond: { a: null, b: null },
 };
 // What the browser test reads: slider -> new image timings, decodes done, the last error shown.
 window.__explore = {
@@ -36,6 +40,13 @@ function svgEl(tag, attrs, text) {
 }
 const fmt = (v, d = 2) => (v === null || v === undefined || Number.isNaN(v) ? "-" : Number(v).toFixed(d));
 const codeParam = (z) => Array.from(z, (v) => String(v)).join(",");
+// A conditional run's labels as a parameter (undefined, so left out, for any other run).
+const condParam = (c) => (S.info.condition && c ? c.join(",") : undefined);
+const sameLabels = (x, y) => !x || !y || (x.length === y.length && x.every((v, k) => v === y[k]));
+function labelText(cond) {
+  const c = S.info.condition;
+  return c && cond ? c.factors.map((f, k) => `${f.name} ${f.values[cond[k]]}`).join(", ") : "";
+}
 
 function showError(err) {
   const msg = err && err.message ? err.message : String(err);
@@ -115,7 +126,8 @@ function renderHeader() {
   document.title = `explore ${i.run}`;
   const kind = i.gan ? `GAN (${i.noise_dim} noise dims)` : i.gated ? `gated, ${i.groups.length} partitions` : "un-gated";
   const data = i.dataset.images ? `${i.dataset.name}, ${i.dataset.images.toLocaleString()} images` : `${i.dataset.name} (not available here)`;
-  $("#run-meta").textContent = `${i.model} (${i.net}), step ${i.step.toLocaleString()}, ${i.latent_dim} latents, ${kind}; data: ${data}` +
+  const cond = i.condition ? `; decoder${i.condition.encoder ? " and encoder" : ""} conditioned on ${i.condition.factors.map((f) => f.name).join(", ")}` : "";
+  $("#run-meta").textContent = `${i.model} (${i.net}), step ${i.step.toLocaleString()}, ${i.latent_dim} latents, ${kind}${cond}; data: ${data}` +
     (STATIC ? "; static export" : "");
   const notes = $("#notes");
   const all = [...i.notes];
@@ -156,6 +168,19 @@ function buildSlot(name) {
     row2.append(el("button", { type: "button", class: "find", text: "find", onclick: () => pickFactors(name) }));
     box.append(row2);
   }
+  if (i.condition) {
+    // the decoder's labels for this slot: the input's own to start with; an upload or a prior sample takes them as they stand
+    const row3 = el("div", { class: "row labels" }, el("span", { text: "decoder labels:" }));
+    i.condition.factors.forEach((f, k) => {
+      const sel = el("select", { class: "cond-select", "data-cond": f.name, disabled: !!STATIC, "aria-label": `${title} decoder label ${f.name}`,
+        onchange: (e) => setCond(name, k, Number(e.target.value)) });
+      f.values.forEach((v, c) => sel.append(el("option", { value: c, text: v })));
+      row3.append(el("label", { class: "factor" }, f.name, sel));
+    });
+    if (!STATIC) row3.append(el("button", { type: "button", class: "own-labels", text: "own labels", title: "back to the input's own labels", onclick: () => setCond(name, null) }));
+    row3.append(el("small", { text: STATIC ? "(the image's own; the live explorer changes them)" : "(the image's own unless changed; an upload's or a prior sample's: pick them first)" }));
+    box.append(row3);
+  }
   if (!STATIC) {
     const file = el("input", { type: "file", class: "upload", accept: "image/*", "aria-label": `${title} upload an image` });
     file.addEventListener("change", () => { if (file.files.length) pickUpload(name, file.files[0]); });
@@ -168,12 +193,31 @@ function buildSlot(name) {
   box.append(el("div", { class: "caption" }));
 }
 
+function slotCond(name) {
+  // the labels in the slot's dropdowns (what an upload or a prior sample is given)
+  const sels = document.querySelectorAll(`#slot-${name} select.cond-select`);
+  return sels.length ? Array.from(sels, (x) => Number(x.value)) : null;
+}
+function syncCond(name) {
+  const cond = S.cond[name];
+  document.querySelectorAll(`#slot-${name} select.cond-select`).forEach((sel, k) => { if (cond) sel.value = String(cond[k]); });
+  const item = S.slots[name];
+  const own = !item || sameLabels(cond, item.cond);
+  const label = S.info.gan ? "G(0, Q(x))" : own ? "reconstruction" : "decoded with the chosen labels";
+  document.querySelector(`#slot-${name} .recon + figcaption`).textContent = label;
+  if (name === "a") $("#recon-label").textContent = label;
+}
+
 async function setSlot(name, item) {
   S.slots[name] = item;
+  S.cond[name] = item.cond ? item.cond.slice() : null;
+  syncCond(name);
   const box = document.getElementById(`slot-${name}`);
   box.querySelector(".slot-error").textContent = "";
   const factors = Object.entries(item.factors || {}).map(([k, v]) => `${k} ${v}`).join(", ");
-  box.querySelector(".caption").textContent = [item.source, factors, item.note].filter(Boolean).join("; ");
+  // a dataset image's labels are among its factors; an upload's or a prior sample's are said here
+  const own = item.cond && (item.index === null || item.index === undefined) ? `labels ${labelText(item.cond)}` : "";
+  box.querySelector(".caption").textContent = [item.source, factors, own, item.note].filter(Boolean).join("; ");
   await paint(box.querySelector("canvas.input"), item.input);
   await paint(box.querySelector("canvas.recon"), item.recon);
   if (name === "a") {
@@ -203,7 +247,7 @@ function pickRandom(name) {
   if (STATIC) return setStaticItem(name, (k + (name === "b" ? 1 : 0)) % STATIC.items.length);
   return pick(name, api("/api/random", { seed: (name === "a" ? 0 : 1000003) + k }));
 }
-function pickSample(name) { return pick(name, api("/api/sample", { seed: ++S.randomDraws[name] })); }
+function pickSample(name) { return pick(name, api("/api/sample", { seed: ++S.randomDraws[name], cond: condParam(slotCond(name)) })); }
 function pickIndex(name, value) { return pick(name, api("/api/image", { index: value })); }
 function pickFactors(name) {
   const params = { seed: ++S.randomDraws[name] };
@@ -213,11 +257,32 @@ function pickFactors(name) {
   return pick(name, api("/api/find", params));
 }
 async function pickUpload(name, file) {
-  const send = fetch("/api/upload", {
+  const q = query({ cond: condParam(slotCond(name)) });
+  const send = fetch("/api/upload" + (q ? "?" + q : ""), {
     method: "POST", body: file, headers: { "Content-Type": "application/octet-stream", "X-Filename": encodeURIComponent(file.name) },
   }).then(readAnswer);
   return pick(name, send);
 }
+// A label dropdown changed (k: which factor; null: all back to the input's own): the slot's images
+// are decoded again with the new labels.
+async function setCond(name, k, value) {
+  const item = S.slots[name];
+  if (!item || !S.cond[name]) return;
+  clearError();
+  if (k === null) S.cond[name] = item.cond.slice(); else S.cond[name][k] = value;
+  syncCond(name);
+  if (name === "a") { scheduleDecode(performance.now()); refreshTraversals(); }
+  refreshSwaps();
+  try {
+    const r = await track(fetch("/api/decode?" + query({ z: codeParam(item.mu), cond: condParam(S.cond[name]) })));
+    if (!r.ok) await readAnswer(r);
+    const bitmap = await createImageBitmap(await r.blob());
+    if (S.slots[name] !== item) return;
+    await paint(document.querySelector(`#slot-${name} canvas.recon`), bitmap);
+    if (name === "a") await paint($("#recon-a"), bitmap);
+  } catch (err) { showError(err); }
+}
+
 function setStaticItem(name, k) {
   const box = document.getElementById(`slot-${name}`);
   box.querySelector(".item-select").value = String(k);
@@ -357,7 +422,7 @@ async function runDecode() {
   dec.busy = true; dec.again = false;
   const t0 = dec.since; dec.since = null;
   try {
-    const r = await fetch("/api/decode?" + query({ z: codeParam(S.z), noise: S.info.gan ? S.noise : undefined }));
+    const r = await fetch("/api/decode?" + query({ z: codeParam(S.z), noise: S.info.gan ? S.noise : undefined, cond: condParam(S.cond.a) }));
     if (!r.ok) await readAnswer(r);
     const bitmap = await createImageBitmap(await r.blob());
     await paint($("#decoded"), bitmap);
@@ -502,7 +567,7 @@ function buildTraversalControls() {
   const steps = el("select", { id: "steps", onchange: refreshTraversals });
   for (const n of [5, 7, 9, 11, 15]) steps.append(el("option", { value: n, text: n, selected: n === 9 }));
   box.append(el("label", {}, "range ", span, " ", spanText, " standard deviations of the "), unit,
-    el("label", {}, "steps ", steps), el("small", { text: "from the sliders' code; other latents held" }));
+    el("label", {}, "steps ", steps), el("small", { text: "from the sliders' code; other latents held" + (S.info.condition ? "; A's decoder labels" : "") }));
 }
 
 let traversalTicket = 0;
@@ -520,6 +585,7 @@ async function refreshTraversals() {
       tr = await track(api("/api/traverse", {
         z: codeParam(S.z), span: $("#span").value, unit, steps: $("#steps").value,
         std: unit === "image" ? codeParam(a.std) : undefined, noise: S.info.gan ? S.noise : undefined,
+        cond: condParam(S.cond.a),
       }));
       steps = tr.steps;
     }
@@ -561,6 +627,7 @@ function buildSwapControls() {
     input.addEventListener("change", refreshSwaps);
     box.append(el("label", { class: "swap-choice" }, input, ` ${g.name}`));
   });
+  if (S.info.condition) box.append(el("small", { text: "each output is decoded with its own slot's labels (A's or B's decoder labels)" }));
 }
 function checkedGroups() {
   return Array.from(document.querySelectorAll("input[name=swap-group]:checked"), (x) => x.value);
@@ -582,7 +649,11 @@ async function refreshSwaps() {
       if (gi >= 0) { ab = tile(gi, b.k, a.k); ba = tile(gi, a.k, b.k); }
       grid = { recon_a: a.recon, recon_b: b.recon, rows: STATIC.swaps.groups.map((g, k) => ({ group: g, a_from_b: tile(k, b.k, a.k), b_from_a: tile(k, a.k, b.k) })) };
     } else {
-      const params = { a: codeParam(a.mu), b: codeParam(b.mu), noise: S.info.gan ? S.noise : undefined };
+      // each output keeps its own slot's labels: A with B's partitions is decoded with A's, B's with B's
+      const params = {
+        a: codeParam(a.mu), b: codeParam(b.mu), noise: S.info.gan ? S.noise : undefined,
+        cond_a: condParam(S.cond.a), cond_b: condParam(S.cond.b),
+      };
       const [sw, gr] = await track(Promise.all([
         names.length ? api("/api/swap", Object.assign({ groups: names.join(",") }, params)) : Promise.resolve(null),
         api("/api/swapgrid", params),
@@ -595,8 +666,8 @@ async function refreshSwaps() {
     const what = names.join(", ") || "nothing";
     const fig = (id, caption) => el("figure", {}, el("canvas", { id, class: "img" }), el("figcaption", { text: caption }));
     out.append(fig("swap-recon-a", "A"), fig("swap-ab", `A with B's ${what}`), fig("swap-ba", `B with A's ${what}`), fig("swap-recon-b", "B"));
-    await paint($("#swap-recon-a"), a.recon);
-    await paint($("#swap-recon-b"), b.recon);
+    await paint($("#swap-recon-a"), grid.recon_a);
+    await paint($("#swap-recon-b"), grid.recon_b);
     if (ab) await paint($("#swap-ab"), ab);
     if (ba) await paint($("#swap-ba"), ba);
     const table = $("#swap-grid");
