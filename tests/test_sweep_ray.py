@@ -78,3 +78,23 @@ def test_grid_on_a_local_ray_instance(tmp_path, capsys):
     # Run again with --skip-failed: nothing to do, no Ray task.
     assert main(["sweep", "run", str(sweep_dir), "--backend", "ray", "--skip-failed", "--quiet"]) == 1
     assert "10 runs selected: 8 done, 2 failed; 10 were already finished" in capsys.readouterr().out
+
+
+def test_ensembles_are_ray_tasks_on_a_local_instance(tmp_path, capsys):
+    """--ensemble 2: the 8 trainable runs go as 4 ensembles (one Ray task each, in Ray's worker
+    processes), each member recorded as its own run; the broken runs fail alone."""
+    sweep_dir = tmp_path / "sw"
+    (tmp_path / "grid.py").write_text(SWEEP_PY, encoding="utf-8")
+    assert main(["sweep", "plan", str(tmp_path / "grid.py"), "--out", str(sweep_dir)]) == 0
+    argv = ["sweep", "run", str(sweep_dir), "--backend", "ray", "--workers", "2", "--ensemble", "2", "--quiet"]
+    assert main([*argv, "--no-tensorboard"]) == 1
+    assert "10 runs selected: 8 done, 2 failed" in capsys.readouterr().out
+    sizes, pids = [], set()
+    for e in read_manifest(sweep_dir)["runs"]:
+        rec = json.loads((sweep_dir / "runs" / e["id"] / "sweep.json").read_text())
+        pids.add(rec["history"][-1]["pid"])
+        if not e["name"].startswith("broken"):
+            assert rec["state"] == "done"
+            sizes.append(json.loads((sweep_dir / "runs" / e["id"] / "summary.json").read_text())["ensemble"]["size"])
+    assert sizes == [2] * 8 and os.getpid() not in pids
+    assert not ray.is_initialized()
