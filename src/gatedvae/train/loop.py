@@ -226,8 +226,19 @@ def _train_runs(runs: _Runs, dataset: FactorDataset | None, callbacks: Sequence[
     if not runs.solo:
         check_members(configs, runs.run_dirs)
     cfg = configs[0].train
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _set_up_and_train(runs, configs, dataset, callbacks)
+    finally:
+        torch.set_num_threads(threads)  # train.threads is the run's, not the caller's process's
+
+
+def _set_up_and_train(
+    runs: _Runs, configs: list[Config], dataset: FactorDataset | None, callbacks: Sequence[Callback]
+) -> list[dict[str, Any]]:
+    resume, cfg = runs.resume, configs[0].train
     device = _training_device(cfg.device, runs.run_dirs[0], resume, runs.other_device)
     check_precision(cfg.precision, device)  # before anything is set up or written
     strategy = choose_strategy(runs.strategy, configs, device)
