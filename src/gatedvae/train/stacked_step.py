@@ -95,14 +95,19 @@ class StackedStep:
         given: dict[str, torch.Tensor] = {}
         for name in models[0].regulariser_networks:  # FactorVAE's discriminator, no parameter gradient
             given[name] = self.nets.auxiliary(name, reg_z, grad_params=False)  # (K, B, ...)
+        # Each member's slices by unbind, not by indexing: the backward of K index operations would
+        # each write a zero (K, ...) gradient (measured: 82 ms of a 130 ms step at K = 8, width 256);
+        # unbind's backward stacks the K gradients once.
+        outs, targets, mus, logvars, zs = (t.unbind(0) for t in (out, target, reg_mu, reg_logvar, reg_z))
+        givens = {n: v.unbind(0) for n, v in given.items()}
         results: list[dict[str, torch.Tensor] | TrainingDiverged] = []
         totals = []
         for k, (m, model) in enumerate(zip(members, models, strict=True)):
-            recon = model.reconstruction(out[k], target[k]).mean()  # scalar
-            post = Posterior(reg_mu[k], reg_logvar[k])
+            recon = model.reconstruction(outs[k], targets[k]).mean()  # scalar
+            post = Posterior(mus[k], logvars[k])
             terms = {
                 "recon": recon,
-                **model.regulariser_given(post, reg_z[k], step, m.gen, {n: v[k] for n, v in given.items()}),
+                **model.regulariser_given(post, zs[k], step, m.gen, {n: v[k] for n, v in givens.items()}),
             }
             total = torch.stack(list(terms.values())).sum()
             try:
@@ -138,7 +143,8 @@ class StackedStep:
                 self.nets.auxiliary(name, torch.stack([p[name][i] for p in per]), grad_params=True)
                 for i in range(n_inputs)
             ]
-            losses = [model.auxiliary_loss({name: [o[k] for o in outputs]})[name] for k, model in enumerate(models)]
+            split = [o.unbind(0) for o in outputs]
+            losses = [model.auxiliary_loss({name: [o[k] for o in split]})[name] for k, model in enumerate(models)]
             torch.stack(losses).sum().backward()
             opt.step()
             for k, loss in enumerate(losses):
