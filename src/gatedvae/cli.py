@@ -57,11 +57,35 @@ def cmd_data_preview(args: argparse.Namespace) -> int:
     from .data.preview import preview
 
     cfg = _data_config(args.name, args.overrides)
+    ks = _pair_ks(args.pairs) if args.pairs is not None else []  # a bad --pairs fails before the data is built
     ds = build_dataset(cfg, progress=not args.quiet)
     out = Path(args.out or f"{args.name}_preview.png")
-    path = preview(ds, out, np.random.default_rng(args.seed))
+    rng = np.random.default_rng(args.seed)
+    from .data import KChangedPairSampler
+
+    samplers = {f"k={k}": KChangedPairSampler(ds, k, where="--pairs") for k in ks}  # refused before writing
+    path = preview(ds, out, rng)
     print(f"wrote {path}")
+    if samplers:
+        from .viz.pairs import pair_grid
+
+        batches = {label: sampler.sample(8, rng) for label, sampler in samplers.items()}
+        pairs_path = pair_grid(ds, batches, out.with_name(f"{out.stem}_pairs{out.suffix or '.png'}"))
+        print(f"wrote {pairs_path} (Locatello et al. 2020's pairs: all factors shared but k; changed ones named)")
     return 0
+
+
+def _pair_ks(text: str) -> list[int | str]:
+    """``--pairs 1,3,random`` -> [1, 3, 'random'] (one-line error for anything else)."""
+    out: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part == "random":
+            out.append(part)
+        elif part.isdigit() and int(part) >= 1:
+            out.append(int(part))
+        else:
+            raise ConfigError(f"--pairs {text!r}: each value is a number of changed factors (1, 2, ...) or 'random'")
+    return out
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
@@ -596,6 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "preview":
             p.add_argument("--out", help="PNG path (default: NAME_preview.png)")
             p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+            p.add_argument(
+                "--pairs",
+                metavar="K[,K...]",
+                help="also write OUT_pairs.png: 8 pairs sharing all factors but K (a number, or 'random': uniform "
+                "in 1..K-1), per value, as pairs.kind=k_changed draws them (full-grid datasets; docs/pairs.md)",
+            )
         p.set_defaults(func=func)
     dl = dsub.add_parser(
         "download",

@@ -41,6 +41,7 @@ __all__ = [
     "DataConfig",
     "PartitionConfig",
     "GatingConfig",
+    "PairsConfig",
     "ModelConfig",
     "TrainConfig",
     "Config",
@@ -237,6 +238,11 @@ def _set_path(data: Any, cls: Any, parts: list[str], raw: str, where: str) -> An
     head, rest = parts[0], parts[1:]
     origin = get_origin(cls)
     if dataclasses.is_dataclass(cls):
+        if data is None:  # a section written only when not at its defaults (``pairs``): start from them
+            try:
+                data = to_dict(cls())
+            except (TypeError, ConfigError):
+                data = {}
         valid = config_keys(cls)
         open_field = getattr(cls, "_open_field", None)
         if open_field is not None and head not in valid:  # a hyperparameter: typed if 0.1 had it, else as written
@@ -523,6 +529,66 @@ class GatingConfig:
             )
 
 
+PairKind = Literal["none", "k_changed", "partitions"]
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """Weak supervision from pairs for an *un-gated* run (a gated run draws its pairs from
+    ``gating.partitions``): what ``x`` (the input) and ``target`` (the second image) of a step are.
+
+    ``kind``: ``none`` (default: x = x', the input is its own target), ``k_changed`` (Locatello et
+    al. 2020: the two images share all factors but ``k``; which ones changed is not told to the
+    model) or ``partitions`` (the pairs of ``gating.partitions``' samplers, one partition per step by
+    ``gating.schedule``, with ``gating.enabled=false``: the Gated-VAE's own pairs without the gate).
+    ``k``: the number of factors that change, an int in 1..K-1 (K = the factors that can change), or
+    ``random``: uniform in 1..K-1, drawn per pair. ``tell_k``: hand the model each pair's k (Ada-GVAE
+    and Ada-ML-VAE then take the k largest divergences as changed). ``factors``: the factors a pair
+    may change (default: every factor with more than one value); the others are always shared.
+    ``noise``: the fraction of pairs whose target is replaced by a random image. ``draw``: ``exact``
+    (exactly k factors differ: each changed factor takes another of its values) or
+    ``disentanglement_lib`` (the reference code's ``simple_dynamics``: the number of changed factors is
+    1 or k with probability 1/2 each, and a changed factor's new value may equal the old one).
+    ``tell_k``, ``factors``, ``noise``, ``draw`` and a ``k`` other than 1 apply to ``k_changed`` only.
+    The section is written to files only when not at its defaults (a 0.1 or 0.2 run's id is unchanged).
+    See docs/pairs.md.
+    """
+
+    kind: PairKind = "none"
+    k: int | Literal["random"] = 1
+    tell_k: bool = False
+    factors: tuple[str, ...] = ()
+    noise: float = 0.0
+    draw: Literal["exact", "disentanglement_lib"] = "exact"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.k == "random" or (isinstance(self.k, int) and self.k >= 1),
+            f"pairs.k: the number of changed factors must be at least 1 or 'random', got {self.k!r}",
+        )
+        _require(0.0 <= self.noise <= 1.0, f"pairs.noise: must lie in [0, 1], got {self.noise}")
+        dup = sorted({f for f in self.factors if self.factors.count(f) > 1})
+        _require(not dup, f"pairs.factors: {dup} named twice; name each factor once")
+        if self.kind != "k_changed":
+            changed = [
+                key
+                for key, value, default in (
+                    ("k", self.k, 1),
+                    ("tell_k", self.tell_k, False),
+                    ("factors", self.factors, ()),
+                    ("noise", self.noise, 0.0),
+                    ("draw", self.draw, "exact"),
+                )
+                if value != default
+            ]
+            _require(
+                not changed,
+                f"pairs.{changed[0] if changed else ''} applies to pairs.kind=k_changed but pairs.kind is "
+                f"'{self.kind}'; set pairs.kind=k_changed or drop it"
+                + (" (partitions take their noise from gating.partitions.N.noise)" if "noise" in changed else ""),
+            )
+
+
 #: Serialization compatibility, not a registry: the objective hyperparameters 0.1's flat ``ModelConfig``
 #: had as fields, with their 0.1 types. :func:`to_dict` always writes these keys, in this order and
 #: ``null`` when unset, so that 0.1's config files, run directories (``config.yaml``, resume compares
@@ -705,12 +771,22 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole run: data, model, gating, training."""
+    """A whole run: data, model, gating, training, and the weak pairs of an un-gated run."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     gating: GatingConfig = field(default_factory=GatingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+
+    def _to_plain(self) -> dict[str, Any]:
+        """The sections in file order; ``pairs`` (added in 0.3) only when not at its defaults, after
+        ``gating``, so that the file and run id of a config without it stay byte-identical."""
+        out = {name: to_dict(getattr(self, name)) for name in ("data", "model", "gating")}
+        if self.pairs != PairsConfig():
+            out["pairs"] = to_dict(self.pairs)
+        out["train"] = to_dict(self.train)
+        return out
 
     def __post_init__(self) -> None:
         if self.gating.partitions:
@@ -720,8 +796,20 @@ class Config:
                 f"gating.partitions sizes sum to {total} but model.latent_dim is {self.model.latent_dim}; "
                 "make them equal",
             )
+        if self.pairs.kind != "none":
+            _require(
+                not self.gating.enabled,
+                f"pairs.kind={self.pairs.kind} draws the pairs of an un-gated run, but gating.enabled is true (a gated "
+                "run draws its pairs from gating.partitions); set gating.enabled=false or pairs.kind=none",
+            )
+        if self.pairs.kind == "partitions":
+            _require(
+                bool(self.gating.partitions),
+                "pairs.kind=partitions draws from gating.partitions, which is empty; declare the partitions there "
+                "(with gating.enabled=false)",
+            )
 
 
 # Used by tests to iterate over every config class.
-ALL_CONFIGS: tuple[type, ...] = (DataConfig, GatingConfig, ModelConfig, TrainConfig, Config)
+ALL_CONFIGS: tuple[type, ...] = (DataConfig, GatingConfig, PairsConfig, ModelConfig, TrainConfig, Config)
 _ = typing  # keep the import for get_type_hints on forward references

@@ -35,16 +35,18 @@ from torch import nn
 
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import Config, DataConfig, load_config
-from .data import FactorDataset, PairSampler, build_dataset, make_sampler, validate_data_config
+from .data import FactorDataset, PairSampler, build_dataset, make_pair_sampler, make_sampler, validate_data_config
 from .data.base import host_to_device
 from .data.registry import image_shape_of
-from .errors import ConfigError, GatedVAEError
+from .errors import ConfigError, GatedVAEError, PartitionError
 from .gating import Partitions
 from .models import GenerativeModel, build_model
 from .models.base import check_trainable
+from .models.weak import check_pairs
 
 __all__ = [
     "Prepared",
+    "FactorGroups",
     "prepare",
     "resolve_device",
     "device_option",
@@ -143,13 +145,45 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+class FactorGroups:
+    """Which latent dims a pair shares, from the factors it shares, through ``gating.partitions``:
+    a partition's dims are shared when every factor it names is (identity partitions never are).
+    What the group models (``gvae``, ``ml_vae``) are told of ``pairs.kind=k_changed`` pairs."""
+
+    def __init__(self, partitions: Partitions, factor_names: tuple[str, ...]) -> None:
+        parts = partitions.config.partitions
+        self.dims = np.zeros((len(parts), partitions.latent_dim), dtype=bool)  # (P, M)
+        self.members = np.zeros((len(parts), len(factor_names)), dtype=bool)  # (P, K)
+        self.groups = np.zeros(len(parts), dtype=bool)  # (P,) partitions that can be shared
+        for i, p in enumerate(parts):
+            self.dims[i, partitions.slice(i)] = True
+            if p.sampler == "identity":
+                continue
+            missing = [f for f in p.factors if f not in factor_names]
+            if missing:
+                raise PartitionError(
+                    f"partition '{p.name}' names '{missing[0]}', which is not a factor of the dataset, so a pair's "
+                    f"shared factors cannot say whether its dims are shared; its factors are: {', '.join(factor_names)}"
+                )
+            self.members[i, [factor_names.index(f) for f in p.factors]] = True
+            self.groups[i] = True
+
+    def __call__(self, shared_factors: np.ndarray) -> np.ndarray:
+        """``(B, K)`` bool shared factors -> ``(B, M)`` bool shared dims."""
+        missing = self.members[None, :, :] & ~shared_factors[:, None, :]  # (B, P, K) a member not shared
+        part = self.groups[None, :] & ~missing.any(axis=2)  # (B, P)
+        return (part.astype(np.int64) @ self.dims.astype(np.int64)) > 0  # (B, M)
+
+
 @dataclass
 class Prepared:
     """Everything a run needs, built from its config (training, evaluation and figures use it).
 
     ``partitions`` is the latent layout of a gated run (None otherwise); ``samplers`` the pair
-    sampler of each partition, built on first use (k-means for cluster partitions, seeded by the
-    run's seed, so building them later gives the same samplers).
+    sampler of each partition (a gated run's, or an un-gated one's with ``pairs.kind=partitions``),
+    built on first use (k-means for cluster partitions, seeded by the run's seed, so building them
+    later gives the same samplers); ``pair_sampler`` the sampler of ``pairs.kind=k_changed`` (None
+    otherwise).
     """
 
     config: Config
@@ -161,10 +195,27 @@ class Prepared:
 
     @cached_property
     def samplers(self) -> list[PairSampler]:
-        if self.partitions is None:
+        if self.partitions is None and self.config.pairs.kind != "partitions":
             return []
         setup_rng = np.random.default_rng([self.config.train.seed, 1])
         return [make_sampler(self.dataset, p, setup_rng) for p in self.config.gating.partitions]
+
+    @cached_property
+    def factor_groups(self) -> FactorGroups | None:
+        """A group model's (``gvae``, ``ml_vae``) map from the factors a ``k_changed`` pair shares to the
+        latent dims it shares (``gating.partitions``); None for other runs."""
+        cls = type(self.model)
+        group_model = getattr(cls, "encodes_pairs", False) and not getattr(cls, "adaptive", True)
+        if not (group_model and self.config.pairs.kind == "k_changed" and self.config.gating.partitions):
+            return None
+        layout = Partitions(self.config.gating, self.config.model.latent_dim)
+        return FactorGroups(layout, tuple(self.dataset.factor_space.names))
+
+    @cached_property
+    def pair_sampler(self) -> PairSampler | None:
+        if self.config.pairs.kind != "k_changed":
+            return None
+        return make_pair_sampler(self.dataset, self.config.pairs)
 
 
 def validate(config: Config) -> None:
@@ -172,6 +223,7 @@ def validate(config: Config) -> None:
     hyperparameter, a model that cannot train this way (a GAN gated), an impossible partition."""
     validate_data_config(config.data)
     check_trainable(config)
+    check_pairs(config)
     if config.gating.enabled:
         Partitions(config.gating, config.model.latent_dim)
 
@@ -213,8 +265,10 @@ def prepare(
         # NCHW in `gatedvae bench`, docs/performance.md). Checkpoints stay contiguous (NCHW).
         model = model.to(memory_format=torch.channels_last)
     prep = Prepared(config, device, dataset, model, partitions, cond_dim)
-    if samplers and partitions is not None:
+    if samplers and (partitions is not None or config.pairs.kind != "none"):
         prep.samplers  # noqa: B018  (build them now: a bad partition fails before training starts)
+        prep.pair_sampler  # noqa: B018  (and the pairs section's, and a group model's layout)
+        prep.factor_groups  # noqa: B018
     return prep
 
 

@@ -14,8 +14,10 @@ from .pairs import (
     ClusterPairSampler,
     ExactPairSampler,
     IdentityPairSampler,
+    KChangedPairSampler,
     PairBatch,
     PairSampler,
+    make_pair_sampler,
     make_sampler,
 )
 from .registry import (
@@ -41,7 +43,9 @@ __all__ = [
     "ExactPairSampler",
     "ClusterPairSampler",
     "IdentityPairSampler",
+    "KChangedPairSampler",
     "make_sampler",
+    "make_pair_sampler",
     "data_dir",
     "DATASETS",
     "DatasetEntry",

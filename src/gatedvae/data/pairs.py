@@ -15,6 +15,10 @@ the paired input images"). The samplers here produce such pairs as index arrays:
   action units) clustered by k-means; pairs share a cluster. The paper clusters OpenFace
   outputs into 2,500 pose and 4,000 expression clusters (section IV-B).
 * :class:`IdentityPairSampler`: x = x', ordinary VAE training (a "free" partition).
+* :class:`KChangedPairSampler`: the pairs of Locatello et al. 2020 ("Weakly-Supervised
+  Disentanglement Without Compromises"): the two images share every factor but ``k`` (fixed, or
+  uniform in 1..K-1 per pair), and which factors changed is recorded per pair
+  (``PairBatch.changed``) for the models that may be told; index arithmetic on a full grid.
 
 Every sampler takes the ``np.random.Generator`` to draw from, can replace a fraction
 ``noise`` of its pairs with random targets (to measure robustness to wrong weak labels),
@@ -40,7 +44,9 @@ __all__ = [
     "ExactPairSampler",
     "ClusterPairSampler",
     "IdentityPairSampler",
+    "KChangedPairSampler",
     "make_sampler",
+    "make_pair_sampler",
     "group_index",
     "PAPER_IMAGES_PER_CLUSTER",
     "MIN_IMAGES_PER_CLUSTER",
@@ -79,15 +85,32 @@ class PairBatch:
             (all True for identity pairs; False for weak-label clusters, which are not
             dataset factors).
         noisy: ``(B,)`` bool, pairs whose target was replaced by a random image.
+        changed: ``(B, K)`` bool, the factors each pair's draw changed (:class:`KChangedPairSampler`;
+            None for the samplers whose pairs all share ``shared``). A noisy pair keeps the changes
+            its draw intended: what a wrong weak label would say.
     """
 
     input: np.ndarray
     target: np.ndarray
     shared: np.ndarray
     noisy: np.ndarray
+    changed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.input)
+
+    def shared_per_pair(self) -> np.ndarray:
+        """``(B, K)`` bool: the factors each pair is declared to share (``shared`` for every pair, or the
+        factors its draw did not change)."""
+        if self.changed is None:
+            return np.broadcast_to(self.shared, (len(self), len(self.shared))).copy()
+        return self.shared[None, :] | ~self.changed  # (B, K)
+
+    def k(self) -> np.ndarray:
+        """``(B,)`` int64: how many factors each pair's draw changed (0 without ``changed``)."""
+        if self.changed is None:
+            return np.zeros(len(self), dtype=np.int64)
+        return self.changed.sum(axis=1).astype(np.int64)
 
 
 def group_index(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -122,6 +145,11 @@ class PairSampler:
     def _targets(self, inputs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
+    def _draw(self, inputs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """The targets ``(B,)`` and, for samplers whose pairs differ in what they share, the changed
+        factors ``(B, K)`` (None otherwise)."""
+        return self._targets(inputs, rng), None
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> PairBatch:
         """Draw ``batch_size`` inputs uniformly and a target for each."""
         inputs = rng.integers(0, self.n, size=batch_size, dtype=np.int64)  # (B,)
@@ -130,14 +158,14 @@ class PairSampler:
     def pairs_for(self, inputs: np.ndarray, rng: np.random.Generator) -> PairBatch:
         """Targets for given inputs (the same draw order as :meth:`sample` after the inputs)."""
         inputs = np.asarray(inputs, dtype=np.int64)  # (B,)
-        target = self._targets(inputs, rng)  # (B,)
+        target, changed = self._draw(inputs, rng)  # (B,), (B, K) or None
         if self.noise > 0.0:
             noisy = rng.random(len(inputs)) < self.noise  # (B,)
             random_targets = rng.integers(0, self.n, size=len(inputs), dtype=np.int64)  # (B,)
             target = np.where(noisy, random_targets, target)
         else:
             noisy = np.zeros(len(inputs), dtype=bool)
-        return PairBatch(inputs, target, self.shared.copy(), noisy)
+        return PairBatch(inputs, target, self.shared.copy(), noisy, changed)
 
 
 class IdentityPairSampler(PairSampler):
@@ -191,6 +219,131 @@ class ExactPairSampler(PairSampler):
         g = self._group[inputs]  # (B,)
         offset = (rng.random(len(inputs)) * self._count[g]).astype(np.int64)  # (B,)
         return self._order[self._start[g] + offset]
+
+
+class KChangedPairSampler(PairSampler):
+    """Pairs that share all factors but ``k``: the weak supervision of Locatello et al. 2020.
+
+    "Weakly-Supervised Disentanglement Without Compromises" (Locatello, Poole, Raetsch, Schoelkopf,
+    Bachem and Tschannen, ICML 2020) trains on pairs of observations that differ in a few factors
+    (section 3): the input is uniform over the dataset, ``k`` of the K changeable factors are chosen
+    uniformly at random (without replacement) and each takes another of its values, uniformly, the
+    others stay. Which factors changed is not part of the pair a model sees; it is kept in
+    ``PairBatch.changed`` for the models that are told (``pairs.tell_k``: k; GVAE / ML-VAE with
+    known groups: the shared factors).
+
+    Args:
+        dataset: a full-grid dataset (every combination of factor values has an image: dSprites,
+            3D Shapes, MPI3D, ...): the target is index arithmetic on the input's factor digits.
+        k: the number of changed factors, 1..K-1, or ``"random"``: uniform in 1..K-1 per pair (the
+            paper reports both k = 1 and k random).
+        factors: the factors a pair may change (default: every factor with more than one value); the
+            others are always shared (``PairBatch.shared``).
+        noise: fraction of pairs whose target is replaced by a random image.
+        draw: ``"exact"`` (exactly k factors differ) or ``"disentanglement_lib"``: the reference code's
+            ``simple_dynamics`` (``methods/weak/train_weak_lib.py``): the number of factors resampled is 1
+            or k with probability 1/2 each, and each resampled factor takes a uniform value, possibly its
+            old one (``changed`` then marks the factors resampled).
+        where: the config section the arguments came from (``pairs``), or a command's option
+            (``--pairs``), for messages.
+
+    A batch costs a few vectorised draws: k (when random), a ``(B, K)`` uniform array whose ranks pick
+    the changed set, and a ``(B, K)`` array of value offsets; no Python loop per pair.
+    """
+
+    def __init__(
+        self,
+        dataset: FactorDataset,
+        k: int | str = 1,
+        factors: Sequence[str | int] = (),
+        noise: float = 0.0,
+        draw: str = "exact",
+        where: str = "pairs",
+    ) -> None:
+        super().__init__(dataset, noise)
+        space = dataset.factor_space
+
+        def key(name: str) -> str:  # the setting a message names: pairs.k, ... (or a command's option)
+            return where if where.startswith("-") else f"{where}.{name}"
+
+        kind = where if where.startswith("-") else f"{where}.kind=k_changed"
+        if not dataset.is_grid:
+            raise PartitionError(
+                f"{kind} needs a full factor grid (an image for every combination of factor values), "
+                f"but dataset '{dataset.name}' is labelled items; use pairs.kind=partitions (exact or cluster "
+                "partitions) with it"
+            )
+        if draw not in ("exact", "disentanglement_lib"):
+            raise PartitionError(f"{key('draw')}: '{draw}' is not one of exact, disentanglement_lib")
+        if factors:
+            unknown = [f for f in factors if isinstance(f, str) and f not in space.names]
+            if unknown:
+                near = closest(str(unknown[0]), list(space.names))
+                hint = f"; did you mean '{near}'?" if near else ";"
+                raise PartitionError(
+                    f"{key('factors')} names '{unknown[0]}', which dataset '{dataset.name}' lacks{hint} "
+                    f"its factors are: {', '.join(space.names)}"
+                )
+            positions = space.positions(factors)
+            fixed = [space.names[p] for p in positions if space.sizes[p] < 2]
+            if fixed:
+                raise PartitionError(
+                    f"{key('factors')} names '{fixed[0]}', which has one value in dataset '{dataset.name}' and cannot "
+                    "change; drop it"
+                )
+        else:
+            positions = [p for p, size in enumerate(space.sizes) if size > 1]
+        self.changeable = np.asarray(sorted(positions), dtype=np.int64)  # (K',)
+        n_free = len(self.changeable)
+        names = ", ".join(space.names[p] for p in self.changeable) or "none"
+        if n_free < 2:
+            raise PartitionError(
+                f"{kind} needs at least 2 factors that can change (k lies in 1..K-1), "
+                f"dataset '{dataset.name}' has {n_free} ({names})"
+            )
+        if k != "random" and not (isinstance(k, (int, np.integer)) and 1 <= int(k) <= n_free - 1):
+            given = f"{where} {k}" if where.startswith("-") else f"{key('k')}={k}"
+            raise PartitionError(
+                f"{given} but {n_free} factors can change ({names}), so k must lie in 1..{n_free - 1} (or be 'random')"
+            )
+        self.k = k if k == "random" else int(k)
+        self.draw = draw
+        self.shared[:] = True
+        self.shared[self.changeable] = False  # the declared shared factors: those that never change
+        sizes = np.asarray(space.sizes, dtype=np.int64)
+        strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]]).astype(np.int64)  # (K,)
+        self._sizes = sizes[self.changeable]  # (K',)
+        self._strides = strides[self.changeable]  # (K',)
+
+    @property
+    def num_changeable(self) -> int:
+        """K: how many factors a pair may change."""
+        return len(self.changeable)
+
+    def _draw(self, inputs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        b, n_free = len(inputs), self.num_changeable
+        if self.k == "random":
+            k = rng.integers(1, n_free, size=b, dtype=np.int64)  # (B,) uniform in 1..K'-1
+        else:
+            k = np.full(b, self.k, dtype=np.int64)  # (B,)
+        if self.draw == "disentanglement_lib":
+            # simple_dynamics: random_state.choice([1, k]): 1 or k factors, each with probability 1/2
+            k = np.where(rng.integers(0, 2, size=b) == 0, 1, k)  # (B,)
+        # a uniform k-subset per row: the k smallest of K' uniform keys
+        keys = rng.random((b, n_free))  # (B, K')
+        rank = np.argsort(np.argsort(keys, axis=1), axis=1)  # (B, K') rank of each key in its row
+        change = rank < k[:, None]  # (B, K')
+        old = (inputs[:, None] // self._strides[None, :]) % self._sizes[None, :]  # (B, K')
+        if self.draw == "disentanglement_lib":
+            new = rng.integers(0, self._sizes[None, :], size=(b, n_free), dtype=np.int64)  # (B, K') may equal old
+        else:
+            offset = rng.integers(1, self._sizes[None, :], size=(b, n_free), dtype=np.int64)  # (B, K') in 1..size-1
+            new = (old + offset) % self._sizes[None, :]  # (B, K') uniform over the other values
+        delta = np.where(change, (new - old) * self._strides[None, :], 0)  # (B, K')
+        target = inputs + delta.sum(axis=1)  # (B,)
+        changed = np.zeros((b, len(self.shared)), dtype=bool)  # (B, K)
+        changed[:, self.changeable] = change
+        return target, changed
 
 
 class ClusterPairSampler(PairSampler):
@@ -316,3 +469,11 @@ def make_sampler(dataset: FactorDataset, partition, rng: np.random.Generator) ->
             dataset, partition.factors, partition.clusters, rng, noise=partition.noise, name=partition.name
         )
     raise PartitionError(f"unknown sampler '{partition.sampler}'; use exact, cluster or identity")
+
+
+def make_pair_sampler(dataset: FactorDataset, pairs) -> PairSampler:
+    """The sampler of an un-gated run's ``pairs`` section (:class:`~gatedvae.config.PairsConfig`,
+    ``kind: k_changed``); ``kind: partitions`` uses the partitions' own samplers (:func:`make_sampler`)."""
+    if pairs.kind == "k_changed":
+        return KChangedPairSampler(dataset, pairs.k, pairs.factors, noise=pairs.noise, draw=pairs.draw)
+    raise PartitionError(f"pairs.kind={pairs.kind} has no sampler of its own; use k_changed")

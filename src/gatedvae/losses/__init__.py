@@ -9,6 +9,7 @@ One file per concern:
 * :mod:`.dip`      DIP-VAE-I/II covariance penalties.
 * :mod:`.tc`       beta-TCVAE minibatch estimators (MWS / MSS), FactorVAE discriminator.
 * :mod:`.wishart`  CHyVAE inverse-Wishart terms.
+* :mod:`.weak`     pairs: per-dim divergences, the shared-dim rules, GVAE / ML-VAE aggregates.
 
 Reduction convention: per-sample terms return ``(B,)``, summed over pixels or latent
 dimensions; the objective takes the batch mean once. Batch-level statistics (MMD, DIP,
@@ -40,6 +41,15 @@ from .tc import (
     mws_log_weights,
     permute_dims,
     tc_decomposition,
+)
+from .weak import (
+    adaptive_shared_mask,
+    aggregate_gvae,
+    aggregate_ml_vae,
+    kl_between_diag,
+    pair_divergence,
+    share_posteriors,
+    top_k_shared_mask,
 )
 from .wishart import (
     chyvae_psi,
@@ -93,4 +103,12 @@ __all__ = [
     "expected_kl_normal_under_invwishart",
     "chyvae_terms",
     "chyvae_regulariser",
+    # weak
+    "kl_between_diag",
+    "pair_divergence",
+    "adaptive_shared_mask",
+    "top_k_shared_mask",
+    "aggregate_gvae",
+    "aggregate_ml_vae",
+    "share_posteriors",
 ]

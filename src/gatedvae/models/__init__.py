@@ -1,6 +1,6 @@
 """Models, one objective a file, registered by name (``gatedvae list models``)."""
 
-from . import annealed_vae, beta_tcvae, chyvae, cvae, dip_vae, factor_vae, info_vae, infogan, vae  # noqa: F401  (registration)
+from . import annealed_vae, beta_tcvae, chyvae, cvae, dip_vae, factor_vae, info_vae, infogan, vae, weak  # noqa: F401  (registration)
 from .base import (
     AT_LEAST_1,
     MODELS,

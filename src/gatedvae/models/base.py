@@ -325,6 +325,8 @@ class GenerativeModel(nn.Module):
         enc_cond: torch.Tensor | None = None,
         reference: torch.Tensor | None = None,
         reference_cond: torch.Tensor | None = None,
+        k_changed: torch.Tensor | None = None,
+        shared_dims: torch.Tensor | None = None,
     ) -> LossOutput:
         """One step's loss.
 
@@ -345,6 +347,9 @@ class GenerativeModel(nn.Module):
                 statistics normalise the clamp batch (:mod:`gatedvae.nets.norm`); required with
                 ``clamp_mask`` when the networks have batch norm.
             reference_cond: the reference images' labels (conditional VAE).
+            k_changed, shared_dims: what a weak pair's sampler tells the model (``(B,)`` changed factors,
+                ``(B, M)`` shared dims; ``pairs.tell_k``, group models): read by the pair models of
+                :mod:`gatedvae.models.weak`, ignored here (the trainer passes them only when set).
         """
         norm = nullcontext()
         if clamp_mask is not None:

@@ -4,9 +4,12 @@
 partition from the gating schedule (gated runs), then pairs from that partition's sampler (or,
 in clamp mode, a base image and the images that share every other factor with it, then an
 i.i.d. reference batch for batch norm), with every pair touching a held-out image
-(``data.holdout``) redrawn; then the input and target images by index gather. The order of the
-draws is part of exact resume (a checkpoint stores the generator's state): change it and resumed
-runs no longer equal uninterrupted ones.
+(``data.holdout``) redrawn; then the input and target images by index gather. An un-gated run
+draws its pairs from its ``pairs`` section: identity pairs (``none``), Locatello et al.'s pairs
+(``k_changed``) or, un-gated, the partitions' samplers on the gating schedule (``partitions``);
+what the sampler knows and the model may be told goes with them (``k_changed``, ``shared_dims``).
+The order of the draws is part of exact resume (a checkpoint stores the generator's state):
+change it and resumed runs no longer equal uninterrupted ones.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import numpy as np
 import torch
 
 from ..data import ExactPairSampler, IdentityPairSampler
+from ..data.base import host_to_device
 from ..errors import ConfigError
-from ..gating import Schedule
+from ..gating import Partitions, Schedule
 from ..nets.norm import batch_norm_layers
 from ..run import Prepared, condition_vectors, heldout_indices
 
@@ -37,7 +41,10 @@ class Batch:
     latent dimensions clamped to the batch mean (clamp mode) or None; ``reference`` and
     ``reference_cond``: clamp mode, an i.i.d. batch whose batch-norm statistics normalise the
     clamp batch (None for networks without batch norm); ``active``: the active partition's
-    index, -1 for an un-gated (or fine-tuning) step.
+    index, -1 for an un-gated (or fine-tuning) step. What a weak pair's sampler knows, for the
+    models that read it (:mod:`gatedvae.models.weak`): ``k_changed`` ``(b,)`` int64, each pair's
+    number of changed factors (``pairs.tell_k``); ``shared_dims`` ``(b, M)`` bool, the latent dims of
+    the partitions whose factors each pair shares (group models: ``gvae``, ``ml_vae``).
     """
 
     x: torch.Tensor
@@ -49,6 +56,13 @@ class Batch:
     enc_cond: torch.Tensor | None = None
     reference: torch.Tensor | None = None
     reference_cond: torch.Tensor | None = None
+    k_changed: torch.Tensor | None = None
+    shared_dims: torch.Tensor | None = None
+
+    def weak_labels(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments of ``model.loss`` for the pair's weak labels: only those set (so that
+        a model that reads none is called as before)."""
+        return {k: v for k, v in (("k_changed", self.k_changed), ("shared_dims", self.shared_dims)) if v is not None}
 
 
 class Batcher:
@@ -68,6 +82,19 @@ class Batcher:
             self.heldout[held] = True
         self.partitions = prep.partitions
         self.masks = prep.partitions.masks(prep.device) if prep.partitions is not None else None
+        # the weak pairs of an un-gated run (pairs.kind) and what its model reads of them
+        self.pairs = cfg.pairs.kind if self.partitions is None else "none"
+        self.tell_k = cfg.pairs.tell_k and self.pairs == "k_changed"
+        if self.pairs == "partitions":  # gating.partitions un-gated: their pairs on the gating schedule
+            layout = Partitions(cfg.gating, cfg.model.latent_dim)
+            self.masks = layout.masks(prep.device)
+            self.schedule = Schedule(cfg.gating.schedule, layout.weights())
+        # group models (gvae, ml_vae) are told the shared dims: a partition's pairs share its dims (gated,
+        # or pairs.kind=partitions); k_changed pairs share the partitions whose factors they all keep
+        model = prep.model
+        groups = getattr(model, "encodes_pairs", False) and not getattr(model, "adaptive", True)
+        self.active_group = groups and self.masks is not None
+        self.factor_groups = prep.factor_groups
         if self.partitions is not None:
             self.schedule = Schedule(cfg.gating.schedule, self.partitions.weights())
             if cfg.gating.mode == "clamp":
@@ -88,17 +115,22 @@ class Batcher:
         if self.heldout is None:
             return pairs
         inp, tgt, noisy = pairs.input.copy(), pairs.target.copy(), pairs.noisy.copy()  # (B,) each
+        changed = None if pairs.changed is None else pairs.changed.copy()  # (B, K): k_changed pairs
         for _ in range(1000):
             bad = self.heldout[inp]
             if bad.any():
                 fresh = sampler.sample(int(bad.sum()), rng)
                 inp[bad], tgt[bad], noisy[bad] = fresh.input, fresh.target, fresh.noisy
+                if changed is not None:
+                    changed[bad] = fresh.changed
             bad = self.heldout[tgt] & ~self.heldout[inp]
             if bad.any():
                 fresh = sampler.pairs_for(inp[bad], rng)
                 tgt[bad], noisy[bad] = fresh.target, fresh.noisy
+                if changed is not None:
+                    changed[bad] = fresh.changed
             if not (self.heldout[inp] | self.heldout[tgt]).any():
-                return type(pairs)(inp, tgt, pairs.shared, noisy)
+                return type(pairs)(inp, tgt, pairs.shared, noisy, changed)
         raise ConfigError("data.holdout leaves too few training images to pair; lower data.holdout")
 
     def draw(self, step: int, rng: np.random.Generator, finetune: bool = False) -> Batch:
@@ -106,8 +138,15 @@ class Batcher:
         ds, cfg = self.prep.dataset, self.prep.config
         gate_mask = clamp_mask = ref_index = None
         active = -1
-        if self.partitions is None or finetune:
+        if finetune or (self.partitions is None and self.pairs == "none"):
             pairs = self._training_only(self.identity.sample(self.batch_size, rng), self.identity, rng)
+        elif self.partitions is None and self.pairs == "k_changed":
+            sampler = self.prep.pair_sampler
+            pairs = self._training_only(sampler.sample(self.batch_size, rng), sampler, rng)
+        elif self.partitions is None:  # pairs.kind=partitions: the partitions' pairs, no gate
+            active = self.schedule(step, rng)
+            sampler = self.prep.samplers[active]
+            pairs = self._training_only(sampler.sample(self.batch_size, rng), sampler, rng)
         else:
             active = self.schedule(step, rng)
             mask = self.masks[active]
@@ -137,4 +176,22 @@ class Batcher:
         reference = reference_cond = None
         if ref_index is not None:
             reference, reference_cond = ds.images(ref_index), condition_vectors(ds, names, ref_index, device)
-        return Batch(x, target, cond, gate_mask, clamp_mask, active, enc_cond, reference, reference_cond)
+        k_changed = shared_dims = None
+        if not finetune:
+            k_changed, shared_dims = self._weak_labels(pairs, active, device)
+        return Batch(
+            x, target, cond, gate_mask, clamp_mask, active, enc_cond, reference, reference_cond, k_changed, shared_dims
+        )
+
+    def _weak_labels(self, pairs, active: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """What the model is told of this step's pairs (this process's rows): k, the shared dims."""
+        k_changed = shared_dims = None
+        if self.tell_k:
+            k_changed = host_to_device(torch.from_numpy(pairs.k()[self.shard]), device)  # (b,)
+        if self.active_group and active >= 0:  # a partition's pairs: its dims are the group
+            b = len(pairs.input[self.shard])
+            shared_dims = self.masks[active].expand(b, -1)  # (b, M)
+        elif self.factor_groups is not None:
+            dims = self.factor_groups(pairs.shared_per_pair()[self.shard])  # (b, M)
+            shared_dims = host_to_device(torch.from_numpy(dims), device)
+        return k_changed, shared_dims

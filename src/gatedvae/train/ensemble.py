@@ -155,6 +155,11 @@ def stacked_refusal(configs: Sequence[Config]) -> str | None:
         return f"model {cfg.model.name} has a full-covariance posterior"
     if not cls.reconstructs:
         return f"model {cfg.model.name} is a GAN"
+    if getattr(cls, "encodes_pairs", False):
+        return (
+            f"model {cfg.model.name} encodes both images of a pair and defines its own loss (shared dims, aggregate "
+            "posteriors), which the stacked step does not compute"
+        )
     own = [
         n for n in ("loss", "encode", "decode", "reconstruction") if getattr(cls, n) is not getattr(GenerativeModel, n)
     ]

@@ -317,6 +317,7 @@ def training_step(
             enc_cond=batch.enc_cond,
             reference=batch.reference,
             reference_cond=batch.reference_cond,
+            **batch.weak_labels(),  # a weak pair's k / shared dims, only when set (issue 19)
         )
     if check is not None:
         check.observe(step, out.terms, out.total)

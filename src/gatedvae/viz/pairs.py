@@ -47,14 +47,20 @@ def pair_grid(dataset: FactorDataset, batches: Mapping[str, PairBatch], path: st
 
     Args:
         dataset: the images.
-        batches: partition name -> a batch of pairs from that partition's sampler.
+        batches: partition name (or any label: ``k=1``) -> a batch of pairs from that sampler.
         path: PNG to write.
         n: pairs shown per partition.
+
+    A batch whose pairs change different factors (``PairBatch.changed``: Locatello et al.'s pairs,
+    :class:`~gatedvae.data.pairs.KChangedPairSampler`) names each pair's changed factors above it.
     """
     plt = use_agg()
 
     rows = 2 * len(batches)
-    fig, axes = plt.subplots(rows, n, figsize=(n * 0.9, rows * 0.95), squeeze=False)
+    named = any(b.changed is not None for b in batches.values())  # room above the inputs for their names
+    fig, axes = plt.subplots(rows, n, figsize=(n * 0.9, rows * (1.25 if named else 0.95)), squeeze=False)
+    if named:
+        fig.subplots_adjust(hspace=0.55)
     for r, (name, batch) in enumerate(batches.items()):
         shared = [f for f, s in zip(dataset.factor_space.names, batch.shared, strict=True) if s]
         for row, index, label in ((2 * r, batch.input[:n], f"{name}\ninput"), (2 * r + 1, batch.target[:n], "target")):
@@ -69,5 +75,11 @@ def pair_grid(dataset: FactorDataset, batches: Mapping[str, PairBatch], path: st
                 else:
                     ax.axis("off")
             axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        if batch.changed is not None:
+            names = dataset.factor_space.names
+            for c, changed in enumerate(batch.changed[:n]):
+                what = "\n".join(f for f, ch in zip(names, changed, strict=True) if ch)
+                axes[2 * r, c].set_title(what or "none", fontsize=5, pad=2)
+            continue
         axes[2 * r, n - 1].set_title(f"shared: {', '.join(shared) or 'cluster'}", fontsize=7, loc="right")
     return save_figure(fig, path)
