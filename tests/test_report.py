@@ -325,3 +325,40 @@ def test_report_of_a_sweep_with_nothing_finished(tmp_path):
     assert "No scores yet" in md and "| ungated | no | 0/2 | - | - |" in md and "4 pending" in md
     page = (sweep_dir / "report" / "report.html").read_text()
     assert "No scores yet" in page and "state-pending" in page
+
+
+def test_every_configuration_against_a_reference(tmp_path):
+    """report.reference / --reference: each other configuration against the named one, Welch's
+    t-test as scipy computes it, in the Markdown and against.csv; an unknown name is one line."""
+    from scipy import stats
+
+    from gatedvae.errors import ConfigError
+
+    sweep_dir = fake_sweep(tmp_path, SCORES)
+    col = collect(sweep_dir, reference="gated")
+    (a,) = col.against
+    assert a.reference.label == "gated" and a.row.label == "ungated"
+    g = [SCORES[(True, s)]["mig.mig"] for s in range(3)]
+    u = [SCORES[(False, s)]["mig.mig"] for s in range(3)]
+    t = a.tests["mig.mig"]
+    assert t["p_value"] == pytest.approx(stats.ttest_ind(u, g, equal_var=False).pvalue)
+    assert t["difference"] == pytest.approx(np.mean(u) - np.mean(g))
+    res = write_report(sweep_dir, formats=["md", "csv"], reference="gated")
+    md = next(f for f in res["files"] if f.suffix == ".md").read_text()
+    assert "## Against gated" in md and "| ungated | mig.mig |" in md
+    assert any(f.name == "against.csv" for f in res["files"])
+    assert collect(sweep_dir).against == []  # none unless asked
+    with pytest.raises(
+        ConfigError, match=r"report reference 'gate' is not a configuration of this sweep \(ungated, gated\)"
+    ):
+        collect(sweep_dir, reference="gate")
+
+
+def test_report_reference_in_a_sweep_file_is_checked():
+    from gatedvae.errors import ConfigError
+    from gatedvae.sweep.spec import _report_settings
+
+    assert _report_settings({"reference": "gated_vae"}, "s.yaml")["reference"] == "gated_vae"
+    assert "reference" not in _report_settings({}, "s.yaml")  # manifests and run ids as before
+    with pytest.raises(ConfigError, match="report.reference must name one configuration"):
+        _report_settings({"reference": ["a", "b"]}, "s.yaml")

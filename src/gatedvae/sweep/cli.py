@@ -143,13 +143,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     columns = [c.strip() for c in args.metrics.split(",") if c.strip()] if args.metrics else None
     res = write_report(
-        args.sweep_dir, args.out, formats=args.format.split(","), columns=columns, figures=not args.no_figures
+        args.sweep_dir,
+        args.out,
+        formats=args.format.split(","),
+        columns=columns,
+        figures=not args.no_figures,
+        reference=args.reference,
     )
     col = res["collected"]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(col.counts.items()))
     print(
         f"{len(col.runs)} runs ({counts}) in {len(col.rows)} configurations, "
         f"{len(col.comparisons)} gated vs un-gated comparisons"
+        + (f", {len(col.against)} against {col.reference}" if col.against else "")
     )
     for f in res["files"]:
         print(f"wrote {f}")
@@ -160,6 +166,12 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep directory (holds manifest.json)")
     p.add_argument("--out", help="output directory (default: SWEEP_DIR/report)")
     p.add_argument("--format", default="csv,md,html", help="comma-separated: csv, md, html (default: all three)")
+    p.add_argument(
+        "--reference",
+        metavar="CONFIGURATION",
+        help="compare every configuration with this one (Welch's t-test), e.g. gated_vae "
+        "(default: the sweep file's report.reference)",
+    )
     p.add_argument(
         "--metrics",
         help="scores shown in the tables, e.g. dci_lasso.disentanglement,mig.mig "

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..io import read_json
 from .runner import inspect_run, run_dir_of
 from .spec import read_manifest
@@ -108,6 +109,15 @@ class Comparison:
 
 
 @dataclass
+class Against:
+    """A configuration against the sweep's reference configuration (``report.reference``)."""
+
+    reference: ConfigRow
+    row: ConfigRow
+    tests: dict[str, dict[str, float | int | None]]  # score -> {reference_mean, ..., mean, ..., difference, t, p_value}
+
+
+@dataclass
 class Collected:
     name: str
     sweep_dir: Path
@@ -116,6 +126,8 @@ class Collected:
     comparisons: list[Comparison]
     scores: list[str]  # every score found, sorted
     columns: list[str]  # the scores shown in tables
+    against: list[Against] = field(default_factory=list)  # every configuration against the reference
+    reference: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -207,12 +219,39 @@ def _welch(a: list[float], b: list[float]) -> tuple[float | None, float | None]:
     return (t if math.isfinite(t) else None, p if math.isfinite(p) else None)
 
 
-def collect(sweep_dir: str | os.PathLike, columns: list[str] | None = None) -> Collected:
+def _against(ref: ConfigRow, row: ConfigRow, found: list[str]) -> Against:
+    tests = {}
+    for s in found:
+        a = [r.scores[s] for r in ref.runs if s in r.scores]
+        b = [r.scores[s] for r in row.runs if s in r.scores]
+        if not a and not b:
+            continue
+        t, p = _welch(a, b)
+        rm, rs, rn = ref.stats[s]
+        m, sd, n = row.stats[s]
+        tests[s] = {
+            "reference_mean": rm,
+            "reference_std": rs,
+            "reference_n": rn,
+            "mean": m,
+            "std": sd,
+            "n": n,
+            "difference": m - rm if rn and n else math.nan,
+            "t": t,
+            "p_value": p,
+        }
+    return Against(ref, row, tests)
+
+
+def collect(sweep_dir: str | os.PathLike, columns: list[str] | None = None, reference: str | None = None) -> Collected:
     """Read every run of a sweep and aggregate it (see the module docstring).
 
     ``columns``: the scores the tables show (default: the sweep file's ``report.metrics``, else
     :data:`DEFAULT_COLUMNS` present in the results, else every score found). A run that is not
     done contributes the scores it has (none, usually) and shows up in the run table with its state.
+    ``reference``: a configuration's label (default: the sweep file's ``report.reference``); every
+    other configuration is compared with it by Welch's t-test (``Collected.against``). An unknown
+    label is a one-line error naming the configurations.
     """
     d = Path(sweep_dir)
     manifest = read_manifest(d)
@@ -282,7 +321,17 @@ def collect(sweep_dir: str | os.PathLike, columns: list[str] | None = None) -> C
     for row in rows:  # a column no run has yet (a sweep in progress) shows "-"
         for c in columns:
             row.stats.setdefault(c, (math.nan, math.nan, 0))
-    return Collected(str(manifest.get("name")), d, runs, rows, comparisons, found, list(columns))
+    reference = reference or report.get("reference")
+    against = []
+    if reference:
+        refs = [row for row in rows if row.label == reference]
+        if not refs:
+            labels = ", ".join(row.label for row in rows)
+            raise ConfigError(f"report reference '{reference}' is not a configuration of this sweep ({labels})")
+        against = [_against(refs[0], row, found) for row in rows if row is not refs[0]]
+    col = Collected(str(manifest.get("name")), d, runs, rows, comparisons, found, list(columns))
+    col.against, col.reference = against, reference
+    return col
 
 
 # --------------------------------------------------------------------------- formatting
@@ -399,6 +448,17 @@ def write_csv(col: Collected, out_dir: str | os.PathLike) -> list[Path]:
             for s, t in c.tests.items()
         ],
     )
+    if col.against:
+        akeys = ["reference_mean", "reference_std", "reference_n", "mean", "std", "n", "difference", "t", "p_value"]
+        write(
+            "against.csv",
+            ["configuration", "reference", "score", *akeys],
+            [
+                [a.row.label, a.reference.label, s, *[t[k] for k in akeys]]
+                for a in col.against
+                for s, t in a.tests.items()
+            ],
+        )
     return written
 
 
@@ -456,6 +516,39 @@ def markdown(col: Collected) -> str:
             "",
             "Configurations compared: " + "; ".join(compared(c) for c in col.comparisons) + ".",
         ]
+    if col.against:
+        lines += [
+            "",
+            f"## Against {col.reference}",
+            "",
+            f"Welch's t-test (two-sided) of each configuration against {col.reference}; "
+            f"difference = configuration - {col.reference}.",
+            "",
+        ]
+        rows = []
+        for a in col.against:
+            for s in col.columns:
+                t = a.tests.get(s)
+                if t is None:
+                    continue
+                rows.append(
+                    [
+                        a.row.label,
+                        s,
+                        f"{mean_std((t['mean'], t['std'], t['n']))} (n={t['n']})",
+                        f"{mean_std((t['reference_mean'], t['reference_std'], t['reference_n']))} "
+                        f"(n={t['reference_n']})",
+                        fmt(t["difference"]),
+                        fmt_p(t["p_value"]),
+                    ]
+                )
+        lines.append(
+            _md_table(
+                ["configuration", "score", "configuration's", col.reference or "", "difference", "p (Welch)"], rows
+            )
+            if rows
+            else "No scores yet."
+        )
     lines += ["", "## Configurations", ""]
     header = ["configuration", "gated", "n", *col.columns]
     rows = [

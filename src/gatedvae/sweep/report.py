@@ -224,6 +224,7 @@ def write_report(
     formats: Iterable[str] = FORMATS,
     columns: list[str] | None = None,
     figures: bool = True,
+    reference: str | None = None,
 ) -> dict[str, Any]:
     """Collect a sweep and write its report files; returns ``{"collected", "files"}``.
 
@@ -234,12 +235,14 @@ def write_report(
         columns: the scores the tables show (default: the sweep's ``report.metrics``, else the
             usual headline scores present).
         figures: embed figures in the HTML page.
+        reference: compare every configuration with this one (default: the sweep's
+            ``report.reference``); Markdown section ``Against ...`` and ``against.csv``.
     """
     formats = [f.strip().lower() for f in formats if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ConfigError(f"unknown report format {', '.join(bad) or '(none)'}; use csv, md, html")
-    col = collect(sweep_dir, columns)
+    col = collect(sweep_dir, columns, reference)
     if columns:
         unknown = [c for c in columns if c not in col.scores]
         if unknown and col.scores:

@@ -66,7 +66,7 @@ MANIFEST = "manifest.json"
 _SWEEP_KEYS = ("name", "base", "overrides", "variants", "grid", "seeds", "evaluate", "report", "resources")
 _VARIANT_KEYS = ("name", "base", "overrides")
 _EVAL_KEYS = ("metrics", "preset", "seed", "figures")
-_REPORT_KEYS = ("metrics", "compare_ignore")
+_REPORT_KEYS = ("metrics", "compare_ignore", "reference")
 _RESOURCE_KEYS = ("cpus", "gpus")
 
 
@@ -321,7 +321,16 @@ def _report_settings(value: Any, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: report.compare_ignore: '{key}' is not a config key or section{hint}")
     if "gating" not in ignore and "gating.enabled" not in ignore:
         ignore = ["gating.enabled", *ignore]  # the arms differ in gating.enabled by definition
-    return {"metrics": list(metrics) if metrics else None, "compare_ignore": list(ignore)}
+    reference = report.get("reference")
+    if reference is not None and (not isinstance(reference, str) or not reference.strip()):
+        raise ConfigError(
+            f"{where}: report.reference must name one configuration (a variant's name, e.g. gated_vae), "
+            f"got {reference!r}"
+        )
+    out = {"metrics": list(metrics) if metrics else None, "compare_ignore": list(ignore)}
+    if reference is not None:
+        out["reference"] = reference.strip()  # (absent otherwise: manifests and run ids as before)
+    return out
 
 
 def _resources(value: Any, where: str) -> dict[str, float]:
