@@ -219,28 +219,29 @@ def _welch(a: list[float], b: list[float]) -> tuple[float | None, float | None]:
     return (t if math.isfinite(t) else None, p if math.isfinite(p) else None)
 
 
-def _against(ref: ConfigRow, row: ConfigRow, found: list[str]) -> Against:
+def _tests(
+    first: ConfigRow, second: ConfigRow, found: list[str], names: tuple[str, str]
+) -> dict[str, dict[str, float | int | None]]:
+    """Welch's t-test of ``second`` against ``first`` for every score either has: each one's mean,
+    std and n under the key prefixes ``names`` (``""``: no prefix), ``difference`` (second - first),
+    ``t`` and ``p_value``."""
     tests = {}
     for s in found:
-        a = [r.scores[s] for r in ref.runs if s in r.scores]
-        b = [r.scores[s] for r in row.runs if s in r.scores]
+        a = [r.scores[s] for r in first.runs if s in r.scores]
+        b = [r.scores[s] for r in second.runs if s in r.scores]
         if not a and not b:
             continue
         t, p = _welch(a, b)
-        rm, rs, rn = ref.stats[s]
-        m, sd, n = row.stats[s]
-        tests[s] = {
-            "reference_mean": rm,
-            "reference_std": rs,
-            "reference_n": rn,
-            "mean": m,
-            "std": sd,
-            "n": n,
-            "difference": m - rm if rn and n else math.nan,
-            "t": t,
-            "p_value": p,
-        }
-    return Against(ref, row, tests)
+        entry: dict[str, float | int | None] = {}
+        for name, row in zip(names, (first, second), strict=True):
+            mean, std, n = row.stats[s]
+            prefix = f"{name}_" if name else ""
+            entry.update({f"{prefix}mean": mean, f"{prefix}std": std, f"{prefix}n": n})
+        _, _, n1 = first.stats[s]
+        _, _, n2 = second.stats[s]
+        entry.update(difference=second.stats[s][0] - first.stats[s][0] if n1 and n2 else math.nan, t=t, p_value=p)
+        tests[s] = entry
+    return tests
 
 
 def collect(sweep_dir: str | os.PathLike, columns: list[str] | None = None, reference: str | None = None) -> Collected:
@@ -294,26 +295,7 @@ def collect(sweep_dir: str | os.PathLike, columns: list[str] | None = None, refe
     for members in by_pair.values():
         for u in (m for m in members if not m.gated):
             for g in (m for m in members if m.gated):
-                tests = {}
-                for s in found:
-                    a = [r.scores[s] for r in u.runs if s in r.scores]
-                    b = [r.scores[s] for r in g.runs if s in r.scores]
-                    if not a and not b:
-                        continue
-                    t, p = _welch(a, b)
-                    um, us, un = u.stats[s]
-                    gm, gs, gn = g.stats[s]
-                    tests[s] = {
-                        "ungated_mean": um,
-                        "ungated_std": us,
-                        "ungated_n": un,
-                        "gated_mean": gm,
-                        "gated_std": gs,
-                        "gated_n": gn,
-                        "difference": gm - um if un and gn else math.nan,
-                        "t": t,
-                        "p_value": p,
-                    }
+                tests = _tests(u, g, found, ("ungated", "gated"))
                 comparisons.append(Comparison(_pair_label(u.label, g.label), u, g, tests))
     if columns is None:
         wanted = report.get("metrics")
@@ -328,7 +310,9 @@ def collect(sweep_dir: str | os.PathLike, columns: list[str] | None = None, refe
         if not refs:
             labels = ", ".join(row.label for row in rows)
             raise ConfigError(f"report reference '{reference}' is not a configuration of this sweep ({labels})")
-        against = [_against(refs[0], row, found) for row in rows if row is not refs[0]]
+        against = [
+            Against(refs[0], row, _tests(refs[0], row, found, ("reference", ""))) for row in rows if row is not refs[0]
+        ]
     col = Collected(str(manifest.get("name")), d, runs, rows, comparisons, found, list(columns))
     col.against, col.reference = against, reference
     return col
