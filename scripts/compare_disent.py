@@ -73,10 +73,16 @@ def main() -> None:
     d0, d1 = normal(mu0, lv0), normal(mu1, lv1)
 
     # 1. divergences (disent's "kl" is KL(q1 || q0): the pair swapped)
-    for ours, theirs, swap in (("kl", "kl", True), ("symmetric_kl", "symmetric_kl", False), ("mean_distance", "dist", False)):
+    for ours, theirs, swap in (
+        ("kl", "kl", True),
+        ("symmetric_kl", "symmetric_kl", False),
+        ("mean_distance", "dist", False),
+    ):
         a = pair_divergence(mu1, lv1, mu0, lv0, ours) if swap else pair_divergence(mu0, lv0, mu1, lv1, ours)
         b = AdaVae.compute_deltas_from_posteriors(d0, d1, thresh_mode=theirs)
-        line(f"divergence {ours} vs thresh_mode={theirs}{' (pair swapped)' if swap else ''}", (a - b).abs().max().item())
+        line(
+            f"divergence {ours} vs thresh_mode={theirs}{' (pair swapped)' if swap else ''}", (a - b).abs().max().item()
+        )
 
     # 2. the threshold rule on identical divergences, and on each side's own divergences
     for ratio in (0.3, 0.5, 0.7):
@@ -107,7 +113,9 @@ def main() -> None:
         scale = max(((0.5 * l0).exp() - t0.scale).abs().max().item(), ((0.5 * l1).exp() - t1.scale).abs().max().item())
         line(f"aggregate {ours} vs average_mode={theirs}: loc", loc)
         line(f"aggregate {ours} vs average_mode={theirs}: scale", scale)
-    ours = share_posteriors(mu0, lv0, mu1, lv1, adaptive_shared_mask(pair_divergence(mu0, lv0, mu1, lv1, "symmetric_kl")))
+    ours = share_posteriors(
+        mu0, lv0, mu1, lv1, adaptive_shared_mask(pair_divergence(mu0, lv0, mu1, lv1, "symmetric_kl"))
+    )
     for cls in (AdaVae, AdaGVaeMinimal):
         fake = types.SimpleNamespace(
             cfg=AdaVae.cfg(),  # ada_average_mode='gvae', ada_thresh_mode='symmetric_kl', ada_thresh_ratio=0.5
@@ -121,7 +129,11 @@ def main() -> None:
             ((0.5 * ours[1]).exp() - t0.scale).abs().max().item(),
             ((0.5 * ours[3]).exp() - t1.scale).abs().max().item(),
         )
-        line(f"{cls.__name__}.hook_intercept_ds vs ada_gvae(symmetric_kl)", diff, f"; disent 'shared' {logs['shared']:.3f}")
+        line(
+            f"{cls.__name__}.hook_intercept_ds vs ada_gvae(symmetric_kl)",
+            diff,
+            f"; disent 'shared' {logs['shared']:.3f}",
+        )
 
     # 4. the loss and its gradients
     for model_name, average_mode in (("ada_gvae", "gvae"), ("ada_ml_vae", "ml-vae")):

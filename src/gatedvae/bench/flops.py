@@ -116,9 +116,12 @@ def network_gemms(config: Config, image_shape: tuple[int, int, int], cond_dim: i
     head_out = m.latent_dim + m.latent_dim * (m.latent_dim + 1) // 2 if full else 2 * m.latent_dim
     enc_cond = cond_dim if m.condition_encoder else 0
     c, h, w = image_shape
+    # a model that encodes and decodes both images of a pair (Ada-GVAE, ML-VAE, ...) runs its
+    # networks on twice the batch
+    batch = config.train.batch_size * (2 if getattr(MODELS[m.name].cls, "encodes_pairs", False) else 1)
     if m.net == "mlp":
-        return mlp_gemms(config.train.batch_size, c * h * w, m.hidden, m.latent_dim, head_out, enc_cond, cond_dim)
-    return conv64_gemms(config.train.batch_size, c, m.hidden, m.latent_dim, head_out, enc_cond, cond_dim)
+        return mlp_gemms(batch, c * h * w, m.hidden, m.latent_dim, head_out, enc_cond, cond_dim)
+    return conv64_gemms(batch, c, m.hidden, m.latent_dim, head_out, enc_cond, cond_dim)
 
 
 def step_flops(gemms: list[Gemm]) -> int:
