@@ -383,6 +383,8 @@ def test_served_from_the_command_line_writes_nothing_anywhere(run, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C must reach it: a test suite started as a background job inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 120)
@@ -404,7 +406,7 @@ def test_served_from_the_command_line_writes_nothing_anywhere(run, tmp_path):
         conn.close()
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert [list(d.rglob("*")) for d in (home, tmp, cwd)] == [[], [], []]

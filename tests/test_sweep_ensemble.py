@@ -154,8 +154,13 @@ class Interrupt(Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_an_interrupted_sweep_resumes_each_run_once_grouped_by_step(tmp_path, monkeypatch, alone_and_together):
+def test_an_interrupted_sweep_resumes_each_run_once_grouped_by_step(tmp_path, monkeypatch, alone_and_together, request):
     import gatedvae.callbacks
+
+    # Python's Ctrl-C handler: a test suite started as a background job inherits SIGINT ignored,
+    # and the trainer leaves an ignored SIGINT alone (a sweep's workers ignore it on purpose)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     alone = alone_and_together[0]
     sweep_dir = planned(tmp_path, four_runs())
