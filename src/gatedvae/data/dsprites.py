@@ -495,14 +495,10 @@ def load_dsprites_npz(path: str | Path) -> FactorDataset:
 
 
 # --------------------------------------------------------------------------- registration
-def _grid(space: FactorSpace) -> str:
-    return ", ".join(f"{n} ({s})" for n, s in zip(space.names, space.sizes, strict=True))
-
-
 @register_dataset(
     "dsprites",
     "dSprites rendered procedurally (737,280 64x64 binary images, the official data's grid)",
-    factors=_grid(DSPRITES_SPACE),
+    factors=DSPRITES_SPACE.listing(),
     uses=("stride", "cache", "data_dir"),
     image_shape=lambda cfg: (1, 64, 64),
 )
@@ -517,7 +513,7 @@ def _build_dsprites(cfg: DataConfig, options: dict, progress: bool) -> FactorDat
 @register_dataset(
     "dsprites_file",
     f"the official dSprites file at data.path ({OFFICIAL_FILE})",
-    factors=_grid(DSPRITES_SPACE),
+    factors=DSPRITES_SPACE.listing(),
     uses=("path", "stride"),
     image_shape=lambda cfg: (1, 64, 64),
 )

@@ -788,8 +788,7 @@ def export_faces(
 @register_dataset(
     "faces",
     "procedural faces with tracker-like weak labels (pose in degrees, action-unit intensities)",
-    factors=", ".join(f"{n} ({s})" for n, s in zip(FACE_SPACE.names, FACE_SPACE.sizes, strict=True))
-    + f"; weak labels: {', '.join(LABEL_COLUMNS)}",
+    factors=FACE_SPACE.listing() + f"; weak labels: {', '.join(LABEL_COLUMNS)}",
     uses=("stride", "color", "image_size", "pose_noise", "au_noise", "seed"),
     image_shape=lambda cfg: (1 if cfg.color == "gray" else 3, cfg.image_size, cfg.image_size),
 )

@@ -76,6 +76,10 @@ class FactorSpace:
     def __hash__(self) -> int:
         return hash((self.names, self.sizes))
 
+    def listing(self) -> str:
+        """The factors with their class counts, ``shape (3), scale (6), ...`` (dataset registrations)."""
+        return ", ".join(f"{n} ({s})" for n, s in zip(self.names, self.sizes, strict=True))
+
     def position(self, factor: str | int) -> int:
         """Position of a factor given by name or position (negative positions allowed)."""
         if isinstance(factor, (int, np.integer)) and not isinstance(factor, bool):

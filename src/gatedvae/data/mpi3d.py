@@ -97,7 +97,7 @@ def load_mpi3d(
 @register_dataset(
     "mpi3d",
     "MPI3D (toy, realistic or real: data.options.variant): 1,036,800 RGB 64x64 images from mpi3d_<variant>.npz",
-    factors=", ".join(f"{n} ({s})" for n, s in zip(MPI3D_SPACE.names, MPI3D_SPACE.sizes, strict=True)),
+    factors=MPI3D_SPACE.listing(),
     uses=("path", "data_dir", "stride"),
     options={
         "variant": Option("toy", "which MPI3D: toy, realistic or real", type=Literal["toy", "realistic", "real"]),

@@ -147,14 +147,10 @@ def load_shapes3d(
     )
 
 
-def _grid(space: FactorSpace) -> str:
-    return ", ".join(f"{n} ({s})" for n, s in zip(space.names, space.sizes, strict=True))
-
-
 @register_dataset(
     "shapes3d",
     "3D Shapes (DeepMind): 480,000 RGB 64x64 images from the official 3dshapes.h5 at data.path",
-    factors=_grid(SHAPES3D_SPACE),
+    factors=SHAPES3D_SPACE.listing(),
     uses=("path", "data_dir", "stride"),
     options={"store": STORE_OPTION},
     image_shape=lambda cfg: (3, 64, 64),

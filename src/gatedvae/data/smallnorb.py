@@ -187,7 +187,7 @@ def load_smallnorb(
 @register_dataset(
     "smallnorb",
     "SmallNORB: the official -dat/-cat/-info files (gzipped or not) in the folder data.path, resized to 64x64",
-    factors=", ".join(f"{n} ({s})" for n, s in zip(NORB_SPACE.names, NORB_SPACE.sizes, strict=True)),
+    factors=NORB_SPACE.listing(),
     uses=("path", "data_dir", "image_size", "stride"),
     options={
         "split": Option(
