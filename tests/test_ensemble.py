@@ -129,11 +129,13 @@ def test_cli_trains_seeds_as_one_ensemble_and_resumes_them(tmp_path, capsys):
     cfg = tmp_path / "tiny.yaml"
     save_config(tiny_config(), cfg)
     out = tmp_path / "runs"
-    rc = main(["train", str(cfg), "--seeds", "0-1", "--run-dir", str(out), "--quiet", "--no-tensorboard"])
+    args = ["--seeds", "0-1", "--run-dir", str(out), "--quiet", "--no-tensorboard", "--ensemble-strategy", "loop"]
+    rc = main(["train", str(cfg), *args])
     text = capsys.readouterr().out
     assert rc == 0 and "2 runs trained as one ensemble" in text
     for s in (0, 1):
-        assert json.loads((out / f"seed-{s}" / "summary.json").read_text())["ensemble"]["size"] == 2
+        info = json.loads((out / f"seed-{s}" / "summary.json").read_text())["ensemble"]
+        assert info["size"] == 2 and info["strategy"] == "loop"
     solo = tmp_path / "solo"
     train(tiny_config({"train.seed": 1}), solo, quiet=True, tensorboard=False)
     _same_run(out / "seed-1", solo)

@@ -98,7 +98,7 @@ class EnsembleRunner:
 
     def __call__(self) -> None:
         step = self.step_no
-        batches = [m.batcher.draw(step, m.rng, False) for m in self.members]
+        batches = self.stepper.draw(self.members, step, False)
         results = self.stepper.step(self.members, batches, step, False)
         for m, terms in zip(self.members, results, strict=True):
             if isinstance(terms, TrainingDiverged):

@@ -8,6 +8,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from ..config import Config
 from ..errors import ConfigError
+from ..train.device import cpu_heap
 from .children import dsprites_partitions, run_child
 from .ensemble_section import measure_ensemble
 from .options import SECTIONS, BenchOptions, bench_device, check_precisions
@@ -314,6 +316,10 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
+#: sections whose steps run in the trainer's CPU heap setting (:func:`gatedvae.train.device.cpu_heap`)
+_TRAINER_HEAP = ("train", "ensemble")
+
+
 def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure the chosen sections; returns the results as plain data (JSON-safe)."""
     unknown = [s for s in o.sections if s not in SECTIONS]
@@ -343,7 +349,11 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, 
     try:
         for s in SECTIONS:
             if s in o.sections:
-                res[s] = fns[s](o, log)
+                # the steps timed as the trainer runs them: on the CPU in its heap setting (train.device)
+                with cpu_heap() if s in _TRAINER_HEAP and device.type == "cpu" else nullcontext(False) as heap:
+                    res[s] = fns[s](o, log)
+                if heap:
+                    res.setdefault("cpu_heap", []).append(s)
     finally:
         torch.set_num_threads(before)
     res["loadavg_end"] = loadavg()

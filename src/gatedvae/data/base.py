@@ -287,9 +287,10 @@ class FactorDataset:
             raise DataError(f"{self.name}: index_of needs a full-grid dataset; use the grouped pair sampler")
         return self.factor_space.to_index(factors)
 
-    def images(self, index: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """float32 ``(B, C, H, W)`` in [0, 1] on the store's device."""
-        return self.store.gather(index)
+    def images(self, index: np.ndarray | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 ``(B, C, H, W)`` in [0, 1] on the store's device (written into ``out`` where given:
+        a slice of an ensemble's stacked batch)."""
+        return self.store.gather(index, out=out)
 
     def to(self, device: torch.device | str) -> FactorDataset:
         """The same dataset with its images on ``device`` (labels stay in host memory)."""

@@ -133,8 +133,17 @@ class Batcher:
                 return type(pairs)(inp, tgt, pairs.shared, noisy, changed)
         raise ConfigError("data.holdout leaves too few training images to pair; lower data.holdout")
 
-    def draw(self, step: int, rng: np.random.Generator, finetune: bool = False) -> Batch:
-        """The batch of ``step`` (``finetune``: plain identity pairs, no partition)."""
+    def draw(
+        self,
+        step: int,
+        rng: np.random.Generator,
+        finetune: bool = False,
+        out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> Batch:
+        """The batch of ``step`` (``finetune``: plain identity pairs, no partition). ``out``: buffers
+        ``(b, C, H, W)`` the input and target images are gathered into (an ensemble's stacked batch,
+        :meth:`gatedvae.train.stacked_step.StackedStep.draw`); an identity pair's target is still
+        the input tensor itself, and the target buffer is left as it is."""
         ds, cfg = self.prep.dataset, self.prep.config
         gate_mask = clamp_mask = ref_index = None
         active = -1
@@ -168,8 +177,8 @@ class Batcher:
                 pairs = self._training_only(sampler.sample(self.batch_size, rng), sampler, rng)
                 gate_mask = mask
         inp, tgt = pairs.input[self.shard], pairs.target[self.shard]  # (b,): all of the global batch in one process
-        x = ds.images(inp)  # (b, C, H, W)
-        target = x if np.array_equal(inp, tgt) else ds.images(tgt)  # (b, C, H, W)
+        x = ds.images(inp, out=None if out is None else out[0])  # (b, C, H, W)
+        target = x if np.array_equal(inp, tgt) else ds.images(tgt, out=None if out is None else out[1])
         device, names = self.prep.device, cfg.model.condition
         cond = condition_vectors(ds, names, tgt, device)  # the decoder draws the target: its labels
         enc_cond = cond if np.array_equal(inp, tgt) else condition_vectors(ds, names, inp, device)  # the input's

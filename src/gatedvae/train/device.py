@@ -25,7 +25,10 @@ convolutions; every other precision forbids it (PyTorch's default lets cuDNN use
 ``fp32`` here is IEEE float32 throughout). The legacy ``allow_tf32`` flags are the ones set:
 in torch >= 2.9 setting them also sets the newer ``fp32_precision`` flags consistently.
 
-The CPU is left as it is: nothing is set there (CPU kernels are deterministic already).
+On the CPU no numerical flag is set (CPU kernels are deterministic already); the heap is
+(:func:`cpu_heap`): with glibc's default policy every tensor over 32 MB (an ensemble's stacked
+weight gradients, its decoder outputs) is a fresh ``mmap`` each step whose pages are faulted in
+again, which cost the stacked K = 8 width-256 step a quarter of its time (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from .step import check_precision
 __all__ = [
     "configure_device",
     "device_settings",
+    "cpu_heap",
+    "cpu_heap_available",
     "determinism_relaxed",
     "environment_record",
     "CUBLAS_WORKSPACE",
@@ -130,14 +135,89 @@ def environment_record(device: torch.device, precision: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def device_settings(device: torch.device, precision: str, deterministic: bool) -> Iterator[dict[str, Any]]:
     """:func:`configure_device` for a block, yielding the record; the flags it set are put back
-    after the block (``CUBLAS_WORKSPACE_CONFIG`` stays: cuBLAS has read it)."""
+    after the block (``CUBLAS_WORKSPACE_CONFIG`` stays: cuBLAS has read it). On the CPU the block
+    runs in :func:`cpu_heap`."""
     device = torch.device(device)
     saved = _save_flags() if device.type == "cuda" else None
     try:
-        yield configure_device(device, precision, deterministic)
+        with cpu_heap() if device.type == "cpu" else contextlib.nullcontext():
+            yield configure_device(device, precision, deterministic)
     finally:
         if saved is not None:
             _restore_flags(saved)
+
+
+#: glibc ``mallopt`` parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+#: what :func:`cpu_heap` sets inside the block: no ``mmap``, and free memory at the heap's top kept
+#: up to 1 GiB (a step's temporaries are freed and allocated again every step)
+_HEAP_TRIM = 1 << 30
+#: what it leaves after the block: glibc's defaults for the mmap count, and the thresholds its
+#: dynamic policy reaches in a process that has freed a 32 MB block (the policy stops adapting
+#: once ``mallopt`` is called)
+_AFTER_MMAP_MAX, _AFTER_MMAP_THRESHOLD, _AFTER_TRIM = 65536, 32 << 20, 64 << 20
+_heap_depth = 0
+
+
+def _glibc() -> Any:
+    """glibc's ``libc`` through ctypes, or None (another C library, another system, or the user set
+    the allocator in the environment: ``MALLOC_*_`` variables or a ``glibc.malloc`` tunable)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
+        return None
+    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def cpu_heap_available() -> bool:
+    """Whether :func:`cpu_heap` can set the heap here (glibc, and the allocator not set by the user)."""
+    return _glibc() is not None
+
+
+@contextlib.contextmanager
+def cpu_heap() -> Iterator[bool]:
+    """A block in which glibc's ``malloc`` serves every size from its heap (``M_MMAP_MAX = 0``) and
+    keeps up to 1 GiB of freed memory there (``M_TRIM_THRESHOLD``); yields whether it could.
+
+    Why: PyTorch's CPU allocator is ``malloc`` itself, with no cache. glibc maps a block over its
+    mmap threshold (at most 32 MB) with a fresh ``mmap`` and unmaps it on free, so a training step
+    that allocates such tensors (an ensemble's stacked weight gradients and decoder outputs:
+    (8, 4096, 256) float32 is 33.5 MB) faults in every page of them again each step, about a
+    quarter of the stacked K = 8 width-256 step, and slows one run's step a few percent
+    (docs/performance.md). From the heap the same blocks are reused, step after step. Peak memory
+    is unchanged; freed memory is returned (``malloc_trim``) after the block, and the thresholds
+    are left at the values glibc's own policy reaches.
+
+    Nothing is set (yields False) with another C library or system, or where the user set the
+    allocator (a ``MALLOC_*_`` environment variable, a ``glibc.malloc`` tunable). Nested blocks
+    set it once. Numbers are unaffected: the allocator does not change any result.
+    """
+    global _heap_depth
+    libc = _glibc() if _heap_depth == 0 else None
+    if _heap_depth == 0 and libc is None:
+        yield False
+        return
+    if libc is not None:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, _HEAP_TRIM)
+    _heap_depth += 1
+    try:
+        yield True
+    finally:
+        _heap_depth -= 1
+        if libc is not None:
+            libc.mallopt(_M_MMAP_MAX, _AFTER_MMAP_MAX)
+            libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
+            libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM)
+            libc.malloc_trim(0)
 
 
 def _save_flags() -> dict[str, Any]:

@@ -45,6 +45,7 @@ import torch
 from ..config import Config
 from ..errors import ConfigError
 from .batch import Batch
+from .device import cpu_heap_available
 from .step import TrainingDiverged, set_finetune, training_step
 
 __all__ = [
@@ -173,13 +174,16 @@ def stacked_refusal(configs: Sequence[Config]) -> str | None:
 
 
 def choose_strategy(strategy: str, configs: Sequence[Config], device: torch.device) -> str:
-    """``strategy`` resolved for these members on ``device`` (``auto``: stacked on CUDA where the
-    models allow it, loop otherwise); ``stacked`` where it cannot train them is one line."""
+    """``strategy`` resolved for these members on ``device`` (``auto``: stacked for two or more
+    members where the models allow it, on CUDA, and on the CPU where the trainer can keep large
+    tensors on the heap (:func:`~gatedvae.train.device.cpu_heap`: glibc); loop otherwise);
+    ``stacked`` where it cannot train them is one line."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"ensemble strategy '{strategy}': use {', '.join(STRATEGIES)}")
     why = stacked_refusal(configs) if strategy != "loop" else None
     if strategy == "auto":
-        return "stacked" if device.type == "cuda" and why is None and len(configs) > 1 else "loop"
+        fast = device.type == "cuda" or (device.type == "cpu" and cpu_heap_available())
+        return "stacked" if fast and why is None and len(configs) > 1 else "loop"
     if strategy == "stacked" and why is not None:
         raise ConfigError(f"the stacked ensemble step cannot train these runs: {why}; use the loop strategy")
     return strategy
@@ -191,6 +195,8 @@ class Member(Protocol):
     prep: Any
     optimizers: Any
     gen: torch.Generator
+    rng: Any
+    batcher: Any
     precision: Any
     ckpt: Any
 
@@ -232,6 +238,10 @@ class LoopStep:
                     raise
                 out.append(exc)
         return out
+
+    def draw(self, members: Sequence[Member], step: int, finetune: bool) -> list[Batch]:
+        """Every member's batch of ``step``, drawn by its own batcher with its own generator."""
+        return [m.batcher.draw(step, m.rng, finetune) for m in members]
 
     def sync(self) -> None:
         """Nothing to do: the members' own modules and optimisers are the state."""

@@ -424,7 +424,7 @@ def _train(
                 if finetune != phase:
                     stepper.set_finetune(finetune)
                     phase = finetune
-                batches = [m.batcher.draw(step, m.rng, finetune) for m in alive]
+                batches = stepper.draw(alive, step, finetune)
                 results = stepper.step(alive, batches, step, finetune)
                 for m, res in zip(alive, results, strict=True):
                     if isinstance(res, TrainingDiverged):

@@ -252,9 +252,9 @@ class StackedNetworks:
             return None
         layer = self._base["encoder"].get_submodule(self._sparse_path)
         flat = x.reshape(x.shape[0] * x.shape[1], -1)  # (K*B, N)
-        if int(torch.count_nonzero(flat)) > layer.max_density * flat.numel():
+        nz = flat.nonzero()  # (nnz, 2), rows sorted (its length is the density check: no second pass)
+        if nz.shape[0] > layer.max_density * flat.numel():
             return None
-        nz = flat.nonzero()  # (nnz, 2), rows sorted
         if not bool(flat[nz[:, 0], nz[:, 1]].eq(1).all()):
             return None
         k, b, n = x.shape[0], x.shape[1], flat.shape[1]

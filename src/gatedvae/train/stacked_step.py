@@ -48,6 +48,8 @@ class StackedStep:
         models = [m.prep.model for m in self.members]
         self.nets = StackedNetworks(models, precision=self.members[0].precision.name)
         self.opt: dict[str, StackedAdam] = {}
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None  # the stacked batch (draw)
+        self._drawn: list[Batch] | None = None
         self._groups: dict[str, str] = {"main": "main"}  # optimiser name -> parameter group
         for name in self.nets.auxiliary_names:
             self._groups[name] = name
@@ -67,12 +69,43 @@ class StackedStep:
         for m in self.members:
             set_finetune(m.prep.model, on)
 
+    def draw(self, members: Sequence[Any], step: int, finetune: bool) -> list[Batch]:
+        """Every member's batch of ``step``, drawn with its own generator (as it draws alone), the
+        images gathered straight into this step's stacked buffers ``(K, B, C, H, W)`` (no copy to
+        stack them; :meth:`step` reads the buffers)."""
+        k = len(members)
+        if self._buffers is None or self._buffers[0].shape[0] != k:
+            ds = members[0].prep.dataset
+            batcher = members[0].batcher
+            rows = len(range(batcher.batch_size)[batcher.shard])  # this process's rows (train/distributed.py)
+            shape = (k, rows, *ds.image_shape)
+            device = members[0].prep.device
+            self._buffers = (torch.empty(shape, device=device), torch.empty(shape, device=device))
+        xs, ts = self._buffers
+        batches = [m.batcher.draw(step, m.rng, finetune, out=(xs[i], ts[i])) for i, m in enumerate(members)]
+        self._drawn = batches
+        return batches
+
+    def _images(self, batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stacked inputs and targets ``(K, B, C, H, W)``: the buffers :meth:`draw` filled (an
+        identity pair's target copied in, or the inputs themselves when every member's is one),
+        else stacked from the batches."""
+        if batches is not self._drawn or self._buffers is None:
+            return torch.stack([b.x for b in batches]), torch.stack([b.target for b in batches])
+        xs, ts = self._buffers
+        same = [b.target is b.x for b in batches]
+        if all(same):
+            return xs, xs
+        for i, s in enumerate(same):
+            if s:
+                ts[i].copy_(xs[i])
+        return xs, ts
+
     def step(
         self, members: Sequence[Any], batches: Sequence[Batch], step: int, finetune: bool
     ) -> list[dict[str, torch.Tensor] | TrainingDiverged]:
         models = [m.prep.model for m in members]
-        x = torch.stack([b.x for b in batches])  # (K, B, C, H, W)
-        target = torch.stack([b.target for b in batches])  # (K, B, C, H, W)
+        x, target = self._images(batches)  # (K, B, C, H, W) each
         cond = _stack([b.cond for b in batches])  # (K, B, c) or None
         enc_cond = _stack([b.cond if b.enc_cond is None else b.enc_cond for b in batches])
         mu, logvar = self.nets.encode(x, enc_cond)  # (K, B, M) each
@@ -98,12 +131,16 @@ class StackedStep:
         # Each member's slices by unbind, not by indexing: the backward of K index operations would
         # each write a zero (K, ...) gradient (measured: 82 ms of a 130 ms step at K = 8, width 256);
         # unbind's backward stacks the K gradients once.
-        outs, targets, mus, logvars, zs = (t.unbind(0) for t in (out, target, reg_mu, reg_logvar, reg_z))
+        mus, logvars, zs = (t.unbind(0) for t in (reg_mu, reg_logvar, reg_z))
         givens = {n: v.unbind(0) for n, v in given.items()}
+        # The reconstruction of every member at once (the members share the likelihood: the ensemble
+        # key), per image as each member's own call sums it, then each member's batch mean.
+        recons = models[0].reconstruction(out.flatten(0, 1), target.flatten(0, 1)).view(out.shape[:2]).mean(1)
+        recons = recons.unbind(0)  # K scalars
         results: list[dict[str, torch.Tensor] | TrainingDiverged] = []
         totals = []
         for k, (m, model) in enumerate(zip(members, models, strict=True)):
-            recon = model.reconstruction(outs[k], targets[k]).mean()  # scalar
+            recon = recons[k]
             post = Posterior(mus[k], logvars[k])
             terms = {
                 "recon": recon,
