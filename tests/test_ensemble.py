@@ -21,6 +21,7 @@ from gatedvae.cli import main, parse_seeds
 from gatedvae.config import save_config
 from gatedvae.errors import ConfigError
 from gatedvae.train import latest_checkpoint, train, train_ensemble
+from gatedvae.train.device import cpu_heap, cpu_heap_available
 from gatedvae.train.ensemble import ensemble_key
 
 
@@ -238,3 +239,89 @@ def test_train_threads_is_the_runs_setting_not_the_callers(tmp_path):
     before = torch.get_num_threads()
     train(tiny_config({"train.threads": 1, "train.steps": 2}), tmp_path / "r", quiet=True, tensorboard=False)
     assert torch.get_num_threads() == before
+
+
+# --------------------------------------------------------------------------- the CPU heap and auto
+def _maps(size: int) -> tuple[int, int]:
+    """(the size of this process's brk heap, how many other mappings have at least ``size`` bytes),
+    from /proc/self/maps."""
+    heap, big = 0, 0
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+        if line.endswith("[heap]"):
+            heap = hi - lo
+        elif hi - lo >= size:
+            big += 1
+    return heap, big
+
+
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+
+needs_glibc_heap = pytest.mark.skipif(
+    not cpu_heap_available(), reason="cpu_heap sets glibc's malloc (Linux with glibc, no MALLOC_*_ variable set)"
+)
+
+
+@needs_glibc_heap
+def test_cpu_heap_serves_large_tensors_from_the_heap_and_gives_them_back():
+    """Inside cpu_heap a 96 MB tensor comes from the brk heap (no new mapping), freed memory stays
+    in the process; after the block the free memory is given back."""
+    size = 96 << 20
+    with cpu_heap() as on:
+        assert on
+        heap0, big0 = _maps(size)
+        t = torch.empty(size // 4, dtype=torch.float32).fill_(1.0)
+        heap1, big1 = _maps(size)
+        assert heap1 - heap0 >= size // 2 and big1 == big0  # (the top of the heap may have been free before)
+        del t
+        with cpu_heap() as inner:  # nested: set once, left by the outer block
+            assert inner
+        u = torch.empty(size // 4, dtype=torch.float32).fill_(2.0)
+        assert _maps(size)[1] == big1  # from the heap again
+        del u
+        kept = _rss()
+    assert kept - _rss() >= size // 2  # malloc_trim gave the free memory back
+
+
+def test_cpu_heap_leaves_an_allocator_the_user_set(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert not cpu_heap_available()
+    with cpu_heap() as on:
+        assert on is False
+
+
+def test_auto_stacks_on_the_cpu_where_the_heap_can_be_set(monkeypatch):
+    import gatedvae.train.ensemble as ens
+
+    configs = _members()
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(ens, "cpu_heap_available", lambda: True)
+    assert ens.choose_strategy("auto", configs, cpu) == "stacked"
+    assert ens.choose_strategy("auto", configs[:1], cpu) == "loop"  # one run: its own step
+    clamp = [tiny_config({"gating.mode": "clamp"}) for _ in range(2)]
+    assert ens.choose_strategy("auto", clamp, cpu) == "loop"  # what stacking refuses falls back
+    monkeypatch.setattr(ens, "cpu_heap_available", lambda: False)
+    assert ens.choose_strategy("auto", configs, cpu) == "loop"
+
+
+def test_batches_gathered_into_buffers_are_the_batches_drawn_alone():
+    """``Batcher.draw(out=...)`` (the stacked step's buffers) draws the same pairs with the same
+    generator and writes the same images; an identity pair's target is its input tensor."""
+    from gatedvae.run import prepare
+    from gatedvae.train.batch import Batcher
+
+    for config in (tiny_config(), tiny_config(gated=False)):
+        prep = prepare(config, device=torch.device("cpu"), progress=False)
+        a, b = Batcher(prep), Batcher(prep)
+        ra, rb = np.random.default_rng(5), np.random.default_rng(5)
+        shape = (config.train.batch_size, *prep.dataset.image_shape)
+        xs, ts = torch.full(shape, -1.0), torch.full(shape, -1.0)
+        for step in range(3):
+            want, got = a.draw(step, ra), b.draw(step, rb, out=(xs, ts))
+            assert got.x is xs and torch.equal(got.x, want.x) and torch.equal(got.target, want.target)
+            assert (got.target is got.x) == (want.target is want.x)
+            if got.target is not got.x:
+                assert got.target is ts
+            assert got.active == want.active

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from gatedvae.cli import main
 from gatedvae.errors import ConfigError
 from gatedvae.sweep import plan_sweep, read_manifest, run_sweep, sweep_status, write_manifest
-from gatedvae.sweep.ensemble import AUTO_CUDA_MAX, group_runs, parse_ensemble
-from gatedvae.train import Callback, latest_checkpoint
+from gatedvae.sweep.ensemble import AUTO_CPU_MAX, AUTO_CUDA_MAX, group_runs, parse_ensemble
+from gatedvae.train import Callback, device, latest_checkpoint
 from test_sweep import tiny_base, write_spec
 
 EVALUATE = {"metrics": ["mig"], "preset": "fast", "figures": False}
@@ -112,7 +112,7 @@ def shape_of(units: list[list[dict]], entries: list[dict]) -> list[list[int]]:
     return [[entries.index(e) for e in u] for u in units]
 
 
-def test_grouping_respects_the_ensemble_key(tmp_path):
+def test_grouping_respects_the_ensemble_key(tmp_path, monkeypatch):
     spec = {"name": "shapes", "base": tiny_base(), "grid": {"model.hidden": [16, 24]}, "seeds": 3}
     sweep_dir = planned(tmp_path, spec)
     entries = runs_of(sweep_dir)  # hidden 16 x seeds 0-2, then hidden 24 x seeds 0-2
@@ -128,10 +128,22 @@ def test_grouping_respects_the_ensemble_key(tmp_path):
         [entries[i]["id"] for i in (0, 1, 2)],
         [entries[i]["id"] for i in (3, 4, 5)],
     ]
-    # auto: one per unit on the CPU; on CUDA a group per ensemble (at most AUTO_CUDA_MAX), split to
-    # give every GPU in use an ensemble; a run that pins train.device=cpu is on the CPU anywhere
+    # auto: on CUDA a group per ensemble (at most AUTO_CUDA_MAX), split to give every GPU in use an
+    # ensemble; a run that pins train.device=cpu is on the CPU anywhere; on the CPU a group per
+    # ensemble (at most AUTO_CPU_MAX) where the stacked step trains it, split to give every worker
+    # one, and one run per unit where it would be the loop (no glibc heap, --ensemble-strategy loop)
+    monkeypatch.setattr(device, "cpu_heap_available", lambda: False)
     assert shape(group_runs(sweep_dir, entries, "auto")) == [[0], [1], [2], [3], [4], [5]]
     assert shape(group_runs(sweep_dir, entries, "auto", cuda=True)) == [[0], [1], [2], [3], [4], [5]]
+    assert shape(group_runs(sweep_dir, entries, "auto", strategy="stacked")) == [[0, 1, 2], [3, 4, 5]]
+    monkeypatch.setattr(device, "cpu_heap_available", lambda: True)
+    assert shape(group_runs(sweep_dir, entries, "auto")) == [[0, 1, 2], [3, 4, 5]]
+    assert shape(group_runs(sweep_dir, entries, "auto", slots=4)) == [[0, 1], [2], [3, 4], [5]]
+    assert shape(group_runs(sweep_dir, entries, "auto", strategy="loop")) == [[i] for i in range(6)]
+    fp16 = [{**e, "config": {**e["config"], "train": {**e["config"]["train"], "precision": "fp16"}}} for e in entries]
+    assert shape_of(group_runs(sweep_dir, fp16, "auto"), fp16) == [[i] for i in range(6)]  # stacking refuses
+    cpu_many = [{**entries[0], "id": f"{i:012x}"} for i in range(AUTO_CPU_MAX + 2)]
+    assert [len(u) for u in group_runs(sweep_dir, cpu_many, "auto")] == [5, 5]
     on_gpu = [{**e, "config": {**e["config"], "train": {**e["config"]["train"], "device": "auto"}}} for e in entries]
     assert shape_of(group_runs(sweep_dir, on_gpu, "auto", cuda=True), on_gpu) == [[0, 1, 2], [3, 4, 5]]
     assert shape_of(group_runs(sweep_dir, on_gpu, "auto", cuda=True, slots=3), on_gpu) == [[0, 1], [2], [3, 4, 5]]
@@ -320,7 +332,8 @@ def test_ensemble_arguments_of_run_sweep(tmp_path):
 
 def test_auto_follows_the_gpus_the_workers_see(tmp_path, monkeypatch):
     """``--ensemble auto`` with two (faked) GPUs and two workers: one ensemble per GPU; without a
-    GPU: one run per unit. (The backend is a stand-in that records the units it is given.)"""
+    GPU: one ensemble per worker where the stacked step trains them on the CPU, else one run per
+    unit. (The backend is a stand-in that records the units it is given.)"""
     from gatedvae.sweep import execute
 
     base = tiny_base()
@@ -333,5 +346,9 @@ def test_auto_follows_the_gpus_the_workers_see(tmp_path, monkeypatch):
     assert run_sweep(sweep_dir, workers=2, ensemble="auto", progress=False)["units"] == 2
     assert run_sweep(sweep_dir, workers=1, ensemble="auto", progress=False)["units"] == 1
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(device, "cpu_heap_available", lambda: True)
+    assert run_sweep(sweep_dir, workers=2, ensemble="auto", progress=False)["units"] == 2
+    assert run_sweep(sweep_dir, workers=2, ensemble="auto", ensemble_strategy="loop", progress=False)["units"] == 4
+    monkeypatch.setattr(device, "cpu_heap_available", lambda: False)
     assert run_sweep(sweep_dir, workers=2, ensemble="auto", progress=False)["units"] == 4
-    assert seen == [[2, 2], [4], [1, 1, 1, 1]]
+    assert seen == [[2, 2], [4], [2, 2], [1, 1, 1, 1], [1, 1, 1, 1]]

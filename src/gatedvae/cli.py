@@ -425,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ensemble-strategy",
         choices=("auto", "loop", "stacked"),
         help="how an ensemble's step is computed: loop (each run's own step, bitwise as trained alone), stacked "
-        "(the runs' networks batched: for GPUs), auto (default: stacked on CUDA, loop on the CPU)",
+        "(the runs' networks batched, one Adam: faster per image on GPUs and CPUs), auto (default: stacked where "
+        "the models allow it, on CUDA and on a Linux (glibc) CPU; loop otherwise)",
     )
     t.add_argument(
         "--resume-on-other-device",

@@ -187,9 +187,10 @@ def _row(
 
 def format_ensemble(en: dict[str, Any]) -> list[str]:
     """The section as text lines."""
+    heap = "; malloc from the heap (train.device.cpu_heap)" if en.get("cpu_heap") else ""
     out = [
         f"\nensembles on {en['device']} ({en['precision']}, batch {en['batch']} per member; roofline = K x one run's "
-        "products back to back):",
+        f"products back to back{heap}):",
         f"  {'net':<10}{'strategy':<10}{'K':>4}{'ms/step':>10}{'images/s':>11}{'vs one run':>12}{'of roof':>9}"
         f"{'288k steps':>12}",
     ]
@@ -204,10 +205,11 @@ def format_ensemble(en: dict[str, Any]) -> list[str]:
 
 
 def format_ensemble_markdown(en: dict[str, Any]) -> list[str]:
+    heap = "; malloc from the heap (train.device.cpu_heap)" if en.get("cpu_heap") else ""
     out = [
         "",
         f"Ensembles on {en['device']} ({en['precision']}, batch {en['batch']} per member; roofline = K x one run's "
-        "products back to back; 288k steps = the paper's budget at this step time):",
+        f"products back to back; 288k steps = the paper's budget at this step time{heap}):",
         "",
         "| net | strategy | K | ms/step | images/s | vs one run | of roofline | 288k steps |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",

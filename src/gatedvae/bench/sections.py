@@ -352,8 +352,8 @@ def run_bench(o: BenchOptions, log: Callable[[str], None] = print) -> dict[str, 
                 # the steps timed as the trainer runs them: on the CPU in its heap setting (train.device)
                 with cpu_heap() if s in _TRAINER_HEAP and device.type == "cpu" else nullcontext(False) as heap:
                     res[s] = fns[s](o, log)
-                if heap:
-                    res.setdefault("cpu_heap", []).append(s)
+                if heap and isinstance(res[s], dict):
+                    res[s]["cpu_heap"] = True
     finally:
         torch.set_num_threads(before)
     res["loadavg_end"] = loadavg()

@@ -242,15 +242,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="train up to K runs of the same network shape, data, batch size and steps (and the same "
         "checkpoint step, when resuming) together as one ensemble, one unit of work for --workers, a shard or "
         "Ray; each run is still recorded on its own. auto: all such runs on CUDA (at most 32; split so that each "
-        "GPU in use gets one), 1 on the CPU (default 1: each run alone)",
+        "GPU in use gets one); on the CPU at most 8 where the stacked step trains them (split so that each "
+        "worker gets one), else 1 (default 1: each run alone)",
     )
     r.add_argument(
         "--ensemble-strategy",
         choices=("auto", "loop", "stacked"),
         default="auto",
         help="how an ensemble's step is computed: loop (each run's own step: the same numbers as the run "
-        "alone), stacked (the runs' networks batched: for GPUs), auto (stacked on CUDA where the models allow "
-        "it, loop otherwise; default)",
+        "alone), stacked (the runs' networks batched, one Adam: faster per image on GPUs and CPUs), auto "
+        "(stacked where the models allow it, on CUDA and on a Linux (glibc) CPU; loop otherwise; default)",
     )
     r.add_argument(
         "--eval-workers",

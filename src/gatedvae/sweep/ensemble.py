@@ -13,9 +13,11 @@ own; so is a run left alone in its group.
 ``auto`` (:func:`auto_size`): on CUDA every run of a group in one ensemble, at most
 :data:`AUTO_CUDA_MAX` (the members' networks are batched into larger kernels: a GPU needs that to
 fill, docs/sweeps.md), and when that leaves fewer ensembles than GPUs in use the largest are split
-so that each GPU gets one; on the CPU ``1`` (today's one run per unit: on a CPU an ensemble does the
-same work as its runs one after another, and the batched step was slower there, see
-docs/sweeps.md).
+so that each GPU gets one. On the CPU, where the stacked step trains the group (the models allow
+it, the strategy is not ``loop``, glibc's heap can be set), at most :data:`AUTO_CPU_MAX`, split
+so that each worker gets one (measured on the Table I beta-VAE row: 1.14x the runs one per unit
+with two workers, docs/sweeps.md); otherwise ``1`` (a ``loop`` ensemble does its runs' steps one
+after another: nothing to gain).
 
 A unit (:func:`run_unit`) of one run is :func:`gatedvae.sweep.runner.run_one`, unchanged. A unit
 of several (:func:`run_ensemble`) takes every member's lock, opens an attempt in each member's
@@ -61,10 +63,22 @@ from .runner import (
     training_finished,
 )
 
-__all__ = ["parse_ensemble", "check_strategy", "group_runs", "auto_size", "run_unit", "run_ensemble", "AUTO_CUDA_MAX"]
+__all__ = [
+    "parse_ensemble",
+    "check_strategy",
+    "group_runs",
+    "auto_size",
+    "run_unit",
+    "run_ensemble",
+    "AUTO_CUDA_MAX",
+    "AUTO_CPU_MAX",
+]
 
 #: ``--ensemble auto`` on CUDA: at most this many runs in one ensemble.
 AUTO_CUDA_MAX = 32
+#: ``--ensemble auto`` on the CPU, where the stacked step trains the runs: at most this many (the
+#: largest K measured there, docs/performance.md).
+AUTO_CPU_MAX = 8
 
 
 def parse_ensemble(value: int | str) -> int | str:
@@ -94,9 +108,24 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
-def auto_size(on_cuda: bool) -> int:
-    """``--ensemble auto``'s largest ensemble: :data:`AUTO_CUDA_MAX` on CUDA, 1 on the CPU."""
-    return AUTO_CUDA_MAX if on_cuda else 1
+def auto_size(on_cuda: bool, stacked: bool = False) -> int:
+    """``--ensemble auto``'s largest ensemble: :data:`AUTO_CUDA_MAX` on CUDA; on the CPU
+    :data:`AUTO_CPU_MAX` where the stacked step would train the group (``stacked``: the models allow
+    it, the strategy is not ``loop`` and the trainer can keep its tensors on the heap), else 1 (a
+    ``loop`` ensemble on the CPU does its runs' steps one after the other: nothing to gain)."""
+    if on_cuda:
+        return AUTO_CUDA_MAX
+    return AUTO_CPU_MAX if stacked else 1
+
+
+def _stacks_on_cpu(config: Any, strategy: str) -> bool:
+    """Whether an ensemble of runs like ``config`` trains with the stacked step on the CPU."""
+    from ..train.device import cpu_heap_available
+    from ..train.ensemble import stacked_refusal
+
+    if strategy == "loop":
+        return False
+    return stacked_refusal([config]) is None and (strategy == "stacked" or cpu_heap_available())
 
 
 def _resume_step(run_dir: Path) -> int:
@@ -123,6 +152,7 @@ def group_runs(
     ensemble: int | str,
     cuda: bool = False,
     slots: int = 1,
+    strategy: str = "auto",
 ) -> list[list[dict[str, Any]]]:
     """The units of work of ``entries`` (runs not done, in manifest order): lists of runs, each one
     ensemble (or one run), in the order of their first run.
@@ -131,8 +161,10 @@ def group_runs(
         ensemble: the largest ensemble (``1``: one run per unit) or ``"auto"`` (:func:`auto_size`).
         cuda: whether the runs' workers train on a GPU (decides ``auto``; a run whose config says
             ``train.device: cpu`` trains on the CPU wherever it is).
-        slots: ``auto`` on CUDA: the GPUs the workers use; a group of ``n`` runs is cut into more
-            ensembles (at most ``n``) while there are fewer ensembles than this.
+        slots: ``auto``: the GPUs the workers use (CUDA) or the workers (CPU); a group of ``n``
+            runs is cut into more ensembles (at most ``n``) while there are fewer ensembles than this.
+        strategy: ``--ensemble-strategy`` (``auto`` on the CPU groups only runs the stacked step
+            trains: :func:`auto_size`).
     """
     from ..config import Config, from_dict
     from ..train import ensemble_key
@@ -156,11 +188,12 @@ def group_runs(
         key = (ensemble_key(config), _resume_step(run_dir))
         groups.setdefault(key, []).append(i)
         if ensemble == "auto":
-            limit[key] = auto_size(cuda and config.train.device != "cpu")
+            on_cuda = cuda and config.train.device != "cpu"
+            limit[key] = auto_size(on_cuda, not on_cuda and _stacks_on_cpu(config, strategy))
         else:
             limit[key] = int(ensemble)
     parts = {key: math.ceil(len(members) / limit[key]) for key, members in groups.items()}
-    if ensemble == "auto":  # fewer ensembles than GPUs: split the largest (only ensembles on CUDA)
+    if ensemble == "auto":  # fewer ensembles than slots: split the largest (of the groups that ensemble)
         while sum(parts.values()) < slots:
             can = [k for k, m in groups.items() if limit[k] > 1 and parts[k] < len(m)]
             if not can:

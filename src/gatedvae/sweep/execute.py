@@ -214,8 +214,11 @@ def run_sweep(
     res = manifest.get("resources") or {}
     ray_gpus = gpus if gpus is not None else res.get("gpus", 0)
     on_cuda = bool(devices) if backend == "local" else ray_gpus > 0  # where the units will train
-    gpu_slots_used = min(workers, len(devices)) if backend == "local" else 1
-    units = group_runs(d, todo, ensemble, cuda=on_cuda, slots=gpu_slots_used)
+    if backend != "local":
+        slots = 1  # Ray: the cluster's size is not known here
+    else:
+        slots = min(workers, len(devices)) if on_cuda else workers  # GPUs in use, or CPU workers
+    units = group_runs(d, todo, ensemble, cuda=on_cuda, slots=slots, strategy=ensemble_strategy)
     counts: Counter[str] = Counter(state for _, state in skipped)
     outcomes: list[dict[str, Any]] = []
     in_flight: dict[str, dict[str, Any]] = {}

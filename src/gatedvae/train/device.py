@@ -157,14 +157,16 @@ _HEAP_TRIM = 1 << 30
 #: once ``mallopt`` is called)
 _AFTER_MMAP_MAX, _AFTER_MMAP_THRESHOLD, _AFTER_TRIM = 65536, 32 << 20, 64 << 20
 _heap_depth = 0
+#: glibc's environment settings of what cpu_heap sets: a user who set one chose the allocator
+_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
 def _glibc() -> Any:
     """glibc's ``libc`` through ctypes, or None (another C library, another system, or the user set
-    the allocator in the environment: ``MALLOC_*_`` variables or a ``glibc.malloc`` tunable)."""
+    the heap in the environment: :data:`_MALLOC_ENV` or a ``glibc.malloc`` tunable)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
+    if any(k in os.environ for k in _MALLOC_ENV):
         return None
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return None
@@ -197,7 +199,8 @@ def cpu_heap() -> Iterator[bool]:
     are left at the values glibc's own policy reaches.
 
     Nothing is set (yields False) with another C library or system, or where the user set the
-    allocator (a ``MALLOC_*_`` environment variable, a ``glibc.malloc`` tunable). Nested blocks
+    heap (``MALLOC_MMAP_MAX_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or
+    ``MALLOC_TOP_PAD_`` in the environment, a ``glibc.malloc`` tunable). Nested blocks
     set it once. Numbers are unaffected: the allocator does not change any result.
     """
     global _heap_depth

@@ -185,7 +185,8 @@ def train_ensemble(
         run_dirs: one new (or, with ``resume``, stopped) run directory per member.
         strategy: how a step is computed (:data:`~gatedvae.train.ensemble.STRATEGIES`): ``loop``
             (each member's own step: bitwise the member trained alone), ``stacked`` (the members'
-            networks batched, one vectorised Adam) or ``auto`` (stacked on CUDA, loop on the CPU).
+            networks batched, one vectorised Adam) or ``auto`` (stacked where the models allow it, on
+            CUDA and on a glibc CPU: :func:`~gatedvae.train.ensemble.choose_strategy`).
 
     A member whose loss stops being finite is set ``failed`` (its last good checkpoint kept; its
     summary has ``status: failed`` and the ``error``) and leaves the ensemble; the others go on.
