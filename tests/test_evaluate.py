@@ -474,9 +474,9 @@ def test_trainer_never_draws_heldout_images(gated):
     seen = []
     original = prep.dataset.images
 
-    def spy(index):
+    def spy(index, out=None):
         seen.append(np.asarray(index).copy())
-        return original(index)
+        return original(index, out=out)
 
     prep.dataset.images = spy
     rng = np.random.default_rng(0)

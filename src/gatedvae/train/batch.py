@@ -177,8 +177,11 @@ class Batcher:
                 pairs = self._training_only(sampler.sample(self.batch_size, rng), sampler, rng)
                 gate_mask = mask
         inp, tgt = pairs.input[self.shard], pairs.target[self.shard]  # (b,): all of the global batch in one process
-        x = ds.images(inp, out=None if out is None else out[0])  # (b, C, H, W)
-        target = x if np.array_equal(inp, tgt) else ds.images(tgt, out=None if out is None else out[1])
+        x = ds.images(inp) if out is None else ds.images(inp, out=out[0])  # (b, C, H, W)
+        if np.array_equal(inp, tgt):
+            target = x
+        else:
+            target = ds.images(tgt) if out is None else ds.images(tgt, out=out[1])  # (b, C, H, W)
         device, names = self.prep.device, cfg.model.condition
         cond = condition_vectors(ds, names, tgt, device)  # the decoder draws the target: its labels
         enc_cond = cond if np.array_equal(inp, tgt) else condition_vectors(ds, names, inp, device)  # the input's
