@@ -4,6 +4,7 @@ pytest and bench steps, and step 4, a short fixed training compared with recorde
     python scripts/gpu_check.py env --device cuda
     python scripts/gpu_check.py pytest-summary OUT/pytest.xml --device cuda
     python scripts/gpu_check.py bench-summary OUT/bench.json
+    python scripts/gpu_check.py ensemble-summary OUT/ensemble.json
     python scripts/gpu_check.py fixed --device cuda [--tiny] [--record] [--expected FILE] --out OUT/fixed
 
 Each prints its details, then, as its last stdout line, one JSON object that the shell script reads
@@ -178,6 +179,49 @@ def cmd_bench_summary(args: argparse.Namespace) -> int:
     if errors:
         summary += f"; {len(errors)} row error(s): {str(errors[0])[:120]}"
     return emit({"ok": ok, "summary": summary, "median_images_per_s": medians, "peak_gflops": peaks})
+
+
+# --------------------------------------------------------------------------- ensemble-summary
+#: Issue 18's GPU targets: K = 32 hidden-256 runs at >= 20x one run's images/s; K = 10 hidden-1200
+#: runs (the Table I beta-VAE row) at <= 1.5 ms per ensemble step.
+ENSEMBLE_TARGETS = {"small_vs_one_run": 20.0, "paper_step_ms": 1.5}
+
+
+def cmd_ensemble_summary(args: argparse.Namespace) -> int:
+    """The bench's ensemble rows (``gatedvae bench --only ensemble``): ms per step, images/s against
+    one run, the projected wall time of the paper's 288,000 steps; on CUDA, issue 18's two targets
+    (reported, not failed: the check fails only when the section did not run)."""
+    try:
+        doc = json.loads(Path(args.ensemble_json).read_text())
+    except (OSError, ValueError) as exc:
+        return emit({"ok": False, "summary": f"no ensemble result ({exc})"})
+    en = doc.get("ensemble") or {}
+    rows = en.get("rows") or []
+    for r in rows:
+        print(
+            f"  {r['net']:<10}{r['strategy']:<9}K={r['members']:<3}{r['step_ms']:9.2f} ms/step "
+            f"{r['images_per_s']:10.0f} img/s {r['vs_one_run']:6.2f}x one run {r['fraction_of_roofline']:5.0%} of roof "
+            f"{r['projected_hours']:6.1f} h for 288k steps"
+        )
+    stacked = [r for r in rows if r["strategy"] == "stacked"]
+    if len(stacked) != 2:
+        why = "; ".join(f"{k}: {v}" for k, v in (en.get("errors") or {}).items()) or "no stacked rows"
+        return emit({"ok": False, "summary": f"ensembles not measured ({why[:200]})"})
+    small, paper = stacked
+    parts = [
+        f"{small['net']} K={small['members']} {small['vs_one_run']:.1f}x one run",
+        f"{paper['net']} K={paper['members']} {paper['step_ms']:.2f} ms/step "
+        f"({paper['projected_hours']:.1f} h for 288k)",
+    ]
+    targets = {}
+    if str(en.get("device", "")).startswith("cuda"):
+        targets = {
+            "small_vs_one_run": small["vs_one_run"] >= ENSEMBLE_TARGETS["small_vs_one_run"],
+            "paper_step_ms": paper["step_ms"] <= ENSEMBLE_TARGETS["paper_step_ms"],
+        }
+        met = sum(targets.values())
+        parts.append(f"targets met {met}/2 (>= 20x at K=32, <= 1.5 ms at K=10)")
+    return emit({"ok": True, "summary": "; ".join(parts), "targets": targets, "rows": rows})
 
 
 # --------------------------------------------------------------------------- fixed
@@ -377,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--device", default="cuda")
     b = sub.add_parser("bench-summary")
     b.add_argument("bench_json")
+    n = sub.add_parser("ensemble-summary")
+    n.add_argument("ensemble_json")
     f = sub.add_parser("fixed")
     f.add_argument("--device", default="cuda")
     f.add_argument("--tiny", action="store_true")
@@ -384,7 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--expected", default=str(DEFAULT_EXPECTED))
     f.add_argument("--out", default="gpu_check_out/fixed")
     args = p.parse_args(argv)
-    fn = {"env": cmd_env, "pytest-summary": cmd_pytest_summary, "bench-summary": cmd_bench_summary, "fixed": cmd_fixed}
+    fn = {
+        "env": cmd_env,
+        "pytest-summary": cmd_pytest_summary,
+        "bench-summary": cmd_bench_summary,
+        "ensemble-summary": cmd_ensemble_summary,
+        "fixed": cmd_fixed,
+    }
     return fn[args.cmd](args)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU regression check: one command, unattended, about 5 minutes on one GPU (an estimate: no GPU
+# The GPU regression check: one command, unattended, about 7 minutes on one GPU (an estimate: no GPU
 # has run it yet); run it after a change that touches training whenever a GPU is at hand. It ends
 # with ONE verdict line,
 #   gpu_check: PASS <device> in <s> s: <what each step measured>
@@ -22,11 +22,15 @@
 #   4. the quickstart's gated beta-VAE at fp32 and bf16 on a shortened budget, fixed seed: losses at
 #      the logged steps, DCI and MIG, images/s, against scripts/gpu_expected.json (scripts/gpu_check.py;
 #      with no values recorded for this GPU it records them and says so, which is not a failure)
+#   5. gatedvae bench --device DEV --only ensemble (--quick with --tiny): one run, the loop and the
+#      stacked ensemble (K = 32 at hidden 256, K = 10 at hidden 1200 on a GPU), ms per step, x one
+#      run, the projected wall time of the paper's 288,000 steps, and issue 18's two GPU targets
+#      (reported; the step fails only when the section does not run)
 #
 # Python: $PYTHON if set, else the first of python3 and .venv/bin/python that has torch (and, for
 # cuda, sees a CUDA device); src/ goes first on PYTHONPATH, so no install is needed.
 # Time limits per step (seconds): GPU_CHECK_T_TESTS (300), GPU_CHECK_T_BENCH (120), GPU_CHECK_T_FIXED
-# (150). The expected-values file: GPU_CHECK_EXPECTED (default scripts/gpu_expected.json).
+# (150), GPU_CHECK_T_ENSEMBLE (240). The expected-values file: GPU_CHECK_EXPECTED (default scripts/gpu_expected.json).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -34,7 +38,7 @@ ROOT=$PWD
 DEVICE=cuda
 TINY=0
 RECORD=0
-ONLY=1,2,3,4
+ONLY=1,2,3,4,5
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -45,11 +49,11 @@ while [[ $# -gt 0 ]]; do
     --tiny) TINY=1; shift ;;
     --record) RECORD=1; shift ;;
     -h | --help) usage; exit 0 ;;
-    *) echo "gpu_check: FAIL unknown argument '$1' (use --device DEV, --tiny, --record, --only 1,2,3,4)"; exit 2 ;;
+    *) echo "gpu_check: FAIL unknown argument '$1' (use --device DEV, --tiny, --record, --only 1,2,3,4,5)"; exit 2 ;;
   esac
 done
 [[ -n $DEVICE ]] || { echo "gpu_check: FAIL --device needs a value (cuda, cuda:N or cpu)"; exit 2; }
-[[ $ONLY =~ ^[1-4](,[1-4])*$ ]] || { echo "gpu_check: FAIL --only takes steps 1-4, e.g. --only 2,4"; exit 2; }
+[[ $ONLY =~ ^[1-5](,[1-5])*$ ]] || { echo "gpu_check: FAIL --only takes steps 1-5, e.g. --only 2,4"; exit 2; }
 want() { [[ ,$ONLY, == *,$1,* ]]; }
 
 OUT=${OUT:-gpu_check_out}
@@ -62,6 +66,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 T_TESTS=${GPU_CHECK_T_TESTS:-300}
 T_BENCH=${GPU_CHECK_T_BENCH:-120}
 T_FIXED=${GPU_CHECK_T_FIXED:-150}
+T_ENSEMBLE=${GPU_CHECK_T_ENSEMBLE:-240}
 START=$SECONDS
 FAILS=()
 REPORT=()
@@ -185,6 +190,24 @@ if want 4; then
   say "[4] fixed training: $S4"
   [[ $FIXED_RC -ne 0 ]] && FAILS+=("fixed training: $S4")
   REPORT+=("fixed training $S4")
+fi
+
+# ---- 5: ensembles (issue 18)
+if want 5; then
+  ENS_ARGS=(--device "$DEVICE" --only ensemble --out "$OUT/ensemble.json")
+  [[ $TINY -eq 1 ]] && ENS_ARGS+=(--quick)
+  say "[5] gatedvae bench ${ENS_ARGS[*]}"
+  timeout "$T_ENSEMBLE" "$PY" -m gatedvae bench "${ENS_ARGS[@]}" >"$OUT/ensemble.log" 2>&1
+  ENS_RC=$?
+  "$PY" scripts/gpu_check.py ensemble-summary "$OUT/ensemble.json" >"$OUT/ensemble_summary.txt" 2>&1
+  ESUM_RC=$?
+  details "$OUT/ensemble_summary.txt" 10
+  S5=$(field "$OUT/ensemble_summary.txt" summary)
+  [[ $ENS_RC -ne 0 ]] && S5="exit $ENS_RC: $(tail -n 1 "$OUT/ensemble.log")"
+  [[ $ENS_RC -eq 124 ]] && S5="timed out after $T_ENSEMBLE s"
+  say "[5] ensembles: $S5"
+  [[ $ENS_RC -ne 0 || $ESUM_RC -ne 0 ]] && FAILS+=("ensembles: $S5")
+  REPORT+=("ensembles $S5")
 fi
 
 # ---- the verdict

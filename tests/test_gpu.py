@@ -259,13 +259,41 @@ def test_the_pytest_summary_needs_gpu_tests_to_have_run_on_cuda(tmp_path, capsys
     assert check.main(["pytest-summary", str(xml), "--device", "cpu"]) == 0  # the CPU smoke run: fine
 
 
+def test_the_ensemble_summary_reports_issue_18s_gpu_targets(tmp_path, capsys):
+    """Step 5's summary of ``gatedvae bench --only ensemble``: the stacked rows, and on CUDA the two
+    targets (reported, not failed); a section that did not run fails the step."""
+    check = _check_module()
+
+    def row(net, strategy, k, ms, vs):
+        return {"net": net, "strategy": strategy, "members": k, "step_ms": ms, "images_per_s": 128 * k / ms * 1e3,
+                "vs_one_run": vs, "fraction_of_roofline": 0.5, "projected_hours": ms * 288_000 / 3.6e6}  # fmt: skip
+
+    rows = [row("mlp-256", "one run", 1, 1.0, 1.0), row("mlp-256", "stacked", 32, 1.5, 21.3),
+            row("mlp-1200", "one run", 1, 0.9, 1.0), row("mlp-1200", "stacked", 10, 1.8, 5.0)]  # fmt: skip
+    path = tmp_path / "ensemble.json"
+    path.write_text(json.dumps({"ensemble": {"device": "cuda", "rows": rows, "errors": {}}}))
+    assert check.main(["ensemble-summary", str(path)]) == 0
+    out = _last_json(capsys.readouterr().out)
+    assert out["targets"] == {"small_vs_one_run": True, "paper_step_ms": False}
+    assert out["summary"] == (
+        "mlp-256 K=32 21.3x one run; mlp-1200 K=10 1.80 ms/step (0.1 h for 288k); "
+        "targets met 1/2 (>= 20x at K=32, <= 1.5 ms at K=10)"
+    )
+    path.write_text(json.dumps({"ensemble": {"device": "cpu", "rows": rows, "errors": {}}}))
+    assert check.main(["ensemble-summary", str(path)]) == 0
+    assert _last_json(capsys.readouterr().out)["targets"] == {}  # the targets are the GPU's
+    path.write_text(json.dumps({"ensemble": {"device": "cuda", "rows": rows[:1], "errors": {"mlp-256 stacked": "x"}}}))
+    assert check.main(["ensemble-summary", str(path)]) == 1
+    assert _last_json(capsys.readouterr().out)["summary"] == "ensembles not measured (mlp-256 stacked: x)"
+
+
 def test_the_script_refuses_bad_arguments_and_a_machine_without_cuda_in_one_line(tmp_path):
     def run(*args: str, **env: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "OUT": str(tmp_path / "out"), **env}
         return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60)
 
-    r = run("--only", "5")
-    assert r.returncode == 2 and r.stdout == "gpu_check: FAIL --only takes steps 1-4, e.g. --only 2,4\n"
+    r = run("--only", "6")
+    assert r.returncode == 2 and r.stdout == "gpu_check: FAIL --only takes steps 1-5, e.g. --only 2,4\n"
     r = run("--frobnicate")
     assert r.returncode == 2 and r.stdout.startswith("gpu_check: FAIL unknown argument '--frobnicate'")
     assert run("--help").stdout.startswith("The GPU regression check: one command")
@@ -299,11 +327,19 @@ def test_the_whole_check_at_smoke_size_on_the_cpu(tmp_path):
     verdict = r.stdout.splitlines()[-1]
     assert r.returncode == 0 and verdict.startswith("gpu_check: PASS cpu, tiny in "), r.stdout
     assert "GPU tests 0 passed, 0 failed" in verdict and "bench median img/s fp32 " in verdict
+    assert "ensembles mlp-" in verdict and "h for 288k" in verdict
     assert "no expected values recorded for cpu: " in verdict and "(tiny); recorded now" in verdict
     assert sum(line.startswith("gpu_check:") for line in r.stdout.splitlines()) == 1
     out = tmp_path / "out"
     assert (out / "verdict.txt").read_text() == verdict + "\n"
-    for name in ("gpu_check.log", "pytest.xml", "bench.json", "fixed/fixed.json", "fixed/gpu_expected.json"):
+    for name in (
+        "gpu_check.log",
+        "pytest.xml",
+        "bench.json",
+        "ensemble.json",
+        "fixed/fixed.json",
+        "fixed/gpu_expected.json",
+    ):
         assert (out / name).is_file(), name
     doc = json.loads(expected.read_text())
     (key,) = doc["devices"]
