@@ -92,6 +92,24 @@ except ValueError:
     print(lines[-1][:300] if sys.argv[2] == "summary" else "")' "$1" "$2" 2>/dev/null
 }
 details() { grep -v '^{' "$1" | tail -n "${2:-20}" | tee -a "$LOG"; } # what a step printed, minus its JSON
+# bench_step STEP NAME SUMMARY LIMIT FILE ARGS...: gatedvae bench ARGS into OUT/FILE.json (log OUT/FILE.log),
+# then scripts/gpu_check.py SUMMARY of it; reports the summary (or the exit), a failure when either failed
+bench_step() {
+  local step=$1 name=$2 summary=$3 limit=$4 file=$5 rc src s
+  shift 5
+  say "[$step] gatedvae bench $*"
+  timeout "$limit" "$PY" -m gatedvae bench "$@" --out "$OUT/$file.json" >"$OUT/$file.log" 2>&1
+  rc=$?
+  "$PY" scripts/gpu_check.py "$summary" "$OUT/$file.json" >"$OUT/${file}_summary.txt" 2>&1
+  src=$?
+  details "$OUT/${file}_summary.txt" 40
+  s=$(field "$OUT/${file}_summary.txt" summary)
+  [[ $rc -ne 0 ]] && s="exit $rc: $(tail -n 1 "$OUT/$file.log")"
+  [[ $rc -eq 124 ]] && s="timed out after $limit s"
+  say "[$step] $name: $s"
+  [[ $rc -ne 0 || $src -ne 0 ]] && FAILS+=("$name: $s")
+  REPORT+=("$name $s")
+}
 
 # ---- the Python that runs it
 PY=""
@@ -158,19 +176,7 @@ if want 3; then
     say "[3] bench: not available (this gatedvae bench has no --device or no --precision)"
     REPORT+=("bench not available")
   else
-    say "[3] gatedvae bench --device $DEVICE --quick --only train --precision $PRECISIONS"
-    timeout "$T_BENCH" "$PY" -m gatedvae bench --device "$DEVICE" --quick --only train --precision "$PRECISIONS" \
-      --out "$OUT/bench.json" >"$OUT/bench.log" 2>&1
-    BENCH_RC=$?
-    "$PY" scripts/gpu_check.py bench-summary "$OUT/bench.json" >"$OUT/bench_summary.txt" 2>&1
-    BSUM_RC=$?
-    details "$OUT/bench_summary.txt" 40
-    S3=$(field "$OUT/bench_summary.txt" summary)
-    [[ $BENCH_RC -ne 0 ]] && S3="exit $BENCH_RC: $(tail -n 1 "$OUT/bench.log")"
-    [[ $BENCH_RC -eq 124 ]] && S3="timed out after $T_BENCH s"
-    say "[3] bench: $S3"
-    [[ $BENCH_RC -ne 0 || $BSUM_RC -ne 0 ]] && FAILS+=("bench: $S3")
-    REPORT+=("bench $S3")
+    bench_step 3 bench bench-summary "$T_BENCH" bench --device "$DEVICE" --quick --only train --precision "$PRECISIONS"
   fi
 fi
 
@@ -194,20 +200,9 @@ fi
 
 # ---- 5: ensembles (issue 18)
 if want 5; then
-  ENS_ARGS=(--device "$DEVICE" --only ensemble --out "$OUT/ensemble.json")
+  ENS_ARGS=(--device "$DEVICE" --only ensemble)
   [[ $TINY -eq 1 ]] && ENS_ARGS+=(--quick)
-  say "[5] gatedvae bench ${ENS_ARGS[*]}"
-  timeout "$T_ENSEMBLE" "$PY" -m gatedvae bench "${ENS_ARGS[@]}" >"$OUT/ensemble.log" 2>&1
-  ENS_RC=$?
-  "$PY" scripts/gpu_check.py ensemble-summary "$OUT/ensemble.json" >"$OUT/ensemble_summary.txt" 2>&1
-  ESUM_RC=$?
-  details "$OUT/ensemble_summary.txt" 10
-  S5=$(field "$OUT/ensemble_summary.txt" summary)
-  [[ $ENS_RC -ne 0 ]] && S5="exit $ENS_RC: $(tail -n 1 "$OUT/ensemble.log")"
-  [[ $ENS_RC -eq 124 ]] && S5="timed out after $T_ENSEMBLE s"
-  say "[5] ensembles: $S5"
-  [[ $ENS_RC -ne 0 || $ESUM_RC -ne 0 ]] && FAILS+=("ensembles: $S5")
-  REPORT+=("ensembles $S5")
+  bench_step 5 ensembles ensemble-summary "$T_ENSEMBLE" ensemble "${ENS_ARGS[@]}"
 fi
 
 # ---- the verdict

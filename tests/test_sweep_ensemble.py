@@ -349,6 +349,10 @@ def test_auto_follows_the_gpus_the_workers_see(tmp_path, monkeypatch):
     monkeypatch.setattr(device, "cpu_heap_available", lambda: True)
     assert run_sweep(sweep_dir, workers=2, ensemble="auto", progress=False)["units"] == 2
     assert run_sweep(sweep_dir, workers=2, ensemble="auto", ensemble_strategy="loop", progress=False)["units"] == 4
+    ray = types.ModuleType("gatedvae.sweep.ray_backend")  # Ray on CPUs: the cluster's size is unknown
+    ray.run_ray = lambda d, units, **kw: seen.append([len(u) for u in units])
+    monkeypatch.setitem(sys.modules, "gatedvae.sweep.ray_backend", ray)
+    assert run_sweep(sweep_dir, backend="ray", ensemble="auto", progress=False)["units"] == 4
     monkeypatch.setattr(device, "cpu_heap_available", lambda: False)
     assert run_sweep(sweep_dir, workers=2, ensemble="auto", progress=False)["units"] == 4
-    assert seen == [[2, 2], [4], [2, 2], [1, 1, 1, 1], [1, 1, 1, 1]]
+    assert seen == [[2, 2], [4], [2, 2], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]

@@ -15,8 +15,8 @@ own; so is a run left alone in its group.
 fill, docs/sweeps.md), and when that leaves fewer ensembles than GPUs in use the largest are split
 so that each GPU gets one. On the CPU, where the stacked step trains the group (the models allow
 it, the strategy is not ``loop``, glibc's heap can be set), at most :data:`AUTO_CPU_MAX`, split
-so that each worker gets one (measured on the Table I beta-VAE row: 1.14x the runs one per unit
-with two workers, docs/sweeps.md); otherwise ``1`` (a ``loop`` ensemble does its runs' steps one
+so that each worker gets one (measured on the Table I sweep with two workers: 1.07x one run per
+unit, docs/sweeps.md); otherwise ``1`` (a ``loop`` ensemble does its runs' steps one
 after another: nothing to gain).
 
 A unit (:func:`run_unit`) of one run is :func:`gatedvae.sweep.runner.run_one`, unchanged. A unit

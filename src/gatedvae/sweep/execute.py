@@ -214,8 +214,8 @@ def run_sweep(
     res = manifest.get("resources") or {}
     ray_gpus = gpus if gpus is not None else res.get("gpus", 0)
     on_cuda = bool(devices) if backend == "local" else ray_gpus > 0  # where the units will train
-    if backend != "local":
-        slots = 1  # Ray: the cluster's size is not known here
+    if backend != "local":  # Ray: the cluster's size is not known here; on its CPUs one run per task
+        slots = 1 if on_cuda else max(1, len(todo))
     else:
         slots = min(workers, len(devices)) if on_cuda else workers  # GPUs in use, or CPU workers
     units = group_runs(d, todo, ensemble, cuda=on_cuda, slots=slots, strategy=ensemble_strategy)
