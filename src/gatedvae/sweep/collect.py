@@ -26,6 +26,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -450,6 +451,27 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _welch_rows(
+    items: Sequence[Any], columns: Sequence[str], label: Callable[[Any], str], first: str, second: str
+) -> list[list[str]]:
+    """The Markdown rows of a Welch-test section: per item and score with a test, its label, the
+    score, the two groups as mean +- std (n) (keys ``first`` + ``mean``/``std``/``n``, then
+    ``second`` + ...), the difference and p."""
+
+    def group(t: dict[str, Any], prefix: str) -> str:
+        return f"{mean_std((t[prefix + 'mean'], t[prefix + 'std'], t[prefix + 'n']))} (n={t[prefix + 'n']})"
+
+    rows = []
+    for item in items:
+        for s in columns:
+            t = item.tests.get(s)
+            if t is not None:
+                rows.append(
+                    [label(item), s, group(t, first), group(t, second), fmt(t["difference"]), fmt_p(t["p_value"])]
+                )
+    return rows
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
@@ -476,22 +498,7 @@ def markdown(col: Collected) -> str:
             "difference = gated - un-gated.",
             "",
         ]
-        rows = []
-        for c in col.comparisons:
-            for s in col.columns:
-                t = c.tests.get(s)
-                if t is None:
-                    continue
-                rows.append(
-                    [
-                        c.label,
-                        s,
-                        f"{mean_std((t['ungated_mean'], t['ungated_std'], t['ungated_n']))} (n={t['ungated_n']})",
-                        f"{mean_std((t['gated_mean'], t['gated_std'], t['gated_n']))} (n={t['gated_n']})",
-                        fmt(t["difference"]),
-                        fmt_p(t["p_value"]),
-                    ]
-                )
+        rows = _welch_rows(col.comparisons, col.columns, lambda c: c.label, "ungated_", "gated_")
         if rows:
             lines.append(_md_table(["configuration", "score", "un-gated", "gated", "difference", "p (Welch)"], rows))
         else:
@@ -509,23 +516,7 @@ def markdown(col: Collected) -> str:
             f"difference = configuration - {col.reference}.",
             "",
         ]
-        rows = []
-        for a in col.against:
-            for s in col.columns:
-                t = a.tests.get(s)
-                if t is None:
-                    continue
-                rows.append(
-                    [
-                        a.row.label,
-                        s,
-                        f"{mean_std((t['mean'], t['std'], t['n']))} (n={t['n']})",
-                        f"{mean_std((t['reference_mean'], t['reference_std'], t['reference_n']))} "
-                        f"(n={t['reference_n']})",
-                        fmt(t["difference"]),
-                        fmt_p(t["p_value"]),
-                    ]
-                )
+        rows = _welch_rows(col.against, col.columns, lambda a: a.row.label, "", "reference_")
         lines.append(
             _md_table(
                 ["configuration", "score", "configuration's", col.reference or "", "difference", "p (Welch)"], rows
