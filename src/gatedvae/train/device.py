@@ -34,6 +34,7 @@ again, which cost the stacked K = 8 width-256 step a quarter of its time (docs/p
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 from collections.abc import Iterator
@@ -170,6 +171,12 @@ def _glibc() -> Any:
         return None
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return None
+    return _libc()
+
+
+@functools.cache
+def _libc() -> Any:
+    """``libc.so.6`` with ``mallopt`` and ``malloc_trim``, loaded once (None where it cannot be)."""
     try:
         import ctypes
 
